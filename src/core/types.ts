@@ -1,0 +1,35 @@
+/** Shared value types. Plain numbers on the wire, named here so signatures say what they hold. */
+
+/** N of loopN, per instance, starting at 0. */
+export type DeviceIndex = number;
+/** A byte offset or length. Safe integers only (< 2^53). */
+export type ByteOffset = number;
+
+/** What the daemon reports about one device (the columns of `losetup -l`). */
+export interface DeviceInfo {
+  index: DeviceIndex;
+  /** Path of the device entry inside the instance mount: DIR/loopN. */
+  path: string;
+  bound: boolean;
+  /** Number of open file handles on the device (and its partitions). */
+  openCount: number;
+  backFile?: string;
+  backIno?: number;
+  backDev?: number;          // st_dev of the backing file, as a Linux dev_t
+  offset: ByteOffset;
+  sizelimit: ByteOffset;     // 0 = no limit
+  size: ByteOffset;          // bytes visible through the device
+  sectorSize: number;        // logical sector size (LOG-SEC)
+  readOnly: boolean;
+  autoclear: boolean;
+  partscan: boolean;
+  directIo: boolean;
+  /** Partitions published when partscan found a table. */
+  partitions: PartitionInfo[];
+}
+
+export interface PartitionInfo {
+  number: number;            // M of loopNpM
+  start: ByteOffset;         // relative to the device
+  size: ByteOffset;
+}

@@ -1,0 +1,85 @@
+import { koffi } from './ffi';
+import { LoopfsError, errnoName, type Errno } from '../core/errors';
+
+/**
+ * The few libc calls Node lacks. Each wrapper throws LoopfsError with the
+ * errno the call set, so callers never look at raw return codes.
+ */
+
+type Fn = ((...args: unknown[]) => number) & { async: (...args: unknown[]) => void };
+
+let lib: Record<string, Fn> | undefined;
+
+function libc(): Record<string, Fn> {
+  if (lib) return lib;
+  const k = koffi();
+  const l = k.load('libc.so.6');
+  lib = {
+    ioctl_int: l.func('int ioctl(int fd, unsigned long req, unsigned long arg)') as Fn,
+    ioctl_ptr: l.func('int ioctl(int fd, unsigned long req, _Inout_ uint8_t *arg)') as Fn,
+    fallocate: l.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as Fn,
+    flock: l.func('int flock(int fd, int op)') as Fn,
+    umount2: l.func('int umount2(const char *target, int flags)') as Fn,
+  };
+  return lib;
+}
+
+function check(rc: number, what: string): number {
+  if (rc < 0) {
+    const e = koffi().errno();
+    const name: Errno = errnoName(e) ?? 'EIO';
+    throw new LoopfsError(name, what);
+  }
+  return rc;
+}
+
+/** ioctl with an integer argument (or none). Returns the call's result. */
+export function ioctlInt(fd: number, req: number, arg = 0): number {
+  return check(libc().ioctl_int!(fd, req, arg), `ioctl 0x${req.toString(16)}`);
+}
+
+/** ioctl whose argument is a buffer the kernel reads and/or fills in. */
+export function ioctlBuf(fd: number, req: number, buf: Buffer): number {
+  return check(libc().ioctl_ptr!(fd, req, buf), `ioctl 0x${req.toString(16)}`);
+}
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** fallocate(2), run on the libuv pool so a slow punch never blocks the loop. */
+export function fallocate(fd: number, mode: number, offset: number, len: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    libc().fallocate!.async(fd, mode, offset, len, (err: unknown, rc: number) => {
+      if (err) return reject(err);
+      try {
+        check(rc, 'fallocate');
+        resolve();
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+}
+
+/** Punches a hole (discard): the range reads as zeros and frees its blocks. */
+export function punchHole(fd: number, offset: number, len: number): Promise<void> {
+  return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+}
+
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/** flock(2), blocking unless LOCK_NB is given (then EWOULDBLOCK → EAGAIN). */
+export function flock(fd: number, op: number): void {
+  check(libc().flock!(fd, op), 'flock');
+}
+
+export const MNT_FORCE = 1;
+export const MNT_DETACH = 2;
+
+export function umount2(target: string, flags: number): void {
+  check(libc().umount2!(target, flags), `umount ${target}`);
+}
