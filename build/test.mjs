@@ -13,15 +13,17 @@ const dirs = ['test/unit', 'test/e2e'];
 const files = dirs.flatMap((d) => readdirSync(d).filter((f) => f.endsWith('.test.ts')).map((f) => join(d, f)))
   .filter((f) => !filter || f.includes(filter));
 
-rmSync('.build/test', { recursive: true, force: true });
-mkdirSync('.build/test', { recursive: true });
+// One build directory per run, so two runs (a developer's and a helper's) never collide.
+const outdir = `.build/test-${process.pid}`;
+mkdirSync(outdir, { recursive: true });
+process.on('exit', () => rmSync(outdir, { recursive: true, force: true }));
 await esbuild.build({
   entryPoints: files,
   bundle: true,
   platform: 'node',
   target: 'node20',
   format: 'cjs',
-  outdir: '.build/test',
+  outdir,
   outbase: 'test',
   external: ['koffi', 'uvu', 'uvu/*'],
   logLevel: 'warning',
@@ -30,7 +32,7 @@ await esbuild.build({
 let passed = 0, failed = 0, skipped = 0;
 const failedFiles = [];
 for (const f of files) {
-  const out = join('.build/test', f.replace(/^test\//, '').replace(/\.ts$/, '.js'));
+  const out = join(outdir, f.replace(/^test\//, '').replace(/\.ts$/, '.js'));
   console.log(`\n# ${f}`);
   const r = spawnSync(process.execPath, [out], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', env: { ...process.env } });
   process.stdout.write(r.stdout);
