@@ -1,0 +1,412 @@
+import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import {
+  Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, ATTR_OUT_SIZE, ENTRY_OUT_SIZE, INIT_OUT_SIZE, OPEN_OUT_SIZE,
+  WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
+  FUSE_AUTO_INVAL_DATA, FUSE_PARALLEL_DIROPS, FUSE_ATOMIC_O_TRUNC, FUSE_ASYNC_DIO, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
+  FOPEN_NONSEEKABLE, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
+  FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
+} from './kernel';
+import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, IN_HEADER_SIZE, OUT_HEADER_SIZE, type InHeader } from './wire';
+import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
+
+/**
+ * One FUSE connection: reads requests from /dev/fuse, dispatches them to a
+ * FileSystem and writes the replies. `workers` requests are served at once;
+ * each worker owns a request buffer and a reply buffer for its whole life
+ * (no per-request allocation on the I/O path), so a slow request holds only
+ * its own worker.
+ */
+
+export interface SessionOptions {
+  workers?: number;
+  maxWrite?: number;
+  /** Seconds the kernel may cache attributes and names. */
+  attrTtl?: number;
+  debug?: (line: string) => void;
+}
+
+interface Worker {
+  in: Buffer;
+  out: Buffer;
+}
+
+type Handler = (s: Session, w: Worker, h: InHeader, b: Body, ctx: RequestContext) => Promise<number | null> | number | null;
+
+const MiB = 1 << 20;
+
+export class Session {
+  readonly fd: number;
+  private readonly fsys: FileSystem;
+  private readonly maxWrite: number;
+  private readonly attrTtl: number;
+  private readonly workers: number;
+  private readonly debug: ((line: string) => void) | undefined;
+  private readonly inflight = new Map<bigint, AbortController>();
+  private initialized = false;
+  private stopped = false;
+  /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
+  private readonly dirs = new Map<number, DirEntry[]>();
+  private nextDirFh = 1;
+
+  constructor(fd: number, fsys: FileSystem, opts: SessionOptions = {}) {
+    this.fd = fd;
+    this.fsys = fsys;
+    this.maxWrite = opts.maxWrite ?? MiB;
+    this.attrTtl = opts.attrTtl ?? 1;
+    this.workers = opts.workers ?? 8;
+    this.debug = opts.debug;
+  }
+
+  /** Serves until the filesystem is unmounted (a read fails ENODEV). */
+  async serve(): Promise<void> {
+    const size = this.maxWrite + 64 * 1024;
+    const loops: Promise<void>[] = [];
+    for (let i = 0; i < this.workers; i++) loops.push(this.loop({ in: Buffer.allocUnsafe(size), out: Buffer.allocUnsafe(size) }));
+    await Promise.all(loops);
+  }
+
+  private async loop(w: Worker): Promise<void> {
+    while (!this.stopped) {
+      let n: number;
+      try {
+        n = await readAsync(this.fd, w.in);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue;
+        this.stopped = true;
+        if (code === 'ENODEV') return;
+        throw e;
+      }
+      if (n < IN_HEADER_SIZE) continue;
+      await this.dispatch(w, n);
+    }
+  }
+
+  private async dispatch(w: Worker, n: number): Promise<void> {
+    const h = decodeInHeader(w.in);
+    const body = new Body(w.in.subarray(0, n));
+    const row = TABLE[h.opcode];
+    this.debug?.(`${Op[h.opcode] ?? h.opcode} unique=${h.unique} node=${h.nodeid} uid=${h.uid} pid=${h.pid}`);
+    if (!row) return this.replyError(w, h.unique, 'ENOSYS');
+    if (!this.initialized && h.opcode !== Op.INIT) return this.replyError(w, h.unique, 'EIO');
+    const ac = new AbortController();
+    const ctx: RequestContext = { uid: h.uid, gid: h.gid, pid: h.pid, signal: ac.signal };
+    this.inflight.set(h.unique, ac);
+    try {
+      const len = await row(this, w, h, body, ctx);
+      if (len !== null) this.send(w.out, OUT_HEADER_SIZE + len, 0, h.unique);
+    } catch (e) {
+      const code = errorCode(e);
+      this.debug?.(`  -> error ${code}${code === osConstants.errno.EIO ? `: ${(e as Error)?.stack ?? e}` : ''}`);
+      this.send(w.out, OUT_HEADER_SIZE, -code, h.unique);
+    } finally {
+      this.inflight.delete(h.unique);
+    }
+  }
+
+  private replyError(w: Worker, unique: bigint, name: keyof typeof osConstants.errno): void {
+    this.send(w.out, OUT_HEADER_SIZE, -osConstants.errno[name], unique);
+  }
+
+  private send(b: Buffer, len: number, error: number, unique: bigint): void {
+    writeOutHeader(b, len, error, unique);
+    try {
+      fs.writeSync(this.fd, b, 0, len);
+    } catch (e) {
+      // ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENODEV') throw e;
+    }
+  }
+
+  /**
+   * Notifications are written from the libuv pool, never from the loop
+   * thread: an invalidation may wait on a page lock that a pending READ holds,
+   * and that READ needs this thread to be answered.
+   */
+  private notify(code: number, payload: Buffer): Promise<void> {
+    const b = Buffer.alloc(OUT_HEADER_SIZE + payload.length);
+    writeOutHeader(b, b.length, code, 0n);
+    payload.copy(b, OUT_HEADER_SIZE);
+    return new Promise((resolve) => fs.write(this.fd, b, 0, b.length, null, () => resolve()));
+  }
+
+  /** Drops the kernel's cached attributes and (len 0 = all) cached pages of a node. */
+  invalidateNode(node: number): Promise<void> {
+    const p = Buffer.alloc(24);
+    p.writeBigUInt64LE(BigInt(node), 0);
+    p.writeBigInt64LE(0n, 8);
+    p.writeBigInt64LE(0n, 16);
+    return this.notify(FUSE_NOTIFY_INVAL_INODE, p);
+  }
+
+  /** Drops a cached name in a directory (after a rename or removal done behind the kernel's back). */
+  invalidateEntry(parent: number, name: string): Promise<void> {
+    const nb = Buffer.from(name);
+    const p = Buffer.alloc(16 + nb.length + 1);
+    p.writeBigUInt64LE(BigInt(parent), 0);
+    p.writeUInt32LE(nb.length, 8);
+    nb.copy(p, 16);
+    return this.notify(FUSE_NOTIFY_INVAL_ENTRY, p);
+  }
+
+  /** Tells the kernel a name is gone (like inval entry, and also prunes the dentry if open). */
+  deleteEntry(parent: number, child: number, name: string): Promise<void> {
+    const nb = Buffer.from(name);
+    const p = Buffer.alloc(24 + nb.length + 1);
+    p.writeBigUInt64LE(BigInt(parent), 0);
+    p.writeBigUInt64LE(BigInt(child), 8);
+    p.writeUInt32LE(nb.length, 16);
+    nb.copy(p, 24);
+    return this.notify(FUSE_NOTIFY_DELETE, p);
+  }
+
+  // --- used by the table rows ---
+
+  entry(w: Worker, e: Entry): number {
+    writeEntryOut(w.out, OUT_HEADER_SIZE, { entryTtl: this.attrTtl, attrTtl: this.attrTtl, ...e });
+    return ENTRY_OUT_SIZE;
+  }
+
+  fsOf(): FileSystem {
+    return this.fsys;
+  }
+
+  get ttl(): number {
+    return this.attrTtl;
+  }
+
+  init(w: Worker, b: Body): number {
+    const major = b.u32(0);
+    const minor = b.u32(4);
+    const maxReadahead = b.u32(8);
+    const kflags = b.u32(12);
+    const o = w.out;
+    o.fill(0, OUT_HEADER_SIZE, OUT_HEADER_SIZE + INIT_OUT_SIZE);
+    o.writeUInt32LE(FUSE_KERNEL_VERSION, OUT_HEADER_SIZE);
+    if (major !== FUSE_KERNEL_VERSION) {
+      // The kernel retries with our major when it is newer; we speak only 7.
+      o.writeUInt32LE(FUSE_KERNEL_MINOR_VERSION, OUT_HEADER_SIZE + 4);
+      return 8;
+    }
+    const want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_DO_READDIRPLUS | FUSE_AUTO_INVAL_DATA
+      | FUSE_PARALLEL_DIROPS | FUSE_ATOMIC_O_TRUNC | FUSE_ASYNC_DIO;
+    o.writeUInt32LE(Math.min(minor, FUSE_KERNEL_MINOR_VERSION), OUT_HEADER_SIZE + 4);
+    o.writeUInt32LE(maxReadahead, OUT_HEADER_SIZE + 8);
+    o.writeUInt32LE((kflags & want) >>> 0, OUT_HEADER_SIZE + 12);
+    o.writeUInt16LE(64, OUT_HEADER_SIZE + 16); // max_background
+    o.writeUInt16LE(48, OUT_HEADER_SIZE + 18); // congestion_threshold
+    o.writeUInt32LE(this.maxWrite, OUT_HEADER_SIZE + 20);
+    o.writeUInt32LE(1, OUT_HEADER_SIZE + 24); // time_gran: 1 ns
+    o.writeUInt16LE(Math.ceil(this.maxWrite / 4096), OUT_HEADER_SIZE + 28); // max_pages
+    this.initialized = true;
+    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} max_readahead=${maxReadahead}`);
+    return INIT_OUT_SIZE;
+  }
+
+  interrupt(unique: bigint): void {
+    this.inflight.get(unique)?.abort();
+  }
+
+  openDir(entries: DirEntry[]): number {
+    const fh = this.nextDirFh++;
+    this.dirs.set(fh, entries);
+    return fh;
+  }
+
+  dirEntries(fh: number): DirEntry[] | undefined {
+    return this.dirs.get(fh);
+  }
+
+  closeDir(fh: number): void {
+    this.dirs.delete(fh);
+  }
+}
+
+function readAsync(fd: number, buf: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+/** The positive errno of a thrown error: LoopfsError-like (`errno` name), Node (`code`), or a number. */
+export function errorCode(e: unknown): number {
+  const errnos = osConstants.errno as Record<string, number>;
+  if (typeof e === 'number') return Math.abs(e);
+  if (e && typeof e === 'object') {
+    const o = e as { errno?: unknown; code?: unknown };
+    if (typeof o.errno === 'string' && o.errno in errnos) return errnos[o.errno]!;
+    if (typeof o.code === 'string' && o.code in errnos) return errnos[o.code]!;
+    if (typeof o.errno === 'number') return Math.abs(o.errno);
+  }
+  return errnos.EIO!;
+}
+
+function openFlags(r: OpenResult): number {
+  return (r.directIo ? FOPEN_DIRECT_IO : 0) | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
+}
+
+function writeOpenOut(o: Buffer, at: number, r: OpenResult): number {
+  o.writeBigUInt64LE(BigInt(r.fh), at);
+  o.writeUInt32LE(openFlags(r), at + 8);
+  o.writeUInt32LE(0, at + 12);
+  return OPEN_OUT_SIZE;
+}
+
+const H = OUT_HEADER_SIZE;
+
+function enosys(): never {
+  throw Object.assign(new Error('not implemented'), { code: 'ENOSYS' });
+}
+
+/**
+ * One row per opcode: decode the body, make one call on the FileSystem,
+ * encode the reply. Returns the reply payload length, or null for no reply.
+ * An opcode missing here is ENOSYS, answered in exactly one place (dispatch).
+ */
+const TABLE: Partial<Record<number, Handler>> = {
+  [Op.INIT]: (s, w, _h, b) => s.init(w, b),
+  [Op.DESTROY]: () => 0,
+  [Op.INTERRUPT]: (s, _w, _h, b) => (s.interrupt(b.big64(0)), null),
+  [Op.FORGET]: (s, _w, h, b) => (s.fsOf().forget?.(h.nodeid, b.u64(0)), null),
+  [Op.BATCH_FORGET]: (s, _w, _h, b) => {
+    const count = b.u32(0);
+    for (let i = 0; i < count; i++) s.fsOf().forget?.(b.u64(8 + i * 16), b.u64(16 + i * 16));
+    return null;
+  },
+  [Op.LOOKUP]: async (s, w, h, b, ctx) => s.entry(w, await s.fsOf().lookup(ctx, h.nodeid, b.strings(0, 1)[0]!)),
+  [Op.GETATTR]: async (s, w, h, _b, ctx) => {
+    writeAttrOut(w.out, H, await s.fsOf().getattr(ctx, h.nodeid), s.ttl);
+    return ATTR_OUT_SIZE;
+  },
+  [Op.SETATTR]: async (s, w, h, b, ctx) => {
+    const valid = b.u32(0);
+    const req: SetattrRequest = {};
+    if (valid & FATTR_FH) req.fh = b.u64(8);
+    if (valid & FATTR_SIZE) req.size = b.u64(16);
+    if (valid & FATTR_ATIME) req.atimeMs = b.u64(32) * 1000 + b.u32(56) / 1e6;
+    if (valid & FATTR_MTIME) req.mtimeMs = b.u64(40) * 1000 + b.u32(60) / 1e6;
+    if (valid & FATTR_MODE) req.mode = b.u32(68);
+    if (valid & FATTR_UID) req.uid = b.u32(76);
+    if (valid & FATTR_GID) req.gid = b.u32(80);
+    const f = s.fsOf();
+    const attr = f.setattr ? await f.setattr(ctx, h.nodeid, req) : await f.getattr(ctx, h.nodeid);
+    writeAttrOut(w.out, H, attr, s.ttl);
+    return ATTR_OUT_SIZE;
+  },
+  [Op.OPEN]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    return writeOpenOut(w.out, H, f.open ? await f.open(ctx, h.nodeid, b.u32(0)) : { fh: 0 });
+  },
+  [Op.READ]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.read) enosys();
+    const size = Math.min(b.u32(16), w.out.length - H);
+    return f.read(ctx, h.nodeid, b.u64(0), b.u64(8), size, w.out.subarray(H, H + size));
+  },
+  [Op.WRITE]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.write) enosys();
+    const n = await f.write(ctx, h.nodeid, b.u64(0), b.u64(8), b.bytes(40, b.u32(16)));
+    w.out.writeUInt32LE(n, H);
+    w.out.writeUInt32LE(0, H + 4);
+    return WRITE_OUT_SIZE;
+  },
+  [Op.FLUSH]: async (s, _w, h, b, ctx) => (await s.fsOf().flush?.(ctx, h.nodeid, b.u64(0)), 0),
+  [Op.RELEASE]: async (s, _w, h, b, ctx) => (await s.fsOf().release?.(ctx, h.nodeid, b.u64(0)), 0),
+  [Op.FSYNC]: async (s, _w, h, b, ctx) => (await s.fsOf().fsync?.(ctx, h.nodeid, b.u64(0), (b.u32(8) & FUSE_FSYNC_FDATASYNC) !== 0), 0),
+  [Op.FALLOCATE]: async (s, _w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.fallocate) enosys();
+    await f.fallocate(ctx, h.nodeid, b.u64(0), b.u64(8), b.u64(16), b.u32(24));
+    return 0;
+  },
+  [Op.IOCTL]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.ioctl) throw Object.assign(new Error('no ioctl'), { code: 'ENOTTY' });
+    const inSize = b.u32(24);
+    const outSize = b.u32(28);
+    const r = await f.ioctl(ctx, h.nodeid, b.u64(0), b.u32(12), b.big64(16), b.bytes(32, inSize), outSize);
+    w.out.fill(0, H, H + IOCTL_OUT_SIZE);
+    w.out.writeInt32LE(r.result, H);
+    const outLen = r.out ? Math.min(r.out.length, outSize) : 0;
+    if (r.out) r.out.copy(w.out, H + IOCTL_OUT_SIZE, 0, outLen);
+    return IOCTL_OUT_SIZE + outLen;
+  },
+  [Op.OPENDIR]: async (s, w, h, _b, ctx) => {
+    const entries = await s.fsOf().readdir(ctx, h.nodeid);
+    return writeOpenOut(w.out, H, { fh: s.openDir(entries) });
+  },
+  [Op.READDIR]: (s, w, _h, b) => readdir(s, w, b, false),
+  [Op.READDIRPLUS]: (s, w, _h, b) => readdir(s, w, b, true),
+  [Op.RELEASEDIR]: (s, _w, _h, b) => (s.closeDir(b.u64(0)), 0),
+  [Op.FSYNCDIR]: () => 0,
+  [Op.STATFS]: async (s, w, h, _b, ctx) => {
+    const f = s.fsOf();
+    writeStatfs(w.out, H, f.statfs ? await f.statfs(ctx, h.nodeid) : { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: 255 });
+    return STATFS_OUT_SIZE;
+  },
+  [Op.ACCESS]: async (s, _w, h, b, ctx) => (await s.fsOf().access?.(ctx, h.nodeid, b.u32(0)), 0),
+  [Op.UNLINK]: async (s, _w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.unlink) enosys();
+    await f.unlink(ctx, h.nodeid, b.strings(0, 1)[0]!);
+    return 0;
+  },
+  [Op.RMDIR]: async (s, _w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.rmdir) enosys();
+    await f.rmdir(ctx, h.nodeid, b.strings(0, 1)[0]!);
+    return 0;
+  },
+  [Op.RENAME]: async (s, _w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.rename) enosys();
+    const [from, to] = b.strings(8, 2);
+    await f.rename(ctx, h.nodeid, from!, b.u64(0), to!, 0);
+    return 0;
+  },
+  [Op.RENAME2]: async (s, _w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.rename) enosys();
+    const [from, to] = b.strings(16, 2);
+    await f.rename(ctx, h.nodeid, from!, b.u64(0), to!, b.u32(8));
+    return 0;
+  },
+  [Op.MKNOD]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.mknod) enosys();
+    return s.entry(w, await f.mknod(ctx, h.nodeid, b.strings(16, 1)[0]!, b.u32(0)));
+  },
+  [Op.MKDIR]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.mkdir) enosys();
+    return s.entry(w, await f.mkdir(ctx, h.nodeid, b.strings(8, 1)[0]!, b.u32(0)));
+  },
+  [Op.SYMLINK]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.symlink) enosys();
+    const [name, target] = b.strings(0, 2);
+    return s.entry(w, await f.symlink(ctx, h.nodeid, name!, target!));
+  },
+  [Op.LINK]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.link) enosys();
+    return s.entry(w, await f.link(ctx, b.u64(0), h.nodeid, b.strings(8, 1)[0]!));
+  },
+  [Op.CREATE]: async (s, w, h, b, ctx) => {
+    const f = s.fsOf();
+    if (!f.create) enosys();
+    const r = await f.create(ctx, h.nodeid, b.strings(16, 1)[0]!, b.u32(4), b.u32(0));
+    const n = s.entry(w, r);
+    return n + writeOpenOut(w.out, H + n, r);
+  },
+};
+
+function readdir(s: Session, w: Worker, b: Body, plus: boolean): number {
+  const entries = s.dirEntries(b.u64(0)) ?? [];
+  const size = Math.min(b.u32(16), w.out.length - H);
+  // READDIRPLUS: an entry without attributes goes out with nodeid 0, which
+  // the kernel takes as "no attributes offered" (not as ENOENT).
+  const entryOf = (d: DirEntry): Entry | undefined => (d.attr ? { attr: d.attr, entryTtl: s.ttl, attrTtl: s.ttl } : undefined);
+  return packDirents(w.out, H, size, entries, b.u64(8), plus ? entryOf : undefined);
+}

@@ -1,0 +1,107 @@
+/** The filesystem interface the session calls. Knows files and directories, nothing more. */
+
+export type NodeId = number;
+
+export interface Attr {
+  ino: NodeId;
+  size: number;
+  blocks?: number;
+  mode: number;      // including S_IFDIR / S_IFREG
+  nlink: number;
+  uid: number;
+  gid: number;
+  atimeMs?: number;
+  mtimeMs?: number;
+  ctimeMs?: number;
+  blksize?: number;
+}
+
+export interface Entry {
+  attr: Attr;
+  /** Seconds the kernel may cache the name and the attributes. */
+  entryTtl?: number;
+  attrTtl?: number;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: NodeId;
+  /** S_IFDIR or S_IFREG bits of the entry's mode. */
+  mode: number;
+  /** Full attributes, offered to the kernel with READDIRPLUS (saves a LOOKUP per entry). */
+  attr?: Attr;
+}
+
+export interface RequestContext {
+  uid: number;
+  gid: number;
+  pid: number;
+  /** Aborted when the kernel sends FUSE_INTERRUPT for this request. */
+  signal: AbortSignal;
+}
+
+export interface OpenResult {
+  fh: number;
+  directIo?: boolean;
+  keepCache?: boolean;
+  nonSeekable?: boolean;
+}
+
+export interface SetattrRequest {
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  atimeMs?: number;
+  mtimeMs?: number;
+  fh?: number;
+}
+
+export interface StatfsResult {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  namelen: number;
+}
+
+export interface IoctlResult {
+  result: number;
+  out?: Buffer;
+}
+
+/**
+ * What a FUSE filesystem implements. Errors are thrown as objects with a
+ * negative or positive errno in `errno` or a name in `code` (see
+ * session.ts: errorCode); a missing optional method answers ENOSYS.
+ */
+export interface FileSystem {
+  lookup(ctx: RequestContext, parent: NodeId, name: string): Promise<Entry> | Entry;
+  forget?(node: NodeId, nlookup: number): void;
+  getattr(ctx: RequestContext, node: NodeId): Promise<Attr> | Attr;
+  setattr?(ctx: RequestContext, node: NodeId, req: SetattrRequest): Promise<Attr> | Attr;
+  open?(ctx: RequestContext, node: NodeId, flags: number): Promise<OpenResult> | OpenResult;
+  /** Fills `buf` (at most `size` bytes from `offset`) and returns the count; 0 = end of file. */
+  read?(ctx: RequestContext, node: NodeId, fh: number, offset: number, size: number, buf: Buffer): Promise<number> | number;
+  write?(ctx: RequestContext, node: NodeId, fh: number, offset: number, data: Buffer): Promise<number> | number;
+  flush?(ctx: RequestContext, node: NodeId, fh: number): Promise<void> | void;
+  release?(ctx: RequestContext, node: NodeId, fh: number): Promise<void> | void;
+  fsync?(ctx: RequestContext, node: NodeId, fh: number, datasync: boolean): Promise<void> | void;
+  fallocate?(ctx: RequestContext, node: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> | void;
+  ioctl?(ctx: RequestContext, node: NodeId, fh: number, cmd: number, arg: bigint, input: Buffer, outSize: number): Promise<IoctlResult> | IoctlResult;
+  opendir?(ctx: RequestContext, node: NodeId): Promise<number> | number;
+  readdir(ctx: RequestContext, node: NodeId): Promise<DirEntry[]> | DirEntry[];
+  releasedir?(ctx: RequestContext, node: NodeId, fh: number): void;
+  statfs?(ctx: RequestContext, node: NodeId): Promise<StatfsResult> | StatfsResult;
+  access?(ctx: RequestContext, node: NodeId, mask: number): Promise<void> | void;
+  unlink?(ctx: RequestContext, parent: NodeId, name: string): Promise<void> | void;
+  rmdir?(ctx: RequestContext, parent: NodeId, name: string): Promise<void> | void;
+  rename?(ctx: RequestContext, parent: NodeId, name: string, newParent: NodeId, newName: string, flags: number): Promise<void> | void;
+  mknod?(ctx: RequestContext, parent: NodeId, name: string, mode: number): Promise<Entry> | Entry;
+  mkdir?(ctx: RequestContext, parent: NodeId, name: string, mode: number): Promise<Entry> | Entry;
+  symlink?(ctx: RequestContext, parent: NodeId, name: string, target: string): Promise<Entry> | Entry;
+  link?(ctx: RequestContext, node: NodeId, newParent: NodeId, newName: string): Promise<Entry> | Entry;
+  create?(ctx: RequestContext, parent: NodeId, name: string, mode: number, flags: number): Promise<Entry & OpenResult>;
+}
