@@ -1,0 +1,208 @@
+import * as fs from 'node:fs';
+import { LoopfsError, fromSystemError } from '../core/errors';
+import type { ByteOffset } from '../core/types';
+import { ioctlBuf } from '../sys/libc';
+import { FileIO, type IoCounts } from './file';
+import { Window, type BlockIO } from './window';
+
+export type { BlockIO } from './window';
+
+export interface AttachOptions {
+  /** Start of the window in the backing file; default 0; integer in [0, file size]. */
+  offset?: ByteOffset;
+  /** Window length cap; default 0 = none; a multiple of 512. */
+  sizelimit?: ByteOffset;
+  /** Logical sector size; default 512; a power of two in [512, 65536]. */
+  sectorSize?: number;
+  readOnly?: boolean;
+  /** Try O_DIRECT; if impossible, stays off and `warnings` says why. */
+  directIo?: boolean;
+}
+
+/** The backing file, opened by the caller with the caller's rights. The Device owns and closes fd. */
+export interface Backing {
+  fd: number;
+  path: string;
+  writable: boolean;
+}
+
+const MIN_SECTOR = 512;
+const MAX_SECTOR = 65536;
+
+// linux/fs.h: _IOR(0x12, 114, size_t)
+const BLKGETSIZE64 = 0x80081272;
+
+/** A loop device's engine: a window of the backing file (see Window). */
+export class Device extends Window implements BlockIO {
+  readonly path: string;
+  /** st_dev of the backing file, as a Linux dev_t number. */
+  readonly dev: number;
+  readonly ino: number;
+  readonly offset: ByteOffset;
+  readonly sizelimit: ByteOffset;
+  /** What attach (or a later setting of directIo) wants the user to know, one sentence each. */
+  readonly warnings: string[] = [];
+  private readonly file: FileIO;
+  private readonly writableFd: boolean;
+  private fileSize: ByteOffset;
+  private readonly isBlockDevice: boolean;
+
+  private constructor(file: FileIO, st: fs.Stats, fileSize: ByteOffset, offset: ByteOffset, sizelimit: ByteOffset, sectorSize: number, readOnly: boolean, writableFd: boolean) {
+    super(file, offset, windowSize(fileSize, offset, sizelimit, sectorSize), sectorSize, readOnly, file.path);
+    this.file = file;
+    this.path = file.path;
+    this.dev = st.dev;
+    this.ino = st.ino;
+    this.offset = offset;
+    this.sizelimit = sizelimit;
+    this.fileSize = fileSize;
+    this.writableFd = writableFd;
+    this.isBlockDevice = st.isBlockDevice();
+  }
+
+  /**
+   * Validates the options against the backing file and builds the device.
+   * On failure the fd is closed (the Device owned it) and a LoopfsError
+   * (EINVAL for bad options) is thrown.
+   */
+  static async attach(backing: Backing, opts: AttachOptions): Promise<Device> {
+    let dev: Device;
+    try {
+      const offset = opts.offset ?? 0;
+      const sizelimit = opts.sizelimit ?? 0;
+      const sectorSize = opts.sectorSize ?? MIN_SECTOR;
+      if (!Number.isSafeInteger(offset) || offset < 0) {
+        throw new LoopfsError('EINVAL', `offset ${offset}`, 'not a non-negative integer');
+      }
+      if (!Number.isSafeInteger(sizelimit) || sizelimit < 0) {
+        throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a non-negative integer');
+      }
+      if (sizelimit % 512 !== 0) throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a multiple of 512');
+      if (!Number.isInteger(sectorSize) || sectorSize < MIN_SECTOR || sectorSize > MAX_SECTOR || (sectorSize & (sectorSize - 1)) !== 0) {
+        throw new LoopfsError('EINVAL', `sector size ${sectorSize}`, `not a power of two from ${MIN_SECTOR} to ${MAX_SECTOR}`);
+      }
+      const st = await fstat(backing);
+      const fileSize = backingSize(backing, st);
+      if (offset > fileSize) {
+        throw new LoopfsError('EINVAL', `offset ${offset}`, `past the end of the backing file (${fileSize} bytes)`);
+      }
+      const readOnly = !!opts.readOnly || !backing.writable;
+      dev = new Device(new FileIO(backing.fd, backing.path), st, fileSize, offset, sizelimit, sectorSize, readOnly, backing.writable);
+      if (!opts.readOnly && !backing.writable) dev.warnings.push(`${backing.path}: Warning: file is not writable; attached read-only.`);
+      dev.warnSize();
+    } catch (e) {
+      try {
+        fs.closeSync(backing.fd);
+      } catch {
+        // already unusable; the error that matters is the one below
+      }
+      throw fromSystemError(e, backing.path);
+    }
+    if (opts.directIo) dev.directIo = true;
+    return dev;
+  }
+
+  /**
+   * Whether requests go O_DIRECT. Setting it true opens the O_DIRECT
+   * descriptor if needed; when that is impossible it stays false and a
+   * warning is pushed. Setting it false keeps the descriptor until close().
+   */
+  get directIo(): boolean {
+    return this.file.direct;
+  }
+
+  set directIo(on: boolean) {
+    if (!on) {
+      this.file.direct = false;
+      return;
+    }
+    try {
+      this.file.openDirect(this.writableFd && !this.readOnly, this.dev);
+    } catch (e) {
+      const reason = e instanceof LoopfsError ? `${e.reason} (${e.errno})` : String(e);
+      this.warnings.push(`${this.path}: set direct io failed: the filesystem refuses O_DIRECT: ${reason}`);
+      return;
+    }
+    // The kernel's rule (lo_can_use_dio): the window and the logical sector
+    // must be aligned to what O_DIRECT needs, or direct I/O stays off.
+    const align = this.file.dioAlignment;
+    if (this.offset % align !== 0 || this.sectorSize < align) {
+      this.file.direct = false;
+      this.warnings.push(
+        `${this.path}: set direct io failed: offset ${this.offset} and sector size ${this.sectorSize} must be multiples of the backing device's ${align}-byte block`,
+      );
+    }
+  }
+
+  /** Alignment (bytes) of memory, position and length for O_DIRECT on this file. */
+  get dioAlignment(): number {
+    return this.file.dioAlignment;
+  }
+
+  /** How requests were served so far (direct, bounced, buffered). */
+  ioCounts(): IoCounts {
+    return { ...this.file.counts };
+  }
+
+  /** Re-reads the backing file's size (losetup -c). Returns the new device size. */
+  async refreshCapacity(): Promise<ByteOffset> {
+    const st = await fstat({ fd: this.file.fd, path: this.path });
+    this.fileSize = backingSize({ fd: this.file.fd, path: this.path }, st);
+    this.length = windowSize(this.fileSize, this.offset, this.sizelimit, this.sectorSize);
+    return this.length;
+  }
+
+  /**
+   * Whether the file (dev, ino) window [offset, offset+size) intersects this
+   * device's, the way util-linux's --nooverlap compares them: a size of 0
+   * means "to the end of the file", as a sizelimit of 0 does.
+   */
+  overlaps(dev: number, ino: number, offset: ByteOffset, size: ByteOffset): boolean {
+    if (dev !== this.dev || ino !== this.ino) return false;
+    if (this.sizelimit !== 0 && offset >= this.offset + this.sizelimit) return false;
+    if (size !== 0 && offset + size <= this.offset) return false;
+    return true;
+  }
+
+  /** Same file, same offset and sizelimit: util-linux's "full match" that --nooverlap reuses. */
+  sameWindow(dev: number, ino: number, offset: ByteOffset, sizelimit: ByteOffset): boolean {
+    return dev === this.dev && ino === this.ino && offset === this.offset && sizelimit === this.sizelimit;
+  }
+
+  /** Waits for requests in flight, then closes the backing file. Later requests fail ENXIO. */
+  close(): Promise<void> {
+    return this.file.close();
+  }
+
+  /** util-linux losetup's warn_size(). */
+  private warnSize(): void {
+    if (this.isBlockDevice) return;
+    const size = this.sizelimit || this.fileSize - this.offset;
+    if (size < 512) {
+      this.warnings.push(`${this.path}: Warning: file is smaller than 512 bytes; the loop device may be useless or invisible for system tools.`);
+    } else if (size % 512 !== 0) {
+      this.warnings.push(`${this.path}: Warning: file does not end on a 512-byte sector boundary; the remaining end of the file will be ignored.`);
+    }
+  }
+}
+
+/** min(fileSize − offset, sizelimit || ∞), rounded down to the sector size; 0 if offset is past the end. */
+export function windowSize(fileSize: ByteOffset, offset: ByteOffset, sizelimit: ByteOffset, sectorSize: number): ByteOffset {
+  let n = Math.max(0, fileSize - offset);
+  if (sizelimit > 0 && sizelimit < n) n = sizelimit;
+  return n - (n % sectorSize);
+}
+
+function fstat(b: { fd: number; path: string }): Promise<fs.Stats> {
+  return new Promise((resolve, reject) => fs.fstat(b.fd, (err, st) => (err ? reject(fromSystemError(err, b.path)) : resolve(st))));
+}
+
+function backingSize(b: { fd: number; path: string }, st: fs.Stats): ByteOffset {
+  if (st.isFile()) return st.size;
+  if (st.isBlockDevice()) {
+    const buf = Buffer.alloc(8);
+    ioctlBuf(b.fd, BLKGETSIZE64, buf);
+    return Number(buf.readBigUInt64LE(0));
+  }
+  throw new LoopfsError('EINVAL', b.path, 'not a regular file or block device');
+}
