@@ -1,6 +1,14 @@
 import type { CAC } from 'cac';
+import { register as mount } from './mount';
+import { register as umount } from './umount';
+import { register as ctl } from './ctl';
+import { register as rm } from './rm';
+import { register as list } from './list';
+import { register as gc } from './gc';
 
 /** Every subcommand registers itself here; each module declares its own options. */
 export function registerCommands(cli: CAC): void {
-  void cli;
+  cli.option('--instance <dir|id>', 'The instance to use (default: $LOOPFS, else the default instance)');
+  cli.option('--run-dir <dir>', 'Run directory (default: $LOOPFS_RUNDIR, /run/loopfs for root, $XDG_RUNTIME_DIR/loopfs)');
+  for (const r of [mount, umount, ctl, rm, list, gc]) r(cli);
 }

@@ -1,5 +1,121 @@
-/** The instance daemon: filled in by the daemon layer. */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LoopfsError } from '../core/errors';
+import type { InstanceStatus } from '../core/protocol';
+import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
+import { mountFuse, unmountFuse } from '../fuse/mount';
+import { Session } from '../fuse/session';
+import { ControlServer } from './control';
+import { LoopFilesystem } from './filesystem';
+import { Instance } from './instance';
+
+/**
+ * The daemon of one instance: `loopfs __daemon --id … --mountpoint … --state …`.
+ * Mounts the FUSE filesystem, serves it and the control socket, reports
+ * "ready" (or the error) on fd 3 to the `loopfs mount` that started it, and
+ * removes its state (and a mountpoint it owns) when the mount goes away —
+ * unmounted by `loopfs umount`, by umount(8), or lazily after the last close.
+ */
+
+interface DaemonArgs {
+  id: string;
+  mountpoint: string;
+  state: string;
+  max: number;
+  uid: number;
+  gid: number;
+  removeMountpoint: boolean;
+}
+
+function parseArgs(argv: string[]): DaemonArgs {
+  const get = (k: string): string => {
+    const i = argv.indexOf(`--${k}`);
+    if (i < 0 || i + 1 >= argv.length) throw new LoopfsError('EINVAL', `--${k}`, 'missing daemon argument');
+    return argv[i + 1]!;
+  };
+  return {
+    id: get('id'),
+    mountpoint: get('mountpoint'),
+    state: get('state'),
+    max: Number(get('max')),
+    uid: Number(get('uid')),
+    gid: Number(get('gid')),
+    removeMountpoint: argv.includes('--remove-mountpoint'),
+  };
+}
+
+const READY_FD = 3;
+
+function tellParent(line: string): void {
+  try {
+    fs.writeSync(READY_FD, `${line}\n`);
+    fs.closeSync(READY_FD);
+  } catch {
+    /* the parent is gone; nothing to tell */
+  }
+}
+
 export async function runDaemon(argv: string[]): Promise<number> {
-  process.stderr.write(`loopfs daemon: not built yet (${argv.length} args)\n`);
-  return 1;
+  const a = parseArgs(argv);
+  const debug = process.env.LOOPFS_DEBUG === '1';
+  const log = (s: string): void => {
+    process.stderr.write(`${new Date().toISOString()} ${s}\n`);
+  };
+  // No process.title: it rewrites /proc/PID/cmdline, which liveness checks read.
+  const inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max);
+  const fsys = new LoopFilesystem(inst);
+
+  let control: ControlServer;
+  let session: Session;
+  try {
+    const mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: true });
+    session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined });
+    inst.session = session;
+    control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
+      status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),
+      remount: (max) => {
+        inst.table.max = max;
+        state.max = max;
+        writeState(a.state, state);
+      },
+      umount: async (lazy) => {
+        if (!lazy && inst.openDevices > 0) throw new LoopfsError('EBUSY', a.mountpoint, `${inst.openDevices} device(s) open`);
+        await unmountFuse(a.mountpoint, lazy);
+      },
+    }, log);
+  } catch (e) {
+    const err = e instanceof LoopfsError ? e : new LoopfsError(((e as NodeJS.ErrnoException).code as never) ?? 'EIO', a.mountpoint, (e as Error).message);
+    tellParent(`error ${err.errno} ${JSON.stringify({ what: err.what, reason: err.reason })}`);
+    return 1;
+  }
+  const state: InstanceState = { version: 1, id: a.id, mountpoint: a.mountpoint, pid: process.pid, uid: a.uid, gid: a.gid, max: a.max, removeMountpoint: a.removeMountpoint, created: new Date().toISOString() };
+  writeState(a.state, state);
+
+  const served = control.serve();
+  const stop = (): void => {
+    // SIGTERM/SIGINT: leave like a lazy umount would.
+    unmountFuse(a.mountpoint, true).catch((e) => log(`unmount on signal: ${(e as Error).message}`));
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGHUP', () => {});
+  tellParent('ready');
+
+  try {
+    await session.serve();
+  } catch (e) {
+    log(`session: ${(e as Error).stack ?? e}`);
+  }
+  control.close();
+  await served;
+  await inst.shutdown();
+  fs.rmSync(a.state, { recursive: true, force: true });
+  if (a.removeMountpoint) {
+    try {
+      fs.rmdirSync(a.mountpoint);
+    } catch (e) {
+      log(`remove ${a.mountpoint}: ${(e as Error).message}`);
+    }
+  }
+  return 0;
 }

@@ -1,0 +1,29 @@
+import { usageError } from '../core/errors';
+import type { InstanceSelector } from '../core/api';
+
+/** Helpers every command shares: the global options and strict number parsing. */
+
+export interface GlobalFlags {
+  instance?: string;
+  runDir?: string;
+}
+
+export function selector(flags: GlobalFlags): InstanceSelector {
+  return { ...(flags.instance ? { instance: String(flags.instance) } : {}), ...(flags.runDir ? { runDir: String(flags.runDir) } : {}) };
+}
+
+/** A non-negative decimal integer, as the user typed it (cac may have made it a number already). */
+export function parseCount(value: unknown, what: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const s = String(value ?? '').trim();
+  if (!/^\d+$/.test(s)) throw usageError('EINVAL', `${what}=${s}`, 'not a non-negative integer');
+  const n = Number(s);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw usageError(n > max ? 'ERANGE' : 'EINVAL', `${what}=${s}`, `must be between ${min} and ${max}`);
+  return n;
+}
+
+/** cac turns "-o 5" into a number and repeated flags into arrays; commands want the raw string. */
+export function str(v: unknown): string | undefined {
+  if (v === undefined || v === null || v === false) return undefined;
+  if (Array.isArray(v)) return str(v[v.length - 1]);
+  return String(v);
+}

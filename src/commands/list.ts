@@ -1,0 +1,56 @@
+import type { CAC } from 'cac';
+import { selector, type GlobalFlags } from './common';
+
+export interface ListedInstance {
+  id: string;
+  mountpoint: string | null;
+  owner: string | null;
+  devices: number | null;
+  bound: number | null;
+  open: number | null;
+  max: number | null;
+  pid: number | null;
+  health: 'alive' | 'dead' | 'unmounted' | 'broken';
+  problem?: string;
+}
+
+export function register(cli: CAC): void {
+  cli
+    .command('list', 'List the instances of this run directory: id, mountpoint, owner, devices, max, daemon pid, health')
+    .option('--json', 'Print JSON (an array of instances)')
+    .example('loopfs list')
+    .example('loopfs list --json')
+    .action(async (flags: GlobalFlags & { json?: boolean }) => {
+      const { ensureRunDir } = await import('../core/rundir');
+      const { listInstances } = await import('../core/registry');
+      const { request } = await import('../core/client');
+      const out: ListedInstance[] = [];
+      for (const r of listInstances(ensureRunDir(selector(flags).runDir))) {
+        const s = r.state;
+        const item: ListedInstance = {
+          id: r.id, mountpoint: s?.mountpoint ?? null, owner: s ? `${s.uid}:${s.gid}` : null, devices: null, bound: null, open: null,
+          max: s?.max ?? null, pid: s?.pid ?? null, health: !s ? 'broken' : r.alive ? 'alive' : 'dead',
+          ...(r.problem ? { problem: r.problem } : {}),
+        };
+        if (r.alive) {
+          try {
+            const st = await request(r.stateDir, 'status', {});
+            Object.assign(item, { devices: st.devices, bound: st.bound, open: st.open, max: st.max });
+            if (!r.mounted) item.health = 'unmounted';
+          } catch (e) {
+            item.health = 'dead';
+            item.problem = (e as Error).message;
+          }
+        }
+        out.push(item);
+      }
+      if (flags.json) {
+        process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+        return 0;
+      }
+      const { table } = await import('./table');
+      const rows = out.map((i) => [i.id, i.mountpoint ?? '-', i.owner ?? '-', i.devices === null ? '-' : `${i.devices}/${i.bound}/${i.open}`, String(i.max ?? '-'), String(i.pid ?? '-'), i.health + (i.problem ? ` (${i.problem})` : '')]);
+      process.stdout.write(table(['ID', 'MOUNTPOINT', 'OWNER', 'DEVICES/BOUND/OPEN', 'MAX', 'PID', 'HEALTH'], rows));
+      return 0;
+    });
+}

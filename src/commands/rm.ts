@@ -1,0 +1,26 @@
+import type { CAC } from 'cac';
+import { LoopfsError, usageError } from '../core/errors';
+import { selector, type GlobalFlags } from './common';
+import { reportError } from './report';
+
+export function register(cli: CAC): void {
+  cli
+    .command('rm [...devices]', 'Remove device entries (unbound and not open), like rm DIR/loopN')
+    .example('loopfs rm /run/loopfs/default/loop3')
+    .example('loopfs rm loop4 loop5')
+    .action(async (devices: string[], flags: GlobalFlags) => {
+      if (devices.length === 0) throw usageError('EINVAL', 'rm', 'no device given');
+      const { resolveDevice } = await import('../core/instance');
+      let status = 0;
+      for (const d of devices) {
+        try {
+          const ref = await resolveDevice(d, selector(flags));
+          if (ref.partition !== undefined) throw new LoopfsError('EPERM', d, 'a partition entry goes away with its device');
+          await ref.client.removeDevice(ref.index);
+        } catch (e) {
+          status = reportError('rm', e);
+        }
+      }
+      return status;
+    });
+}

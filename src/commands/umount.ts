@@ -1,0 +1,20 @@
+import type { CAC } from 'cac';
+import { LoopfsError } from '../core/errors';
+import { selector, type GlobalFlags } from './common';
+
+export function register(cli: CAC): void {
+  cli
+    .command('umount <dir>', 'Tear down the instance mounted at DIR (or named by its id): detach its devices, unmount, stop its daemon')
+    .option('-l, --lazy', 'Detach now even while devices are open; finish when the last opener closes')
+    .example('loopfs umount /mnt/loops')
+    .example('loopfs umount -l /mnt/loops')
+    .action(async (dir: string, flags: GlobalFlags & { lazy?: boolean }) => {
+      const { ensureRunDir } = await import('../core/rundir');
+      const { findInstance } = await import('../core/registry');
+      const { stopInstance } = await import('../core/instance');
+      const rec = findInstance(ensureRunDir(selector(flags).runDir), dir);
+      if (!rec) throw new LoopfsError('EINVAL', dir, 'not a loopfs instance');
+      await stopInstance(rec, !!flags.lazy);
+      return 0;
+    });
+}

@@ -1,0 +1,113 @@
+import * as path from 'node:path';
+import * as fs from 'node:fs';
+import { LoopfsError } from './errors';
+import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
+import { SOCKET_FILE } from './state';
+import { connect, readLine, closeFds } from '../sys/unixsock';
+import type { AttachRequest, AttachResult, InstanceClient } from './api';
+import type { DeviceIndex, DeviceInfo } from './types';
+
+/** One request over an instance's control socket. */
+export async function request<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], fds: number[] = []): Promise<Requests[K]['result']> {
+  const sock = path.join(stateDir, SOCKET_FILE);
+  let conn;
+  try {
+    conn = await connect(sock);
+  } catch (e) {
+    if (e instanceof LoopfsError && (e.errno === 'ECONNREFUSED' || e.errno === 'ENOENT')) {
+      throw new LoopfsError('ESRCH', path.basename(stateDir), 'the instance daemon is not running (see loopfs list, loopfs gc)');
+    }
+    throw e;
+  }
+  try {
+    await conn.send(Buffer.from(`${JSON.stringify({ v: PROTOCOL_VERSION, op, args })}\n`), fds);
+    const r = await readLine(conn);
+    closeFds(r.fds);
+    if (r.line === null) throw new LoopfsError('EPIPE', path.basename(stateDir), 'the daemon closed the connection without answering');
+    const res = JSON.parse(r.line) as Response<K>;
+    if (!res.ok) throw new LoopfsError(res.errno, res.what, res.reason);
+    return res.result;
+  } finally {
+    conn.close();
+  }
+}
+
+/** InstanceClient over the control socket. Backing files are opened here, with the caller's rights. */
+export class ControlClient implements InstanceClient {
+  constructor(readonly id: string, readonly mountpoint: string, private readonly stateDir: string) {}
+
+  list(): Promise<DeviceInfo[]> {
+    return request(this.stateDir, 'list', {});
+  }
+
+  async attach(req: AttachRequest): Promise<AttachResult> {
+    const file = path.resolve(req.file);
+    const { fd, writable } = openBacking(file, !!req.readOnly);
+    try {
+      const r = await request(this.stateDir, 'attach', { req: { ...req, file }, path: file, writable }, [fd]);
+      if (!writable && !req.readOnly) r.warnings.unshift(`${req.file}: write access denied, attached read-only`);
+      return r;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  detach(index: DeviceIndex): Promise<void> {
+    return request(this.stateDir, 'detach', { index }).then(() => undefined);
+  }
+
+  detachAll(): Promise<void> {
+    return request(this.stateDir, 'detachAll', {}).then(() => undefined);
+  }
+
+  setCapacity(index: DeviceIndex): Promise<DeviceInfo> {
+    return request(this.stateDir, 'setCapacity', { index });
+  }
+
+  addDevice(index?: DeviceIndex): Promise<DeviceIndex> {
+    return request(this.stateDir, 'add', index === undefined ? {} : { index });
+  }
+
+  removeDevice(index: DeviceIndex): Promise<void> {
+    return request(this.stateDir, 'remove', { index }).then(() => undefined);
+  }
+
+  getFree(): Promise<DeviceIndex> {
+    return request(this.stateDir, 'getFree', {});
+  }
+}
+
+/**
+ * Opens a backing file as losetup does: read-write unless asked read-only,
+ * falling back to read-only when writing is refused (EACCES, EROFS, EPERM).
+ * A directory or anything that is not a regular file or block device is refused.
+ */
+export function openBacking(file: string, readOnly: boolean): { fd: number; writable: boolean } {
+  let fd: number;
+  let writable = !readOnly;
+  try {
+    fd = fs.openSync(file, readOnly ? 'r' : 'r+');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (!readOnly && (code === 'EACCES' || code === 'EROFS' || code === 'EPERM')) {
+      fd = openOrThrow(file, 'r');
+      writable = false;
+    } else {
+      throw new LoopfsError((code as never) ?? 'EIO', file, code === 'EISDIR' ? 'is a directory' : undefined);
+    }
+  }
+  const st = fs.fstatSync(fd);
+  if (!st.isFile() && !st.isBlockDevice()) {
+    fs.closeSync(fd);
+    throw new LoopfsError(st.isDirectory() ? 'EISDIR' : 'EINVAL', file, 'not a regular file or block device');
+  }
+  return { fd, writable };
+}
+
+function openOrThrow(file: string, flags: string): number {
+  try {
+    return fs.openSync(file, flags);
+  } catch (e) {
+    throw new LoopfsError(((e as NodeJS.ErrnoException).code as never) ?? 'EIO', file);
+  }
+}

@@ -1,0 +1,52 @@
+import type { AttachRequest, AttachResult } from './api';
+import type { DeviceIndex, DeviceInfo } from './types';
+import type { Errno } from './errors';
+
+/**
+ * The control protocol between the CLI (core/client.ts) and an instance
+ * daemon (daemon/control.ts): one JSON object per line each way over the
+ * instance's AF_UNIX socket, one request per connection. A backing file
+ * travels as an fd attached to the request line (SCM_RIGHTS). `v` is checked
+ * on both sides; a daemon answers a version it does not speak with
+ * EPROTONOSUPPORT.
+ */
+export const PROTOCOL_VERSION = 1;
+
+export interface InstanceStatus {
+  id: string;
+  mountpoint: string;
+  uid: number;
+  gid: number;
+  max: number;
+  pid: number;
+  devices: number;
+  bound: number;
+  open: number;
+}
+
+export interface Requests {
+  status: { args: Record<string, never>; result: InstanceStatus };
+  list: { args: Record<string, never>; result: DeviceInfo[] };
+  add: { args: { index?: DeviceIndex }; result: DeviceIndex };
+  remove: { args: { index: DeviceIndex }; result: null };
+  getFree: { args: Record<string, never>; result: DeviceIndex };
+  /** The backing fd rides with the request; `path` is absolute, `writable` says how the client opened it. */
+  attach: { args: { req: AttachRequest; path: string; writable: boolean }; result: AttachResult };
+  detach: { args: { index: DeviceIndex }; result: null };
+  detachAll: { args: Record<string, never>; result: null };
+  setCapacity: { args: { index: DeviceIndex }; result: DeviceInfo };
+  remount: { args: { max: number }; result: null };
+  umount: { args: { lazy: boolean }; result: null };
+}
+
+export type Op = keyof Requests;
+
+export interface Request<K extends Op = Op> {
+  v: number;
+  op: K;
+  args: Requests[K]['args'];
+}
+
+export type Response<K extends Op = Op> =
+  | { v: number; ok: true; result: Requests[K]['result'] }
+  | { v: number; ok: false; errno: Errno; what: string; reason: string };

@@ -1,0 +1,53 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LoopfsError } from './errors';
+
+/**
+ * The run directory (SPEC §1): --run-dir, else $LOOPFS_RUNDIR, else
+ * /run/loopfs for root, else $XDG_RUNTIME_DIR/loopfs. Created 0700; refused
+ * when owned by someone else or open to group/other.
+ */
+
+export function runDirPath(explicit?: string): string {
+  if (explicit) return path.resolve(explicit);
+  if (process.env.LOOPFS_RUNDIR) return path.resolve(process.env.LOOPFS_RUNDIR);
+  const uid = process.getuid?.() ?? 0;
+  if (uid === 0) return '/run/loopfs';
+  const xdg = process.env.XDG_RUNTIME_DIR;
+  if (!xdg) throw new LoopfsError('ENOENT', 'run directory', 'XDG_RUNTIME_DIR is not set; give --run-dir or LOOPFS_RUNDIR');
+  return path.join(xdg, 'loopfs');
+}
+
+export function instancesDir(runDir: string): string {
+  return path.join(runDir, 'instances');
+}
+
+export function defaultMountpoint(runDir: string): string {
+  return path.join(runDir, 'default');
+}
+
+/** Makes sure `dir` exists as a private directory of ours; returns it. */
+export function ensurePrivateDir(dir: string): string {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new LoopfsError(((e as NodeJS.ErrnoException).code as never) ?? 'EIO', dir, 'cannot create the run directory');
+  }
+  checkPrivateDir(dir);
+  return dir;
+}
+
+export function checkPrivateDir(dir: string): void {
+  const st = fs.lstatSync(dir);
+  const uid = process.getuid?.() ?? 0;
+  if (st.isSymbolicLink()) throw new LoopfsError('ELOOP', dir, 'is a symbolic link; refused');
+  if (!st.isDirectory()) throw new LoopfsError('ENOTDIR', dir, 'is not a directory');
+  if (st.uid !== uid) throw new LoopfsError('EPERM', dir, `owned by uid ${st.uid}, not by uid ${uid}; refused`);
+  if ((st.mode & 0o022) !== 0) throw new LoopfsError('EPERM', dir, `writable by group or others (mode ${(st.mode & 0o777).toString(8)}); refused`);
+}
+
+export function ensureRunDir(explicit?: string): string {
+  const dir = ensurePrivateDir(runDirPath(explicit));
+  ensurePrivateDir(instancesDir(dir));
+  return dir;
+}

@@ -1,0 +1,65 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LoopfsError } from './errors';
+
+/**
+ * The state an instance keeps under RUNDIR/instances/<id>/: state.json (this
+ * file's format), ctl.sock (the control socket), daemon.log. Files are
+ * written atomically and opened without following symlinks; a state file
+ * that does not parse is reported and never trusted (SPEC §7).
+ */
+
+export const STATE_FILE = 'state.json';
+export const SOCKET_FILE = 'ctl.sock';
+export const LOG_FILE = 'daemon.log';
+
+export interface InstanceState {
+  version: 1;
+  id: string;
+  mountpoint: string;
+  pid: number;
+  uid: number;
+  gid: number;
+  max: number;
+  /** The daemon made the mountpoint (the default instance) and removes it on exit. */
+  removeMountpoint: boolean;
+  created: string;
+}
+
+export function writeState(dir: string, st: InstanceState): void {
+  const tmp = path.join(dir, `.${STATE_FILE}.${process.pid}`);
+  const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+  try {
+    fs.writeSync(fd, `${JSON.stringify(st, null, 2)}\n`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, path.join(dir, STATE_FILE));
+}
+
+export function readState(dir: string): InstanceState {
+  const file = path.join(dir, STATE_FILE);
+  let text: string;
+  try {
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      text = fs.readFileSync(fd, 'utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new LoopfsError(code === 'ELOOP' ? 'ELOOP' : code === 'ENOENT' ? 'ENOENT' : 'EIO', file, code === 'ELOOP' ? 'is a symbolic link; not trusted' : undefined);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw new LoopfsError('EINVAL', file, 'state file does not parse; left alone');
+  }
+  const s = v as Partial<InstanceState>;
+  const ok = s && s.version === 1 && typeof s.id === 'string' && typeof s.mountpoint === 'string' && Number.isInteger(s.pid)
+    && Number.isInteger(s.uid) && Number.isInteger(s.gid) && Number.isInteger(s.max);
+  if (!ok) throw new LoopfsError('EINVAL', file, 'state file is not a loopfs state (version 1); left alone');
+  return s as InstanceState;
+}

@@ -1,0 +1,103 @@
+import { constants } from 'node:os';
+import { LoopfsError, type Errno } from '../core/errors';
+import { PROTOCOL_VERSION, type InstanceStatus, type Op, type Request, type Requests, type Response } from '../core/protocol';
+import { UnixServer, readLine, closeFds, type UnixConn } from '../sys/unixsock';
+import type { Instance } from './instance';
+
+/**
+ * The control socket of one daemon: mode 0600 in a 0700 directory, and each
+ * peer's credentials checked (SO_PEERCRED) — only the instance owner, the
+ * daemon's own uid, or root get an answer.
+ */
+
+export interface ControlHooks {
+  status(): InstanceStatus;
+  remount(max: number): void;
+  umount(lazy: boolean): Promise<void>;
+}
+
+type Handlers = { [K in Op]: (args: Requests[K]['args'], fds: number[]) => Promise<Requests[K]['result']> | Requests[K]['result'] };
+
+export class ControlServer {
+  private readonly server: UnixServer;
+  private readonly handlers: Handlers;
+
+  constructor(path: string, private readonly inst: Instance, hooks: ControlHooks, private readonly log: (s: string) => void) {
+    this.server = UnixServer.listen(path, 0o600);
+    this.handlers = {
+      status: () => hooks.status(),
+      list: () => inst.list(),
+      add: (a) => inst.addDevice(a.index),
+      remove: (a) => (inst.removeDevice(a.index), null),
+      getFree: () => inst.getFree(),
+      attach: (a, fds) => {
+        const fd = fds.shift();
+        if (fd === undefined) throw new LoopfsError('EBADF', a.path, 'no backing file descriptor came with the request');
+        return inst.attach(a.req, { fd, path: a.path, writable: a.writable });
+      },
+      detach: async (a) => (await inst.detach(a.index), null),
+      detachAll: async () => (await inst.detachAll(), null),
+      setCapacity: (a) => inst.setCapacity(a.index),
+      remount: (a) => (hooks.remount(a.max), null),
+      umount: async (a) => (await hooks.umount(a.lazy), null),
+    };
+  }
+
+  async serve(): Promise<void> {
+    for (;;) {
+      let conn: UnixConn;
+      try {
+        conn = await this.server.accept();
+      } catch (e) {
+        if (e instanceof LoopfsError && e.errno === 'ECANCELED') return;
+        this.log(`accept: ${(e as Error).message}`);
+        continue;
+      }
+      void this.handle(conn);
+    }
+  }
+
+  close(): void {
+    this.server.close();
+  }
+
+  private allowed(uid: number): boolean {
+    return uid === 0 || uid === this.inst.owner.uid || uid === process.getuid?.();
+  }
+
+  private async handle(conn: UnixConn): Promise<void> {
+    let fds: number[] = [];
+    let reply: Response;
+    try {
+      const cred = conn.peerCred();
+      const r = await readLine(conn);
+      fds = r.fds;
+      if (r.line === null) return;
+      if (!this.allowed(cred.uid)) throw new LoopfsError('EACCES', this.inst.mountpoint, `uid ${cred.uid} may not control this instance`);
+      const req = JSON.parse(r.line) as Request;
+      if (req.v !== PROTOCOL_VERSION) throw new LoopfsError('EPROTONOSUPPORT', 'control request', `protocol version ${req.v} (daemon speaks ${PROTOCOL_VERSION})`);
+      const h = this.handlers[req.op] as ((a: unknown, f: number[]) => unknown) | undefined;
+      if (!h) throw new LoopfsError('EINVAL', `operation ${String(req.op)}`, 'unknown control operation');
+      reply = { v: PROTOCOL_VERSION, ok: true, result: (await h(req.args ?? {}, fds)) as never };
+    } catch (e) {
+      reply = errorReply(e);
+      if (!(e instanceof LoopfsError)) this.log(`control: ${(e as Error)?.stack ?? e}`);
+    } finally {
+      closeFds(fds);
+    }
+    try {
+      await conn.send(Buffer.from(`${JSON.stringify(reply)}\n`));
+    } catch {
+      /* the client went away */
+    } finally {
+      conn.close();
+    }
+  }
+}
+
+function errorReply(e: unknown): Response {
+  if (e instanceof LoopfsError) return { v: PROTOCOL_VERSION, ok: false, errno: e.errno, what: e.what, reason: e.reason };
+  const n = e as NodeJS.ErrnoException;
+  const errno: Errno = typeof n?.code === 'string' && n.code in constants.errno ? (n.code as Errno) : 'EIO';
+  return { v: PROTOCOL_VERSION, ok: false, errno, what: n?.path ?? 'daemon', reason: (n?.message ?? String(e)).replace(/^E[A-Z]+: /, '') };
+}

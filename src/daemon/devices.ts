@@ -1,0 +1,174 @@
+import { LoopfsError } from '../core/errors';
+import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../core/types';
+import type { Device, BlockIO } from '../engine/device';
+
+/**
+ * The device table of one instance: which loopN exist, their entry names,
+ * what each is bound to and how often it is open. All mutations happen on
+ * the daemon's one JS thread, so "find the lowest free device and bind it"
+ * is atomic with respect to every other request (SPEC §6: no two
+ * `losetup -f` ever get the same device).
+ */
+
+/** Device numbers are kept below the kernel's 2^20 minors. */
+export const MAX_INDEX = (1 << 20) - 1;
+
+export interface Binding {
+  device: Device;
+  autoclear: boolean;
+  partscan: boolean;
+  partitions: PartitionInfo[];
+  /** One window per partition, by partition number. */
+  windows: Map<number, BlockIO>;
+}
+
+export class LoopDevice {
+  name: string;
+  binding: Binding | undefined;
+  openCount = 0;
+  /** Detach asked while open: unbind at last close (LOOP_CLR_FD semantics). */
+  constructor(readonly index: DeviceIndex) {
+    this.name = `loop${index}`;
+  }
+  get bound(): boolean {
+    return this.binding !== undefined;
+  }
+}
+
+export interface TableHooks {
+  /** Called before a device is created; throws (ENOSPC) when a per-user limit forbids it. */
+  reserve?(count: number): void;
+  /** Called after a device is removed, to give back what reserve took. */
+  release?(count: number): void;
+  /** The set of devices or names changed (kernel caches to invalidate). */
+  changed?(dev: LoopDevice, what: 'added' | 'removed' | 'bound' | 'unbound' | 'renamed', oldName?: string): void;
+}
+
+export class DeviceTable {
+  private readonly byIndex = new Map<DeviceIndex, LoopDevice>();
+  private readonly byName = new Map<string, LoopDevice>();
+
+  constructor(public max: number, private readonly hooks: TableHooks = {}) {}
+
+  get count(): number {
+    return this.byIndex.size;
+  }
+
+  get(index: DeviceIndex): LoopDevice | undefined {
+    return this.byIndex.get(index);
+  }
+
+  byEntryName(name: string): LoopDevice | undefined {
+    return this.byName.get(name);
+  }
+
+  all(): LoopDevice[] {
+    return [...this.byIndex.values()].sort((a, b) => a.index - b.index);
+  }
+
+  /** LOOP_CTL_ADD: a specific index, or (undefined) the lowest unused one. */
+  add(index?: DeviceIndex): LoopDevice {
+    if (index !== undefined && (!Number.isSafeInteger(index) || index < 0 || index > MAX_INDEX)) {
+      throw new LoopfsError('EINVAL', `loop${index}`, `device number must be between 0 and ${MAX_INDEX}`);
+    }
+    if (index !== undefined && this.byIndex.has(index)) throw new LoopfsError('EEXIST', `loop${index}`, 'device exists');
+    if (this.byIndex.size >= this.max) {
+      throw new LoopfsError('ENOSPC', index === undefined ? 'new device' : `loop${index}`, `instance limit reached (max=${this.max})`);
+    }
+    const i = index ?? this.lowestUnused();
+    const name = `loop${i}`;
+    if (this.byName.has(name)) throw new LoopfsError('EEXIST', name, 'an entry of that name exists (a renamed device)');
+    this.hooks.reserve?.(1);
+    const dev = new LoopDevice(i);
+    this.byIndex.set(i, dev);
+    this.byName.set(dev.name, dev);
+    this.hooks.changed?.(dev, 'added');
+    return dev;
+  }
+
+  /** LOOP_CTL_REMOVE: only an unbound device nobody has open. */
+  remove(index: DeviceIndex): void {
+    const dev = this.byIndex.get(index);
+    if (!dev) throw new LoopfsError('ENODEV', `loop${index}`, 'no such device');
+    if (dev.bound || dev.openCount > 0) throw new LoopfsError('EBUSY', dev.name, dev.bound ? 'device is bound' : 'device is open');
+    this.byIndex.delete(index);
+    this.byName.delete(dev.name);
+    this.hooks.release?.(1);
+    this.hooks.changed?.(dev, 'removed');
+  }
+
+  /** LOOP_CTL_GET_FREE: the lowest unbound device, created when there is none. */
+  getFree(): LoopDevice {
+    for (const dev of this.all()) if (!dev.bound) return dev;
+    return this.add();
+  }
+
+  rename(from: string, to: string): void {
+    const dev = this.byName.get(from);
+    if (!dev) throw new LoopfsError('ENOENT', from, 'no such entry');
+    if (from === to) return;
+    if (this.byName.has(to)) throw new LoopfsError('EEXIST', to, 'an entry of that name exists');
+    this.byName.delete(from);
+    dev.name = to;
+    this.byName.set(to, dev);
+    this.hooks.changed?.(dev, 'renamed', from);
+  }
+
+  bind(dev: LoopDevice, binding: Binding): void {
+    if (dev.bound) throw new LoopfsError('EBUSY', dev.name, 'device is bound');
+    dev.binding = binding;
+    this.hooks.changed?.(dev, 'bound');
+  }
+
+  /** Unbinds now; the caller closes the engine device. */
+  unbind(dev: LoopDevice): Binding | undefined {
+    const b = dev.binding;
+    if (!b) return undefined;
+    dev.binding = undefined;
+    this.hooks.changed?.(dev, 'unbound');
+    return b;
+  }
+
+  private lowestUnused(): DeviceIndex {
+    let i = 0;
+    while (this.byIndex.has(i) || this.byName.has(`loop${i}`)) i++;
+    if (i > MAX_INDEX) throw new LoopfsError('ENOSPC', 'new device', 'no device numbers left');
+    return i;
+  }
+
+  info(dev: LoopDevice, mountpoint: string): DeviceInfo {
+    const b = dev.binding;
+    const base: DeviceInfo = {
+      index: dev.index,
+      path: `${mountpoint}/${dev.name}`,
+      bound: !!b,
+      openCount: dev.openCount,
+      offset: 0,
+      sizelimit: 0,
+      size: 0,
+      sectorSize: 512,
+      readOnly: false,
+      autoclear: false,
+      partscan: false,
+      directIo: false,
+      partitions: [],
+    };
+    if (!b) return base;
+    const d = b.device;
+    return {
+      ...base,
+      backFile: d.path,
+      backIno: d.ino,
+      backDev: d.dev,
+      offset: d.offset,
+      sizelimit: d.sizelimit,
+      size: d.size,
+      sectorSize: d.sectorSize,
+      readOnly: d.readOnly,
+      autoclear: b.autoclear,
+      partscan: b.partscan,
+      directIo: d.directIo,
+      partitions: b.partitions,
+    };
+  }
+}

@@ -1,0 +1,265 @@
+import { LoopfsError } from '../core/errors';
+import { S_IFDIR, S_IFREG, RENAME_EXCHANGE, FUSE_ROOT_ID } from '../fuse/kernel';
+import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult, RequestContext, SetattrRequest, StatfsResult } from '../fuse/types';
+import type { BlockIO } from '../engine/device';
+import type { LoopDevice } from './devices';
+import type { Instance } from './instance';
+
+/**
+ * The instance filesystem of SPEC §2: `/` (inode 1), `loop-control`
+ * (inode 2), `loopN` (inode N+3) and `loopNpM`. It turns FUSE calls into
+ * calls on the Instance (device table, engine) and nothing more.
+ */
+
+export const CONTROL_INO = 2;
+const PART_BASE = 2 ** 40;
+const PART_SPAN = 4096;
+
+export const LOOP_CTL_ADD = 0x4c80;
+export const LOOP_CTL_REMOVE = 0x4c81;
+export const LOOP_CTL_GET_FREE = 0x4c82;
+
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+export function deviceIno(index: number): NodeId {
+  return index + 3;
+}
+
+export function partitionIno(index: number, part: number): NodeId {
+  return PART_BASE + index * PART_SPAN + part;
+}
+
+type Node =
+  | { kind: 'root' }
+  | { kind: 'control' }
+  | { kind: 'device'; dev: LoopDevice }
+  | { kind: 'partition'; dev: LoopDevice; part: number; io: BlockIO };
+
+interface Handle {
+  node: Node;
+  writable: boolean;
+}
+
+function fail(errno: 'ENOENT' | 'EPERM' | 'EBUSY' | 'EROFS' | 'ENXIO' | 'EEXIST' | 'EINVAL' | 'ENOTTY' | 'EOPNOTSUPP' | 'EISDIR', what: string): never {
+  throw new LoopfsError(errno, what);
+}
+
+export class LoopFilesystem implements FileSystem {
+  private readonly handles = new Map<number, Handle>();
+  private nextFh = 1;
+  private readonly created = Date.now();
+
+  constructor(private readonly inst: Instance) {}
+
+  private node(ino: NodeId): Node {
+    if (ino === FUSE_ROOT_ID) return { kind: 'root' };
+    if (ino === CONTROL_INO) return { kind: 'control' };
+    if (ino < PART_BASE) {
+      const dev = this.inst.table.get(ino - 3);
+      if (dev) return { kind: 'device', dev };
+    } else {
+      const rel = ino - PART_BASE;
+      const dev = this.inst.table.get(Math.floor(rel / PART_SPAN));
+      const part = rel % PART_SPAN;
+      const io = dev?.binding?.windows.get(part);
+      if (dev && io) return { kind: 'partition', dev, part, io };
+    }
+    fail('ENOENT', `inode ${ino}`);
+  }
+
+  private byName(parent: NodeId, name: string): Node | undefined {
+    if (parent !== FUSE_ROOT_ID) return undefined;
+    if (name === 'loop-control') return { kind: 'control' };
+    const dev = this.inst.table.byEntryName(name);
+    if (dev) return { kind: 'device', dev };
+    const m = /^(.*)p(\d+)$/.exec(name);
+    if (m) {
+      const parentDev = this.inst.table.byEntryName(m[1]!);
+      const part = Number(m[2]);
+      const io = parentDev?.binding?.windows.get(part);
+      if (parentDev && io) return { kind: 'partition', dev: parentDev, part, io };
+    }
+    return undefined;
+  }
+
+  private attr(n: Node): Attr {
+    const { uid, gid } = this.inst.owner;
+    const times = { atimeMs: this.created, mtimeMs: this.created, ctimeMs: this.created };
+    switch (n.kind) {
+      case 'root':
+        return { ino: FUSE_ROOT_ID, size: 0, mode: S_IFDIR | 0o755, nlink: 2, uid, gid, ...times };
+      case 'control':
+        return { ino: CONTROL_INO, size: 0, mode: S_IFREG | 0o600, nlink: 1, uid, gid, ...times };
+      case 'device': {
+        const size = n.dev.binding?.device.size ?? 0;
+        return { ino: deviceIno(n.dev.index), size, blocks: Math.ceil(size / 512), mode: S_IFREG | 0o600, nlink: 1, uid, gid, blksize: n.dev.binding?.device.sectorSize ?? 4096, ...times };
+      }
+      case 'partition':
+        return { ino: partitionIno(n.dev.index, n.part), size: n.io.size, blocks: Math.ceil(n.io.size / 512), mode: S_IFREG | 0o600, nlink: 1, uid, gid, blksize: n.io.sectorSize, ...times };
+    }
+  }
+
+  lookup(_ctx: RequestContext, parent: NodeId, name: string): Entry {
+    const n = this.byName(parent, name);
+    if (!n) fail('ENOENT', name);
+    // Names are never cached: devices come and go through the control socket.
+    return { attr: this.attr(n), entryTtl: 0 };
+  }
+
+  getattr(_ctx: RequestContext, ino: NodeId): Attr {
+    return this.attr(this.node(ino));
+  }
+
+  /** Modes and owners are fixed; truncation is ignored, as it is on a block device (dd's O_TRUNC). */
+  setattr(_ctx: RequestContext, ino: NodeId, req: SetattrRequest): Attr {
+    if (req.mode !== undefined || req.uid !== undefined || req.gid !== undefined) fail('EPERM', `inode ${ino}`);
+    return this.attr(this.node(ino));
+  }
+
+  readdir(_ctx: RequestContext, ino: NodeId): DirEntry[] {
+    if (ino !== FUSE_ROOT_ID) fail('ENOENT', `inode ${ino}`);
+    const root = this.attr({ kind: 'root' });
+    const out: DirEntry[] = [
+      { name: '.', ino: FUSE_ROOT_ID, mode: S_IFDIR },
+      { name: '..', ino: FUSE_ROOT_ID, mode: S_IFDIR },
+      { name: 'loop-control', ino: CONTROL_INO, mode: S_IFREG, attr: this.attr({ kind: 'control' }) },
+    ];
+    void root;
+    for (const dev of this.inst.table.all()) {
+      out.push({ name: dev.name, ino: deviceIno(dev.index), mode: S_IFREG, attr: this.attr({ kind: 'device', dev }) });
+      for (const [part, io] of dev.binding?.windows ?? []) {
+        out.push({ name: `${dev.name}p${part}`, ino: partitionIno(dev.index, part), mode: S_IFREG, attr: this.attr({ kind: 'partition', dev, part, io }) });
+      }
+    }
+    return out;
+  }
+
+  open(_ctx: RequestContext, ino: NodeId, flags: number): OpenResult {
+    const n = this.node(ino);
+    const writable = (flags & O_ACCMODE) !== O_RDONLY;
+    if (n.kind === 'device' || n.kind === 'partition') {
+      const ro = n.kind === 'device' ? n.dev.binding?.device.readOnly : n.io.readOnly;
+      if (writable && ro) fail('EROFS', n.dev.name);
+      this.inst.opened(n.dev);
+    }
+    const fh = this.nextFh++;
+    this.handles.set(fh, { node: n, writable });
+    return { fh };
+  }
+
+  release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    if (h.node.kind === 'device' || h.node.kind === 'partition') this.inst.closed(h.node.dev);
+  }
+
+  private io(fh: number): { io: BlockIO | undefined; name: string } {
+    const h = this.handles.get(fh);
+    if (!h) fail('EINVAL', `file handle ${fh}`);
+    const n = h.node;
+    if (n.kind === 'device') return { io: n.dev.binding?.device, name: n.dev.name };
+    // A partition handle outlives a detach: its window then reads as gone.
+    if (n.kind === 'partition') return { io: n.dev.binding?.windows.get(n.part), name: `${n.dev.name}p${n.part}` };
+    if (n.kind === 'control') return { io: undefined, name: 'loop-control' };
+    fail('EISDIR', '/');
+  }
+
+  async read(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, size: number, buf: Buffer): Promise<number> {
+    const { io } = this.io(fh);
+    if (!io) return 0;
+    return io.read(buf, size, offset);
+  }
+
+  async write(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, data: Buffer): Promise<number> {
+    const { io, name } = this.io(fh);
+    if (!io) fail('ENXIO', name);
+    return io.write(data, data.length, offset);
+  }
+
+  async fsync(_ctx: RequestContext, _ino: NodeId, fh: number, datasync: boolean): Promise<void> {
+    const { io } = this.io(fh);
+    await io?.sync(datasync);
+  }
+
+  async fallocate(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> {
+    const { io, name } = this.io(fh);
+    if (!io) fail('ENXIO', name);
+    if (mode === (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) || (mode & FALLOC_FL_ZERO_RANGE) !== 0) return io.discard(offset, length);
+    // Plain allocation inside the device: the space is already the device's.
+    if (mode === 0 || mode === FALLOC_FL_KEEP_SIZE) {
+      if (offset + length > io.size) fail('EINVAL' as never, name);
+      return;
+    }
+    fail('EOPNOTSUPP', name);
+  }
+
+  /** LOOP_CTL_* on loop-control, with the kernel's results: ADD → index, REMOVE → 0, GET_FREE → index. */
+  ioctl(_ctx: RequestContext, ino: NodeId, _fh: number, cmd: number, arg: bigint): IoctlResult {
+    if (ino !== CONTROL_INO) fail('ENOTTY', `inode ${ino}`);
+    // The kernel passes the argument as an int: -1 means "any number" for ADD.
+    const n = Number(BigInt.asIntN(32, arg));
+    switch (cmd) {
+      case LOOP_CTL_ADD:
+        return { result: this.inst.addDevice(n < 0 ? undefined : n) };
+      case LOOP_CTL_REMOVE:
+        if (n < 0) fail('EINVAL', `loop${n}`);
+        this.inst.removeDevice(n);
+        return { result: 0 };
+      case LOOP_CTL_GET_FREE:
+        return { result: this.inst.getFree() };
+      default:
+        fail('ENOTTY', 'loop-control');
+    }
+  }
+
+  unlink(_ctx: RequestContext, parent: NodeId, name: string): void {
+    const n = this.byName(parent, name);
+    if (!n) fail('ENOENT', name);
+    if (n.kind !== 'device') fail('EPERM', name);
+    this.inst.removeDevice(n.dev.index, false);
+  }
+
+  rename(_ctx: RequestContext, parent: NodeId, name: string, newParent: NodeId, newName: string, flags: number): void {
+    if (parent !== FUSE_ROOT_ID || newParent !== FUSE_ROOT_ID) fail('EPERM', name);
+    if (name === 'loop-control' || newName === 'loop-control') fail('EPERM', 'loop-control');
+    if (flags & RENAME_EXCHANGE) fail('EINVAL', name);
+    const n = this.byName(parent, name);
+    if (!n) fail('ENOENT', name);
+    if (n.kind !== 'device') fail('EPERM', name);
+    if (this.byName(parent, newName)) fail('EEXIST', newName);
+    this.inst.table.rename(name, newName);
+  }
+
+  statfs(): StatfsResult {
+    const t = this.inst.table;
+    let bytes = 0;
+    for (const d of t.all()) bytes += d.binding?.device.size ?? 0;
+    const bsize = 4096;
+    return { blocks: Math.ceil(bytes / bsize), bfree: 0, bavail: 0, files: t.max + 2, ffree: Math.max(0, t.max - t.count), bsize, namelen: 255 };
+  }
+
+  // Nothing can be created in an instance but through loop-control (SPEC §2).
+  mknod(_c: RequestContext, _p: NodeId, name: string): Entry {
+    fail('EPERM', name);
+  }
+  mkdir(_c: RequestContext, _p: NodeId, name: string): Entry {
+    fail('EPERM', name);
+  }
+  symlink(_c: RequestContext, _p: NodeId, name: string): Entry {
+    fail('EPERM', name);
+  }
+  link(_c: RequestContext, _n: NodeId, _p: NodeId, name: string): Entry {
+    fail('EPERM', name);
+  }
+  async create(_c: RequestContext, _p: NodeId, name: string): Promise<Entry & OpenResult> {
+    fail('EPERM', name);
+  }
+  rmdir(_c: RequestContext, _p: NodeId, name: string): void {
+    fail(this.byName(FUSE_ROOT_ID, name) ? 'EPERM' : 'ENOENT', name);
+  }
+}

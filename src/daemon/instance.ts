@@ -1,0 +1,213 @@
+import { LoopfsError } from '../core/errors';
+import type { AttachRequest, AttachResult } from '../core/api';
+import type { DeviceIndex, DeviceInfo } from '../core/types';
+import { Device } from '../engine/device';
+import { scanPartitions, PartitionWindow } from '../engine/partitions';
+import type { BlockIO } from '../engine/window';
+import { DeviceTable, type Binding, type LoopDevice, type TableHooks } from './devices';
+import { deviceIno, partitionIno } from './filesystem';
+import { FUSE_ROOT_ID } from '../fuse/kernel';
+import type { Session } from '../fuse/session';
+
+/**
+ * One instance as the daemon holds it: the device table plus the engine
+ * devices bound into it. Every entry point (FUSE ioctls on loop-control, the
+ * control socket, unlink) goes through these methods, so the rules of SPEC §2
+ * and §3 live in one place.
+ */
+
+export interface Owner {
+  uid: number;
+  gid: number;
+}
+
+export interface BackingFd {
+  fd: number;
+  /** Absolute path, as the client resolved it. */
+  path: string;
+  writable: boolean;
+}
+
+export class Instance {
+  readonly table: DeviceTable;
+  session: Session | undefined;
+  /** Devices being set up by an attach that has not finished yet. */
+  private readonly settingUp = new Set<DeviceIndex>();
+
+  constructor(
+    readonly id: string,
+    readonly mountpoint: string,
+    readonly owner: Owner,
+    max: number,
+    limits: Pick<TableHooks, 'reserve' | 'release'> = {},
+  ) {
+    this.table = new DeviceTable(max, { ...limits, changed: (dev, what, oldName) => this.changed(dev, what, oldName) });
+  }
+
+  /** Keeps the kernel's caches honest when devices change behind its back. */
+  private changed(dev: LoopDevice, what: string, oldName?: string): void {
+    const s = this.session;
+    if (!s) return;
+    const ino = deviceIno(dev.index);
+    if (what === 'removed') void s.deleteEntry(FUSE_ROOT_ID, ino, dev.name);
+    else if (what === 'renamed' && oldName) void s.invalidateEntry(FUSE_ROOT_ID, oldName);
+    void s.invalidateNode(ino);
+  }
+
+  addDevice(index?: DeviceIndex): DeviceIndex {
+    return this.table.add(index).index;
+  }
+
+  removeDevice(index: DeviceIndex, _fromControl = true): void {
+    if (this.settingUp.has(index)) throw new LoopfsError('EBUSY', `loop${index}`, 'device is being set up');
+    this.table.remove(index);
+  }
+
+  getFree(): DeviceIndex {
+    return this.freeDevice().index;
+  }
+
+  private freeDevice(): LoopDevice {
+    for (const dev of this.table.all()) if (!dev.bound && !this.settingUp.has(dev.index)) return dev;
+    return this.table.add();
+  }
+
+  list(): DeviceInfo[] {
+    return this.table.all().map((d) => this.table.info(d, this.mountpoint));
+  }
+
+  info(index: DeviceIndex): DeviceInfo {
+    return this.table.info(this.mustGet(index), this.mountpoint);
+  }
+
+  private mustGet(index: DeviceIndex): LoopDevice {
+    const dev = this.table.get(index);
+    if (!dev) throw new LoopfsError('ENXIO', `loop${index}`, 'no such device');
+    return dev;
+  }
+
+  /**
+   * LOOP_CONFIGURE: picks the device (the one named, or the lowest free,
+   * reserved synchronously so concurrent attaches never share it), builds
+   * the engine device, scans partitions, binds. On any failure nothing is
+   * left: the backing fd is closed and a device created here is removed.
+   */
+  async attach(req: AttachRequest, backing: BackingFd): Promise<AttachResult> {
+    let created = false;
+    let dev: LoopDevice;
+    try {
+      if (req.index === undefined) {
+        const before = this.table.count;
+        dev = this.freeDevice();
+        created = this.table.count > before;
+      } else {
+        dev = this.table.get(req.index) ?? (created = true, this.table.add(req.index));
+        if (dev.bound || this.settingUp.has(dev.index)) throw new LoopfsError('EBUSY', dev.name, 'device is already bound');
+      }
+    } catch (e) {
+      closeQuietly(backing.fd);
+      throw e;
+    }
+    this.settingUp.add(dev.index);
+    let device: Device | undefined;
+    try {
+      device = await Device.attach(
+        { fd: backing.fd, path: backing.path, writable: backing.writable && !req.readOnly },
+        { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly || !backing.writable, directIo: !!req.directIo },
+      );
+      if (req.nooverlap) this.checkOverlap(device);
+      const warnings = [...device.warnings];
+      const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map() };
+      if (req.partscan) {
+        const table = await scanPartitions(device);
+        if (table.warning) warnings.push(table.warning);
+        binding.partitions = table.partitions;
+        for (const p of table.partitions) binding.windows.set(p.number, new PartitionWindow(device, p));
+      }
+      this.table.bind(dev, binding);
+      for (const p of binding.partitions) void this.session?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
+      return { device: this.table.info(dev, this.mountpoint), warnings };
+    } catch (e) {
+      if (device) await device.close().catch(() => {});
+      else closeQuietly(backing.fd);
+      if (created && !dev.bound) this.table.remove(dev.index);
+      throw e;
+    } finally {
+      this.settingUp.delete(dev.index);
+    }
+  }
+
+  private checkOverlap(d: Device): void {
+    for (const other of this.table.all()) {
+      const b = other.binding;
+      if (b && b.device.overlaps(d.dev, d.ino, d.offset, d.size)) {
+        throw new LoopfsError('EBUSY', d.path, `overlapping loop device exists (${other.name})`);
+      }
+    }
+  }
+
+  /** LOOP_CLR_FD: unbinds now, or — while open — marks autoclear and unbinds at last close. */
+  async detach(index: DeviceIndex): Promise<void> {
+    const dev = this.mustGet(index);
+    if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+    if (dev.openCount > 0) {
+      dev.binding.autoclear = true;
+      return;
+    }
+    await this.unbind(dev);
+  }
+
+  async detachAll(): Promise<void> {
+    for (const dev of this.table.all()) if (dev.bound) await this.detach(dev.index);
+  }
+
+  private async unbind(dev: LoopDevice): Promise<void> {
+    const parts = dev.binding?.partitions ?? [];
+    const b = this.table.unbind(dev);
+    for (const p of parts) void this.session?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+    await b?.device.close();
+  }
+
+  async setCapacity(index: DeviceIndex): Promise<DeviceInfo> {
+    const dev = this.mustGet(index);
+    if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+    await dev.binding.device.refreshCapacity();
+    void this.session?.invalidateNode(deviceIno(dev.index));
+    return this.table.info(dev, this.mountpoint);
+  }
+
+  opened(dev: LoopDevice): void {
+    dev.openCount++;
+  }
+
+  closed(dev: LoopDevice): void {
+    dev.openCount = Math.max(0, dev.openCount - 1);
+    if (dev.openCount === 0 && dev.binding?.autoclear) void this.unbind(dev);
+  }
+
+  get openDevices(): number {
+    return this.table.all().filter((d) => d.openCount > 0).length;
+  }
+
+  get boundDevices(): number {
+    return this.table.all().filter((d) => d.bound).length;
+  }
+
+  /** Closes every backing file; called when the instance goes away. */
+  async shutdown(): Promise<void> {
+    for (const dev of this.table.all()) {
+      const b = this.table.unbind(dev);
+      await b?.device.close().catch(() => {});
+    }
+  }
+}
+
+export type { BlockIO };
+
+function closeQuietly(fd: number): void {
+  try {
+    require('node:fs').closeSync(fd);
+  } catch {
+    /* already closed */
+  }
+}
