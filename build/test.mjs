@@ -25,6 +25,7 @@ await esbuild.build({
   format: 'cjs',
   outdir,
   outbase: 'test',
+  outExtension: { '.js': '.cjs' },
   external: ['koffi', 'uvu', 'uvu/*'],
   logLevel: 'warning',
 });
@@ -32,7 +33,7 @@ await esbuild.build({
 let passed = 0, failed = 0, skipped = 0;
 const failedFiles = [];
 for (const f of files) {
-  const out = join(outdir, f.replace(/^test\//, '').replace(/\.ts$/, '.js'));
+  const out = join(outdir, f.replace(/^test\//, '').replace(/\.ts$/, '.cjs'));
   console.log(`\n# ${f}`);
   const r = spawnSync(process.execPath, [out], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', env: { ...process.env } });
   process.stdout.write(r.stdout);
