@@ -23,9 +23,9 @@ type IoCallback = (err: NodeJS.ErrnoException | null, n: number) => void;
 type IoFn = (fd: number, buf: Buffer, offset: number, length: number, position: number, cb: IoCallback) => void;
 const IO: readonly [IoFn, IoFn] = [fs.read as unknown as IoFn, fs.write as unknown as IoFn];
 
-/** Bounce buffers up to this size are pooled; bigger ones are one-off. */
-const BOUNCE_SIZE = 1 << 20;
-const BOUNCE_POOL = 8;
+/** Bounce buffers are pooled by power-of-two size up to this; bigger ones are one-off. */
+const BOUNCE_MAX = 1 << 20;
+const BOUNCE_POOL = 16;
 
 export interface IoCounts {
   /** Requests that went to the O_DIRECT descriptor with the caller's buffer. */
@@ -47,7 +47,8 @@ export class FileIO implements Lower {
   private inflight = 0;
   private closed = false;
   private idle: (() => void) | undefined;
-  private pool: Buffer[] = [];
+  /** Free bounce buffers by size (powers of two). */
+  private pool = new Map<number, Buffer[]>();
   readonly counts: IoCounts = { direct: 0, bounced: 0, buffered: 0 };
 
   constructor(fd: number, path: string) {
@@ -121,7 +122,7 @@ export class FileIO implements Lower {
     const fds = this.dfd >= 0 ? [this.dfd, this.fd] : [this.fd];
     this.dfd = -1;
     this.directOn = false;
-    this.pool = [];
+    this.pool.clear();
     let first: unknown;
     for (const fd of fds) {
       try {
@@ -220,12 +221,17 @@ export class FileIO implements Lower {
   }
 
   private takeBounce(length: number): Buffer {
-    if (length > BOUNCE_SIZE) return allocAligned(length, this.align);
-    return this.pool.pop() ?? allocAligned(BOUNCE_SIZE, Math.max(this.align, 4096));
+    if (length > BOUNCE_MAX) return alignedUnsafe(length, this.align);
+    let size = Math.max(4096, this.align);
+    while (size < length) size *= 2;
+    return this.pool.get(size)?.pop() ?? alignedUnsafe(size, this.align);
   }
 
   private giveBounce(b: Buffer): void {
-    if (b.length === BOUNCE_SIZE && this.pool.length < BOUNCE_POOL && !this.closed) this.pool.push(b);
+    if (b.length > BOUNCE_MAX || this.closed) return;
+    let free = this.pool.get(b.length);
+    if (!free) this.pool.set(b.length, (free = []));
+    if (free.length < BOUNCE_POOL) free.push(b);
   }
 
   private async track<T>(p: Promise<T>): Promise<T> {
@@ -274,9 +280,13 @@ export function memOffset(buf: Buffer, align: number): number {
  * copy pass such buffers (e.g. the FUSE reply data buffer).
  */
 export function allocAligned(size: number, align: number): Buffer {
+  return alignedUnsafe(size, align).fill(0);
+}
+
+function alignedUnsafe(size: number, align: number): Buffer {
   const raw = Buffer.allocUnsafeSlow(size + align);
   const off = (align - memOffset(raw, align)) & (align - 1);
-  return raw.subarray(off, off + size).fill(0);
+  return raw.subarray(off, off + size);
 }
 
 /**
