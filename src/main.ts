@@ -11,10 +11,11 @@ import { VERSION } from './version';
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === '__daemon') {
     const { runDaemon } = await import('./daemon/main');
+    // The daemon leaves as soon as its instance is gone, whatever is still queued.
     try {
-      return await runDaemon(argv.slice(1));
+      process.exit(await runDaemon(argv.slice(1)));
     } catch (e) {
-      return reportError('daemon', e);
+      process.exit(reportError('daemon', e));
     }
   }
   const cli = cac('loopfs');

@@ -9,7 +9,13 @@ export function register(cli: CAC): void {
     .command('ctl <op> [n]', 'The loop-control operations: add [N], remove N, get-free; prints the device number')
     .example('loopfs ctl add 3')
     .example('loopfs ctl get-free')
-    .action(async (op: string, n: unknown, flags: GlobalFlags) => {
+    .allowUnknownOptions()
+    .action(async (op: string, n: unknown, flags: GlobalFlags & Record<string, unknown>) => {
+      // cac reads "-1" as an option named "1": say what it is, a negative number.
+      for (const k of Object.keys(flags)) {
+        if (/^\d+$/.test(k)) throw usageError('EINVAL', `N=-${k}`, 'not a non-negative integer');
+        if (!['--', 'instance', 'runDir', 'run-dir', 'help', 'h'].includes(k)) throw usageError('EINVAL', k.length === 1 ? `-${k}` : `--${k}`, 'unknown option');
+      }
       const num = (): number => parseCount(n, 'N', 0, MAX_INDEX);
       let run: (c: import('../core/api').InstanceClient) => Promise<number>;
       if (op === 'add') run = (c) => c.addDevice(n === undefined ? undefined : num());

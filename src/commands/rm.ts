@@ -16,7 +16,12 @@ export function register(cli: CAC): void {
         try {
           const ref = await resolveDevice(d, selector(flags));
           if (ref.partition !== undefined) throw new LoopfsError('EPERM', d, 'a partition entry goes away with its device');
-          await ref.client.removeDevice(ref.index);
+          await ref.client.removeDevice(ref.index).catch((e: unknown) => {
+            // As rm(1) says of a missing file; the ioctl's ENODEV is for loop-control.
+            if (e instanceof LoopfsError && e.errno === 'ENODEV') throw new LoopfsError('ENOENT', d, 'no such loop device');
+            if (e instanceof LoopfsError) throw new LoopfsError(e.errno, d, e.reason);
+            throw e;
+          });
         } catch (e) {
           status = reportError('rm', e);
         }

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { LoopfsError, type Errno } from './errors';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
-import { findInstance, listInstances, type InstanceRecord } from './registry';
+import { daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, request } from './client';
 import { LOG_FILE } from './state';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
@@ -201,9 +201,12 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
   if (!rec.alive || !rec.state) return reap(rec);
   await request(rec.stateDir, 'umount', { lazy });
   if (lazy) return;
+  // Done means done: the state is removed and the daemon process has exited.
+  const { pid, id } = rec.state;
+  const gone = (): boolean => !fs.existsSync(rec.stateDir) && !daemonAlive(pid, id);
   const deadline = Date.now() + 10_000;
-  while (fs.existsSync(rec.stateDir) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  if (fs.existsSync(rec.stateDir)) throw new LoopfsError('ETIMEDOUT', rec.state.mountpoint, 'the daemon did not finish within 10 s');
+  while (!gone() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  if (!gone()) throw new LoopfsError('ETIMEDOUT', rec.state.mountpoint, 'the daemon did not finish within 10 s');
 }
 
 /** Removes what a dead daemon left: its (dead) mount and its state. */

@@ -21,6 +21,7 @@ type Handlers = { [K in Op]: (args: Requests[K]['args'], fds: number[]) => Promi
 export class ControlServer {
   private readonly server: UnixServer;
   private readonly handlers: Handlers;
+  private readonly pending = new Set<Promise<void>>();
 
   constructor(path: string, private readonly inst: Instance, hooks: ControlHooks, private readonly log: (s: string) => void) {
     this.server = UnixServer.listen(path, 0o600);
@@ -53,12 +54,16 @@ export class ControlServer {
         this.log(`accept: ${(e as Error).message}`);
         continue;
       }
-      void this.handle(conn);
+      const p = this.handle(conn);
+      this.pending.add(p);
+      void p.finally(() => this.pending.delete(p));
     }
   }
 
-  close(): void {
+  /** Stops accepting and resolves when every request in flight has been answered (umount's own reply among them). */
+  async close(): Promise<void> {
     this.server.close();
+    await Promise.allSettled([...this.pending]);
   }
 
   private allowed(uid: number): boolean {

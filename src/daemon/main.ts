@@ -106,7 +106,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
   } catch (e) {
     log(`session: ${(e as Error).stack ?? e}`);
   }
-  control.close();
+  await control.close();
   await served;
   await inst.shutdown();
   fs.rmSync(a.state, { recursive: true, force: true });

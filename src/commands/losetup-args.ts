@@ -1,0 +1,293 @@
+import { LoopfsError } from '../core/errors';
+import type { InstanceSelector } from '../core/api';
+import { getoptLong, type LongOpt } from './losetup-getopt';
+import { COLUMNS, DEFAULT_COLUMNS, columnByName, type ColumnInfo, type TableFormat } from './losetup-output';
+import { sizeOrError } from './losetup-size';
+
+/**
+ * The command line of util-linux 2.38.1 `losetup` (sys-utils/losetup.c
+ * main()), turned into one action. Pure: naming a device here only records
+ * the argument; losetup.ts resolves it.
+ */
+
+export const PROG = 'loopfs losetup';
+const TRY_HELP = `try '${PROG} --help'`;
+
+const OPT_SIZELIMIT = 128;
+const OPT_SHOW = 129;
+const OPT_RAW = 130;
+const OPT_DIO = 131;
+const OPT_OUTPUT_ALL = 132;
+/** loopfs's own: which instance (`--instance DIR|ID`) and run directory. */
+const OPT_INSTANCE = 256;
+const OPT_RUNDIR = 257;
+const ch = (c: string): number => c.charCodeAt(0);
+
+const SHORTOPTS = 'ab:c:d:Dfhj:JlLno:O:PrvV';
+/** In util-linux's order, which decides the lists in "ambiguous" and "mutually exclusive" messages. */
+const LONGOPTS: readonly LongOpt[] = [
+  { name: 'all', arg: 'none', val: ch('a') },
+  { name: 'set-capacity', arg: 'required', val: ch('c') },
+  { name: 'detach', arg: 'required', val: ch('d') },
+  { name: 'detach-all', arg: 'none', val: ch('D') },
+  { name: 'find', arg: 'none', val: ch('f') },
+  { name: 'nooverlap', arg: 'none', val: ch('L') },
+  { name: 'help', arg: 'none', val: ch('h') },
+  { name: 'associated', arg: 'required', val: ch('j') },
+  { name: 'json', arg: 'none', val: ch('J') },
+  { name: 'list', arg: 'none', val: ch('l') },
+  { name: 'sector-size', arg: 'required', val: ch('b') },
+  { name: 'noheadings', arg: 'none', val: ch('n') },
+  { name: 'offset', arg: 'required', val: ch('o') },
+  { name: 'output', arg: 'required', val: ch('O') },
+  { name: 'output-all', arg: 'none', val: OPT_OUTPUT_ALL },
+  { name: 'sizelimit', arg: 'required', val: OPT_SIZELIMIT },
+  { name: 'partscan', arg: 'none', val: ch('P') },
+  { name: 'read-only', arg: 'none', val: ch('r') },
+  { name: 'direct-io', arg: 'optional', val: OPT_DIO },
+  { name: 'raw', arg: 'none', val: OPT_RAW },
+  { name: 'show', arg: 'none', val: OPT_SHOW },
+  { name: 'verbose', arg: 'none', val: ch('v') },
+  { name: 'version', arg: 'none', val: ch('V') },
+  { name: 'instance', arg: 'required', val: OPT_INSTANCE },
+  { name: 'run-dir', arg: 'required', val: OPT_RUNDIR },
+];
+
+/** Groups of mutually exclusive options, as util-linux lists them (its third row is out of ASCII order, so -O never conflicts). */
+const EXCL: readonly (readonly number[])[] = [
+  [ch('D'), ch('a'), ch('c'), ch('d'), ch('f'), ch('j')],
+  [ch('D'), ch('c'), ch('d'), ch('f'), ch('l')],
+  [ch('D'), ch('c'), ch('d'), ch('f'), ch('O')],
+  [ch('J'), OPT_RAW],
+];
+
+export type Action =
+  /** `-f FILE` or `DEV FILE` (device: the DEV argument). */
+  | { kind: 'create'; device?: string; file: string }
+  /** `-d DEV…`: devices[0] is the last -d argument, the rest are the non-option arguments. */
+  | { kind: 'detach'; devices: string[] }
+  | { kind: 'detach-all' }
+  /** `-f` alone: print the first free device. */
+  | { kind: 'find' }
+  /** `-a`, `-l`, `-j FILE`, no arguments. */
+  | { kind: 'show'; file?: string }
+  /** `losetup [-l] DEV`. */
+  | { kind: 'show-one'; device: string }
+  | { kind: 'set-capacity'; device: string }
+  | { kind: 'set-direct-io'; device: string; on: boolean }
+  | { kind: 'set-sector-size'; device: string; size: number }
+  | { kind: 'help' }
+  | { kind: 'version' };
+
+export interface LosetupArgs {
+  action: Action;
+  /**
+   * Devices util-linux checks (they must exist as loop devices) before its
+   * remaining usage checks: every -d and -c argument, then the DEV of
+   * `losetup DEV`. The DEV of `DEV FILE` need not exist yet.
+   */
+  checkDevices: string[];
+  /** A usage error util-linux reports only once checkDevices passed. */
+  deferred?: LoopfsError;
+  selector: InstanceSelector;
+  /** --list (table) rather than the old `-a` lines. */
+  list: boolean;
+  columns: ColumnInfo[];
+  format: TableFormat;
+  noHeadings: boolean;
+  /** -o, when given (also the filter of `-j FILE -o N`). */
+  offset?: number;
+  /** --sizelimit, when given. */
+  sizelimit?: number;
+  /** -b; 0 when not given. */
+  sectorSize: number;
+  readOnly: boolean;
+  partscan: boolean;
+  directIo: boolean;
+  show: boolean;
+  nooverlap: boolean;
+}
+
+const usage = (what: string): LoopfsError => new LoopfsError('EINVAL', what);
+
+export function parseLosetupArgs(argv: readonly string[], env: Record<string, string | undefined> = {}): LosetupArgs {
+  const excl = EXCL.map(() => 0);
+  let act: Action['kind'] | undefined;
+  let file: string | undefined;
+  const checkDevices: string[] = [];
+  let lastDevOpt: string | undefined;
+  let list = false;
+  let outarg: string | undefined;
+  let columns: ColumnInfo[] = [];
+  let raw = false;
+  let json = false;
+  let noHeadings = false;
+  let offset: number | undefined;
+  let sizelimit: number | undefined;
+  let sectorSize = 0;
+  let setSectorSize = false;
+  let readOnly = false;
+  let partscan = false;
+  let dioFlag = false;
+  let setDio = false;
+  let useDio = false;
+  let show = false;
+  let nooverlap = false;
+  let extTokens = 0;
+  const selector: InstanceSelector = {};
+
+  const exclusive = (c: number): void => {
+    for (let e = 0; e < EXCL.length && EXCL[e][0] <= c; e++) {
+      for (const op of EXCL[e]) {
+        if (op > c) break;
+        if (op !== c) continue;
+        if (excl[e] === 0) excl[e] = c;
+        else if (excl[e] !== c) {
+          const names = EXCL[e].map((o) => {
+            const l = LONGOPTS.find((x) => x.val === o);
+            return l ? `--${l.name}` : `-${String.fromCharCode(o)}`;
+          });
+          throw new LoopfsError('EINVAL', 'mutually exclusive arguments', names.join(' '));
+        }
+        break;
+      }
+    }
+  };
+
+  const onOpt = (c: number, optarg: string | undefined, tokens: number): boolean => {
+    exclusive(c);
+    const arg = optarg ?? '';
+    switch (c) {
+      case ch('a'): act = 'show'; break;
+      case ch('b'):
+        setSectorSize = true;
+        sectorSize = sizeOrError(arg, 'failed to parse logical block size');
+        break;
+      case ch('c'): act = 'set-capacity'; checkDevices.push(arg); lastDevOpt = arg; break;
+      case ch('r'): readOnly = true; break;
+      case ch('d'): act = 'detach'; checkDevices.push(arg); lastDevOpt = arg; break;
+      case ch('D'): act = 'detach-all'; break;
+      case ch('f'): act = 'find'; break;
+      case ch('J'): json = true; break;
+      case ch('j'): act = 'show'; file = arg; break;
+      case ch('l'): list = true; break;
+      case ch('L'): nooverlap = true; break;
+      case ch('n'): noHeadings = true; break;
+      case OPT_RAW: raw = true; break;
+      case ch('o'): offset = sizeOrError(arg, 'failed to parse offset'); break;
+      case ch('O'): outarg = arg; list = true; break;
+      case OPT_OUTPUT_ALL: columns = [...COLUMNS]; break;
+      case ch('P'): partscan = true; break;
+      case OPT_SHOW: show = true; break;
+      case OPT_DIO:
+        setDio = true;
+        useDio = true;
+        if (optarg !== undefined) {
+          if (optarg === 'on') useDio = true;
+          else if (optarg === 'off') useDio = false;
+          else throw new LoopfsError('EINVAL', 'argument error', `'${optarg}'`);
+        }
+        if (useDio) dioFlag = true;
+        break;
+      case ch('v'): break;
+      case OPT_SIZELIMIT: sizelimit = sizeOrError(arg, 'failed to parse size'); break;
+      case OPT_INSTANCE: selector.instance = arg; extTokens += tokens; break;
+      case OPT_RUNDIR: selector.runDir = arg; extTokens += tokens; break;
+      case ch('h'): act = 'help'; return true;
+      case ch('V'): act = 'version'; return true;
+    }
+    return false;
+  };
+
+  const args = getoptLong(argv, SHORTOPTS, LONGOPTS, env.POSIXLY_CORRECT !== undefined, onOpt, TRY_HELP);
+  const format: TableFormat = json ? 'json' : raw ? 'raw' : 'human';
+  const result = (action: Action, deferred?: LoopfsError): LosetupArgs => ({
+    action, checkDevices, deferred, selector, list, columns, format, noHeadings, offset, sizelimit, sectorSize,
+    readOnly, partscan, directIo: dioFlag, show, nooverlap,
+  });
+  if (act === 'help' || act === 'version') return result({ kind: act });
+
+  // util-linux looks at argc; loopfs's own --instance/--run-dir do not count.
+  const argc = 1 + argv.length - extTokens;
+  if (argc === 1) { act = 'show'; list = true; }
+  if (!act && argc === 2 && (raw || json)) { act = 'show'; list = true; }
+  if (list && columns.length === 0) columns = DEFAULT_COLUMNS.map((n) => columnByName(n) as ColumnInfo);
+
+  let optind = 0;
+  let device: string | undefined;
+  if (act === 'find' && optind < args.length) {
+    act = 'create';
+    file = args[optind++];
+    if (optind < args.length) throw usage('unexpected arguments');
+  }
+  if (list && !act && optind === args.length) act = 'show';
+  if (!act && optind + 1 === args.length) {
+    if (setDio) { act = 'set-direct-io'; dioFlag = false; }
+    else if (setSectorSize) act = 'set-sector-size';
+    else act = 'show-one';
+    device = args[optind++];
+    checkDevices.push(device);
+  }
+  if (!act) {
+    act = 'create';
+    if (optind >= args.length) throw usage('no loop device specified');
+    device = args[optind++];
+    if (optind >= args.length) throw usage('no file specified');
+    file = args[optind++];
+  }
+
+  let deferred: LoopfsError | undefined;
+  if (act !== 'create' && (sizelimit || readOnly || partscan || dioFlag || show)) {
+    deferred = usage('the options --{sizelimit,partscan,read-only,show} are allowed during loop device setup only');
+  } else if (offset !== undefined && act !== 'create' && (act !== 'show' || file === undefined)) {
+    deferred = usage('the option --offset is not allowed in this context');
+  } else if (outarg !== undefined) {
+    const r = parseColumns(outarg, columns);
+    if (r instanceof LoopfsError) deferred = r;
+    else columns = r;
+  }
+
+  let action: Action;
+  switch (act) {
+    case 'create': action = { kind: 'create', device, file: file as string }; break;
+    case 'detach': action = { kind: 'detach', devices: [lastDevOpt as string, ...args.slice(optind)] }; break;
+    case 'detach-all': action = { kind: 'detach-all' }; break;
+    case 'find': action = { kind: 'find' }; break;
+    case 'show': action = { kind: 'show', file }; break;
+    case 'show-one': action = { kind: 'show-one', device: device as string }; break;
+    case 'set-capacity': action = { kind: 'set-capacity', device: lastDevOpt as string }; break;
+    case 'set-direct-io': action = { kind: 'set-direct-io', device: device as string, on: useDio }; break;
+    case 'set-sector-size': action = { kind: 'set-sector-size', device: device as string, size: sectorSize }; break;
+  }
+  return result(action, deferred);
+}
+
+/**
+ * `-O LIST` (util-linux string_add_to_idarray): replaces the columns, or
+ * with a leading "+" appends to them; names are case-insensitive; at most 24
+ * columns. util-linux names the rest of the list from the first unknown name
+ * on ("unknown column: FOO,RO") and fails silently on empty names and
+ * overlong lists; loopfs says what was wrong.
+ */
+export function parseColumns(outarg: string, current: readonly ColumnInfo[]): ColumnInfo[] | LoopfsError {
+  const max = COLUMNS.length * 2;
+  const append = outarg.startsWith('+');
+  const list = append ? outarg.slice(1) : outarg;
+  const out = append ? [...current] : [];
+  const bad = (reason: string): LoopfsError => new LoopfsError('EINVAL', 'failed to parse columns', reason);
+  if (list === '') return bad(`'${outarg}': empty column list`);
+  let begin = 0;
+  for (let p = 0; p < list.length; p++) {
+    if (out.length >= max) return bad(`'${outarg}': more than ${max} columns`);
+    let end = -1;
+    if (list[p] === ',') end = p;
+    if (p + 1 === list.length) end = p + 1;
+    if (end < 0) continue;
+    if (end <= begin) return bad(`'${outarg}': empty column name`);
+    const col = columnByName(list.slice(begin, end));
+    if (!col) return new LoopfsError('EINVAL', 'unknown column', list.slice(begin));
+    out.push(col);
+    begin = p + 1;
+  }
+  return out;
+}
