@@ -344,11 +344,16 @@ export class UnixConn {
     return p;
   }
 
-  /** Closes the socket; pending recv/send reject with ECANCELED. Idempotent. */
+  /**
+   * Closes the socket; pending recv/send/readLine reject with ECANCELED, and
+   * fds readLine buffered for lines not yet read are closed. Idempotent.
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     cancelWaiters(this.fd, 'connection');
+    const st = lineStates.get(this);
+    if (st) dropFds(st);
     closeFd(this.fd);
   }
 
