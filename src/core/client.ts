@@ -44,9 +44,7 @@ export class ControlClient implements InstanceClient {
     const file = path.resolve(req.file);
     const { fd, writable } = openBacking(file, !!req.readOnly);
     try {
-      const r = await request(this.stateDir, 'attach', { req: { ...req, file }, path: file, writable }, [fd]);
-      if (!writable && !req.readOnly) r.warnings.unshift(`${req.file}: write access denied, attached read-only`);
-      return r;
+      return await request(this.stateDir, 'attach', { req: { ...req, file }, path: file, writable }, [fd]);
     } finally {
       fs.closeSync(fd);
     }

@@ -111,11 +111,22 @@ export class Instance {
     this.settingUp.add(dev.index);
     let device: Device | undefined;
     try {
+      // From this call on the engine owns the backing fd (it closes it on failure).
       device = await Device.attach(
         { fd: backing.fd, path: backing.path, writable: backing.writable && !req.readOnly },
         { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly || !backing.writable, directIo: !!req.directIo },
       );
-      if (req.nooverlap) this.checkOverlap(device);
+      if (req.nooverlap) {
+        const reuse = this.overlapping(device);
+        if (reuse) {
+          // util-linux -L: an identical window is reused (and loses autoclear), not duplicated.
+          await device.close();
+          device = undefined;
+          if (created) this.table.remove(dev.index);
+          reuse.binding!.autoclear = false;
+          return { device: this.table.info(reuse, this.mountpoint), warnings: [] };
+        }
+      }
       const warnings = [...device.warnings];
       const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map() };
       if (req.partscan) {
@@ -129,21 +140,28 @@ export class Instance {
       return { device: this.table.info(dev, this.mountpoint), warnings };
     } catch (e) {
       if (device) await device.close().catch(() => {});
-      else closeQuietly(backing.fd);
-      if (created && !dev.bound) this.table.remove(dev.index);
+      if (created && !dev.bound && this.table.get(dev.index) === dev) this.table.remove(dev.index);
       throw e;
     } finally {
       this.settingUp.delete(dev.index);
     }
   }
 
-  private checkOverlap(d: Device): void {
+  /**
+   * --nooverlap: the device mapping exactly this window of the same file (to
+   * reuse), or EBUSY when another device maps an overlapping region.
+   */
+  private overlapping(d: Device): LoopDevice | undefined {
     for (const other of this.table.all()) {
       const b = other.binding;
-      if (b && b.device.overlaps(d.dev, d.ino, d.offset, d.size)) {
-        throw new LoopfsError('EBUSY', d.path, `overlapping loop device exists (${other.name})`);
+      if (!b) continue;
+      if (b.device.sameWindow(d.dev, d.ino, d.offset, d.sizelimit)) {
+        if (b.device.readOnly && !d.readOnly) throw new LoopfsError('EBUSY', d.path, `overlapping read-only loop device exists (${other.name})`);
+        return other;
       }
+      if (b.device.overlaps(d.dev, d.ino, d.offset, d.sizelimit)) throw new LoopfsError('EBUSY', d.path, `overlapping loop device exists (${other.name})`);
     }
+    return undefined;
   }
 
   /** LOOP_CLR_FD: unbinds now, or — while open — marks autoclear and unbinds at last close. */
