@@ -309,8 +309,7 @@ async function overlap(
   const sizelimit = a.sizelimit ?? 0;
   for (const d of await bound(client)) {
     if (!isUsed(d, st, file, undefined)) continue;
-    if (d.sizelimit === sizelimit && d.offset === offset) {
-      if (hasDev) break;
+    if (d.sizelimit === sizelimit && d.offset === offset && !hasDev) {
       if (d.readOnly && !a.readOnly) throw new LoopfsError('EBUSY', `${file}: overlapping read-only loop device exists`);
       // util-linux also clears the reused device's autoclear flag; InstanceClient has no call for that.
       return d;

@@ -35,15 +35,21 @@ export function register(cli: CAC): void {
     .option('-O, --output [cols]', 'Specify columns to output for --list')
     .option('--output-all', 'Output all columns')
     .option('--raw', 'Use raw --list output format')
-    .option('--instance [dir|id]', 'The loopfs instance (default: $LOOPFS, else "default")')
-    .option('--run-dir [dir]', 'The run directory of the instances')
     .option('-V', 'Display version')
     .action(async () => {
-      const raw = cli.rawArgs;
-      const at = raw.indexOf('losetup', 2);
       const { openInstance, resolveDevice } = await import('../core/instance');
-      return runLosetup(raw.slice(at + 1), processDeps(openInstance, resolveDevice));
+      return runLosetup(losetupArgv(cli.rawArgs), processDeps(openInstance, resolveDevice));
     });
+}
+
+/**
+ * losetup's own argv out of loopfs's: what follows the subcommand, plus the
+ * global options (--instance, --run-dir) that may precede it, which the
+ * losetup parser understands and does not count as arguments.
+ */
+export function losetupArgv(rawArgs: readonly string[]): string[] {
+  const at = rawArgs.indexOf('losetup', 2);
+  return [...rawArgs.slice(2, at), ...rawArgs.slice(at + 1)];
 }
 
 function processDeps(
