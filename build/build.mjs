@@ -1,19 +1,39 @@
 // Bundles src/main.ts into dist/loopfs.cjs (CommonJS: what a Node single
-// executable runs). The single executable step is in build/sea.mjs.
+// executable runs), then makes the single executable dist/loopfs from it
+// (build/sea.mjs). Prints one line.
+//
+//   node build/build.mjs [--outdir DIR]      default DIR: dist
 import * as esbuild from 'esbuild';
-import { chmodSync, mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { buildSea } from './sea.mjs';
 
-mkdirSync('dist', { recursive: true });
-await esbuild.build({
+const args = process.argv.slice(2);
+const at = args.indexOf('--outdir');
+const outdir = at >= 0 && args[at + 1] ? args[at + 1] : 'dist';
+const t0 = Date.now();
+
+mkdirSync(outdir, { recursive: true });
+const bundle = path.join(outdir, 'loopfs.cjs');
+// Written aside and renamed: a test running the old bundle never reads half a file.
+const result = await esbuild.build({
   entryPoints: ['src/main.ts'],
   bundle: true,
   platform: 'node',
   target: 'node20',
   format: 'cjs',
-  outfile: 'dist/loopfs.cjs',
+  outfile: bundle,
   external: ['koffi'],
+  // Kept for `node dist/loopfs.cjs` and direct execution; Node skips it in a single executable too.
   banner: { js: '#!/usr/bin/env node' },
   logLevel: 'warning',
   sourcemap: false,
+  write: false,
 });
-chmodSync('dist/loopfs.cjs', 0o755);
+const tmp = `${bundle}.${process.pid}`;
+writeFileSync(tmp, result.outputFiles[0].contents, { mode: 0o755 });
+chmodSync(tmp, 0o755);
+renameSync(tmp, bundle);
+const sea = buildSea(bundle, path.join(outdir, 'loopfs'));
+const mb = (statSync(sea.out).size / 2 ** 20).toFixed(0);
+console.log(`built ${bundle} and ${path.join(outdir, 'loopfs')} (${mb} MB${sea.cached ? ', unchanged' : ''}) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);

@@ -1,0 +1,101 @@
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { VERSION } from '../../src/version';
+
+/**
+ * The single executable: built into a temp dir, then run ALONE (copied into
+ * an empty directory, no node_modules anywhere near). Until a CLI command
+ * needs koffi without root, the koffi path is proven by a probe executable
+ * made by the same build/sea.mjs from src/sys/ffi.ts, plus a byte search
+ * showing the real binary carries the same asset.
+ */
+const test = suite('sea');
+
+function repoRoot(): string {
+  for (let d = __dirname; d !== path.dirname(d); d = path.dirname(d)) {
+    const pkg = path.join(d, 'package.json');
+    if (fs.existsSync(pkg) && (JSON.parse(fs.readFileSync(pkg, 'utf8')) as { name?: string }).name === 'loopfs') return d;
+  }
+  throw new Error('repository root not found');
+}
+
+const ROOT = repoRoot();
+let tmp = '';
+const cleanEnv = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: os.tmpdir(), NODE_OPTIONS: '' };
+
+function node(args: string[]): SpawnSyncReturns<string> {
+  const r = spawnSync(process.execPath, args, { cwd: ROOT, encoding: 'utf8' });
+  assert.is(r.status, 0, `node ${args.join(' ')}: ${r.stderr}${r.stdout}`);
+  return r;
+}
+
+/** A fresh directory holding only a copy of `exe`. */
+function alone(exe: string, name: string): string {
+  const dir = fs.mkdtempSync(path.join(tmp, 'alone-'));
+  fs.copyFileSync(exe, path.join(dir, name));
+  fs.chmodSync(path.join(dir, name), 0o755);
+  assert.equal(fs.readdirSync(dir), [name]);
+  return dir;
+}
+
+test.before(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'loopfs-sea-'));
+});
+
+test.after(() => {
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test('the build makes loopfs.cjs and the executable loopfs, printing one line', () => {
+  const out = path.join(tmp, 'out');
+  const r = node(['build/build.mjs', '--outdir', out]);
+  assert.is(r.stdout.trim().split('\n').length, 1, r.stdout);
+  assert.is(r.stderr, '');
+  assert.is(fs.statSync(path.join(out, 'loopfs')).mode & 0o777, 0o755);
+  assert.ok(fs.existsSync(path.join(out, 'loopfs.cjs')));
+  assert.equal(fs.readdirSync(out).filter((f) => !f.startsWith('.')).sort(), ['loopfs', 'loopfs.cjs']);
+});
+
+test('copied alone into an empty dir, ./loopfs --version works, silently', () => {
+  const dir = alone(path.join(tmp, 'out', 'loopfs'), 'loopfs');
+  const r = spawnSync('./loopfs', ['--version'], { cwd: dir, env: cleanEnv, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.ok(r.stdout.includes(VERSION), r.stdout);
+  assert.is(r.stderr, '', 'no experimental-SEA warning');
+});
+
+test('the executable carries koffi.node as an asset', () => {
+  const native = node(['--input-type=module', '-e', "import('./build/sea.mjs').then((m) => process.stdout.write(m.koffiNativePath()))"]).stdout;
+  const bin = fs.readFileSync(path.join(tmp, 'out', 'loopfs'));
+  assert.ok(bin.indexOf(fs.readFileSync(native)) > 0, `${native} is embedded`);
+});
+
+test('src/sys/ffi.ts in a single executable loads koffi from the asset and calls libc', () => {
+  const probe = path.join(tmp, 'probe.ts');
+  fs.writeFileSync(probe, [
+    `import { koffi } from ${JSON.stringify(path.join(ROOT, 'src/sys/ffi'))};`,
+    "const getpid = koffi().load('libc.so.6').func('int getpid()');",
+    'process.stdout.write(JSON.stringify({ getpid: getpid(), pid: process.pid }));',
+  ].join('\n'));
+  const bundle = path.join(tmp, 'probe.cjs');
+  node(['-e', `require('esbuild').buildSync(${JSON.stringify({
+    entryPoints: [probe], bundle: true, platform: 'node', target: 'node20', format: 'cjs', outfile: bundle, external: ['koffi'], logLevel: 'warning',
+  })})`]);
+  node(['build/sea.mjs', bundle, path.join(tmp, 'probe')]);
+  const dir = alone(path.join(tmp, 'probe'), 'probe');
+  const cache = fs.mkdtempSync(path.join(tmp, 'cache-'));
+  const r = spawnSync('./probe', [], { cwd: dir, env: { ...cleanEnv, TMPDIR: cache }, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  const got = JSON.parse(r.stdout) as { getpid: number; pid: number };
+  assert.is(got.getpid, got.pid);
+  // It really came from the asset: extracted into the private cache dir.
+  const priv = path.join(cache, `loopfs-${process.getuid!()}`);
+  assert.is(fs.statSync(priv).mode & 0o777, 0o700);
+  assert.ok(fs.readdirSync(priv).some((f) => /^koffi-.*\.node$/.test(f)), fs.readdirSync(priv).join(','));
+});
+
+test.run();
