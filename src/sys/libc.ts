@@ -20,6 +20,7 @@ function libc(): Record<string, Fn> {
     fallocate: l.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as Fn,
     flock: l.func('int flock(int fd, int op)') as Fn,
     umount2: l.func('int umount2(const char *target, int flags)') as Fn,
+    fcntl_ptr: l.func('int fcntl(int fd, int cmd, _Inout_ uint8_t *arg)') as Fn,
   };
   return lib;
 }
@@ -82,4 +83,36 @@ export const MNT_DETACH = 2;
 
 export function umount2(target: string, flags: number): void {
   check(libc().umount2!(target, flags), `umount ${target}`);
+}
+
+// Open file description locks (<fcntl.h>): owned by the open file, not the
+// process, and dropped by the kernel when the file is closed — however the
+// holder dies.
+const F_OFD_GETLK = 36;
+const F_OFD_SETLK = 37;
+export const F_RDLCK = 0;
+export const F_WRLCK = 1;
+export const F_UNLCK = 2;
+
+function flockStruct(type: number, start: number, len: number): Buffer {
+  // struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
+  const b = Buffer.alloc(32);
+  b.writeInt16LE(type, 0);
+  b.writeInt16LE(0, 2); // SEEK_SET
+  b.writeBigInt64LE(BigInt(start), 8);
+  b.writeBigInt64LE(BigInt(len), 16);
+  return b;
+}
+
+/** Sets (F_WRLCK/F_RDLCK) or clears (F_UNLCK) an OFD lock on [start, start+len); never waits (EAGAIN if held). */
+export function ofdSetLock(fd: number, type: number, start: number, len: number): void {
+  check(libc().fcntl_ptr!(fd, F_OFD_SETLK, flockStruct(type, start, len)), 'fcntl(F_OFD_SETLK)');
+}
+
+/** The first lock held by another open file that would block a write lock on [start, start+len), if any. */
+export function ofdGetLock(fd: number, start: number, len: number): { start: number; len: number } | undefined {
+  const b = flockStruct(F_WRLCK, start, len);
+  check(libc().fcntl_ptr!(fd, F_OFD_GETLK, b), 'fcntl(F_OFD_GETLK)');
+  if (b.readInt16LE(0) === F_UNLCK) return undefined;
+  return { start: Number(b.readBigInt64LE(8)), len: Number(b.readBigInt64LE(16)) };
 }
