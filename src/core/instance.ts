@@ -68,7 +68,7 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     const gid = opts.gid ?? process.getgid?.() ?? 0;
     const log = fs.openSync(path.join(stateDir, LOG_FILE), 'a', 0o600);
     const [cmd, ...pre] = selfCommand();
-    const child = spawn(cmd!, [...pre, '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? DEFAULT_MAX), '--uid', String(uid), '--gid', String(gid), ...(isDefault ? ['--remove-mountpoint'] : [])], {
+    const child = spawn(cmd!, [...pre, '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? DEFAULT_MAX), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : [])], {
       detached: true,
       stdio: ['ignore', log, log, 'pipe'],
       env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },

@@ -5,6 +5,7 @@ import type { InstanceStatus } from '../core/protocol';
 import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
 import { mountFuse, unmountFuse } from '../fuse/mount';
 import { Session } from '../fuse/session';
+import { Budget, levelsFor } from '../core/limits';
 import { ControlServer } from './control';
 import { LoopFilesystem } from './filesystem';
 import { Instance } from './instance';
@@ -25,6 +26,7 @@ interface DaemonArgs {
   uid: number;
   gid: number;
   removeMountpoint: boolean;
+  runDir: string;
 }
 
 function parseArgs(argv: string[]): DaemonArgs {
@@ -41,6 +43,7 @@ function parseArgs(argv: string[]): DaemonArgs {
     uid: Number(get('uid')),
     gid: Number(get('gid')),
     removeMountpoint: argv.includes('--remove-mountpoint'),
+    runDir: get('run-dir'),
   };
 }
 
@@ -62,12 +65,14 @@ export async function runDaemon(argv: string[]): Promise<number> {
     process.stderr.write(`${new Date().toISOString()} ${s}\n`);
   };
   // No process.title: it rewrites /proc/PID/cmdline, which liveness checks read.
-  const inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max);
-  const fsys = new LoopFilesystem(inst);
-
   let control: ControlServer;
   let session: Session;
+  let inst: Instance;
   try {
+    // Devices count against the owner's max_loop_devices here and in every run directory above.
+    const budget = new Budget(levelsFor(a.runDir, a.uid));
+    inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, { reserve: (n) => budget.reserve(n), release: (n) => budget.release(n) });
+    const fsys = new LoopFilesystem(inst);
     const mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: true });
     session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined });
     inst.session = session;

@@ -1,0 +1,29 @@
+import type { CAC } from 'cac';
+import { usageError } from '../core/errors';
+import { parseCount, selector, type GlobalFlags } from './common';
+
+const NAMES = ['max_loop_devices'] as const;
+
+export function register(cli: CAC): void {
+  cli
+    .command('sysctl [setting]', 'Read or set the per-user device limit of this run directory: max_loop_devices (default 255)')
+    .example('loopfs sysctl')
+    .example('loopfs sysctl max_loop_devices=16')
+    .action(async (setting: string | undefined, flags: GlobalFlags) => {
+      const [name, value] = setting === undefined ? ['max_loop_devices', undefined] : (setting.split('=', 2) as [string, string | undefined]);
+      if (!(NAMES as readonly string[]).includes(name)) throw usageError('ENOENT', name, `unknown setting (known: ${NAMES.join(', ')})`);
+      const newValue = value === undefined ? undefined : parseCount(value, name, 0, (await import('../core/limits')).SYSCTL_MAX);
+      const { ensureRunDir } = await import('../core/rundir');
+      const { openLimitsFile, readSysctlShared, writeSysctl, LIMITS_FILE } = await import('../core/limits');
+      const path = await import('node:path');
+      const fs = await import('node:fs');
+      const fd = openLimitsFile(path.join(ensureRunDir(selector(flags).runDir), LIMITS_FILE));
+      try {
+        if (newValue !== undefined) writeSysctl(fd, { ...readSysctlShared(fd), max_loop_devices: newValue });
+        process.stdout.write(`${name} = ${readSysctlShared(fd).max_loop_devices}\n`);
+      } finally {
+        fs.closeSync(fd);
+      }
+      return 0;
+    });
+}
