@@ -18,6 +18,15 @@ async function main(argv: string[]): Promise<number> {
       process.exit(reportError('daemon', e));
     }
   }
+  if (argv[0] === '__run-init') {
+    const { runSandboxInit } = await import('./core/sandbox');
+    // PID 1 of the sandbox: its exit ends the namespace and everything in it.
+    try {
+      process.exit(await runSandboxInit(argv.slice(1)));
+    } catch (e) {
+      process.exit(reportError('run', e));
+    }
+  }
   const cli = cac('loopfs');
   registerCommands(cli);
   cli.help();

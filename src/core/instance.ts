@@ -1,12 +1,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { LoopfsError, type Errno } from './errors';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
 import { daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, request } from './client';
 import { LOG_FILE } from './state';
+import { PARENTS_FILE } from './limits';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
 import { isMounted, unmountFuse } from '../fuse/mount';
 import type { DeviceRef, InstanceClient, InstanceSelector } from './api';
@@ -67,8 +68,12 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     const uid = opts.uid ?? process.getuid?.() ?? 0;
     const gid = opts.gid ?? process.getgid?.() ?? 0;
     const log = fs.openSync(path.join(stateDir, LOG_FILE), 'a', 0o600);
-    const [cmd, ...pre] = selfCommand();
-    const child = spawn(cmd!, [...pre, '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? DEFAULT_MAX), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : [])], {
+    // Inside `loopfs run` the daemon gets a mount namespace of its own (see sandboxMountpoint).
+    const sandboxed = fs.existsSync(path.join(runDir, PARENTS_FILE));
+    const bound = sandboxed ? sandboxMountpoint(runDir, mountpoint) : false;
+    const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? DEFAULT_MAX), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : [])];
+    const argv = sandboxed ? ['unshare', '--mount', '--propagation', 'unchanged', '--', ...daemonArgv] : daemonArgv;
+    const child = spawn(argv[0]!, argv.slice(1), {
       detached: true,
       stdio: ['ignore', log, log, 'pipe'],
       env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },
@@ -93,9 +98,30 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
       err = new LoopfsError('EIO', mountpoint, `the daemon exited before it was ready${logText ? `: ${logText}` : ''}`);
     }
     fs.rmSync(stateDir, { recursive: true, force: true });
+    if (bound) spawnSync('umount', ['-n', mountpoint]);
     if (isDefault) rmdirQuiet(mountpoint);
     throw err;
   });
+}
+
+/**
+ * A daemon must never be the last process of a mount namespace in which
+ * something is mounted on top of its own devices: its exit would unmount
+ * that filesystem, whose final sync waits on FUSE writes only the dying
+ * daemon could answer — a kernel-level deadlock that a SIGKILLed sandbox
+ * hits. So inside a sandbox the daemon runs in a mount namespace of its own,
+ * and its mountpoint sits on a shared mount so that the FUSE mount it makes
+ * there still appears in the sandbox. The sandbox's run directory is shared
+ * from the start (core/sandbox.ts); any other mountpoint is bound onto itself
+ * and made shared. Returns whether such a bind was made.
+ */
+function sandboxMountpoint(runDir: string, mountpoint: string): boolean {
+  if (path.dirname(mountpoint) === runDir) return false;
+  for (const args of [['--bind', mountpoint, mountpoint], ['--make-shared', mountpoint]]) {
+    const r = spawnSync('mount', ['-n', ...args], { encoding: 'utf8' });
+    if (r.status !== 0) throw new LoopfsError('EPERM', mountpoint, `cannot prepare the mountpoint: ${(r.stderr ?? '').trim()}`);
+  }
+  return true;
 }
 
 function checkMountpoint(runDir: string, dir: string): void {
@@ -207,12 +233,14 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
   const deadline = Date.now() + 10_000;
   while (!gone() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   if (!gone()) throw new LoopfsError('ETIMEDOUT', rec.state.mountpoint, 'the daemon did not finish within 10 s');
+  if (rec.state.boundMountpoint) spawnSync('umount', ['-n', rec.state.mountpoint]);
 }
 
 /** Removes what a dead daemon left: its (dead) mount and its state. */
 export async function reap(rec: InstanceRecord): Promise<void> {
   if (rec.alive) throw new LoopfsError('EBUSY', rec.id, 'the daemon is alive');
   if (rec.state && isMounted(rec.state.mountpoint)) await unmountFuse(rec.state.mountpoint, true);
+  if (rec.state?.boundMountpoint) spawnSync('umount', ['-n', rec.state.mountpoint]);
   fs.rmSync(rec.stateDir, { recursive: true, force: true });
   if (rec.state?.removeMountpoint) rmdirQuiet(rec.state.mountpoint);
 }

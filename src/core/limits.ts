@@ -36,7 +36,12 @@ export interface LevelRef {
   label: string;
 }
 
+/**
+ * Opens a limits file: in a run directory without following symlinks; the
+ * levels above a sandbox are named /proc/1/fd/N, which must be followed.
+ */
 export function openLimitsFile(file: string): number {
+  if (file.startsWith('/proc/')) return fs.openSync(file, fs.constants.O_RDWR);
   return fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
 }
 

@@ -23,6 +23,8 @@ export interface InstanceState {
   max: number;
   /** The daemon made the mountpoint (the default instance) and removes it on exit. */
   removeMountpoint: boolean;
+  /** Inside a sandbox: the mountpoint was bound onto itself (and is unmounted after the daemon). */
+  boundMountpoint?: boolean;
   created: string;
 }
 

@@ -26,6 +26,7 @@ interface DaemonArgs {
   uid: number;
   gid: number;
   removeMountpoint: boolean;
+  boundMountpoint: boolean;
   runDir: string;
 }
 
@@ -43,6 +44,7 @@ function parseArgs(argv: string[]): DaemonArgs {
     uid: Number(get('uid')),
     gid: Number(get('gid')),
     removeMountpoint: argv.includes('--remove-mountpoint'),
+    boundMountpoint: argv.includes('--bound-mountpoint'),
     runDir: get('run-dir'),
   };
 }
@@ -93,7 +95,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     tellParent(`error ${err.errno} ${JSON.stringify({ what: err.what, reason: err.reason })}`);
     return 1;
   }
-  const state: InstanceState = { version: 1, id: a.id, mountpoint: a.mountpoint, pid: process.pid, uid: a.uid, gid: a.gid, max: a.max, removeMountpoint: a.removeMountpoint, created: new Date().toISOString() };
+  const state: InstanceState = { version: 1, id: a.id, mountpoint: a.mountpoint, pid: process.pid, uid: a.uid, gid: a.gid, max: a.max, removeMountpoint: a.removeMountpoint, boundMountpoint: a.boundMountpoint, created: new Date().toISOString() };
   writeState(a.state, state);
 
   const served = control.serve();
