@@ -69,7 +69,9 @@ zmodload zsh/zpty || exit 2
 zpty z zsh -f -i
 zpty -w z "PS1= ; PROMPT= ; RPROMPT= ; setopt nobeep; unsetopt zle_bracketed_paste 2>/dev/null"
 zpty -w z "fpath=($1 \\$fpath); autoload -Uz compinit; compinit -u -D"
-zpty -w z "zstyle ':completion:*' menu no; bindkey '^I' complete-word"
+zpty -w z "zstyle ':completion:*' menu no"
+# TAB completes, then prints a marker: the harness waits for it before typing on.
+zpty -w z 'zle -C zt-complete complete-word _main_complete; zt-tab() { zle zt-complete; print -r -- "<<DO""NE>>" }; zle -N zt-tab; bindkey "^I" zt-tab'
 zpty -w z 'compadd () {
   if [[ \${@[1,(i)(-|--)]} == *-(O|A|D)\\ * ]]; then builtin compadd "$@"; return $?; fi
   typeset -a __hits
@@ -84,12 +86,9 @@ shift
 for l in "$@"; do
   zpty -w z "print -r -- '<<BEG''IN>>'"
   zpty -r z chunk '*<<BEGIN>>*'
-  # TAB, then (zle reads its input in order, so once completion is done) ^U to
-  # empty the line and a marker. Not ^C: its SIGINT would flush unread input.
   zpty -n -w z "$l"$'\\t'
+  zpty -r z out '*<<DONE>>*'
   zpty -n -w z $'\\x15'
-  zpty -w z "print -r -- '<<E''ND>>'"
-  zpty -r z out '*<<END>>*'
   print -r -- "== $l"
   print -r -- $out | tr -d '\\r' | grep -o '<<M:[^<>]*>>' | sed -e 's/^<<M://' -e 's/>>$//' | sort -u
 done
