@@ -114,7 +114,8 @@ export class Instance {
       // From this call on the engine owns the backing fd (it closes it on failure).
       device = await Device.attach(
         { fd: backing.fd, path: backing.path, writable: backing.writable && !req.readOnly },
-        { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly || !backing.writable, directIo: !!req.directIo },
+        // readOnly is what was asked: the engine itself falls back to read-only (and warns) for a read-only fd.
+        { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly, directIo: !!req.directIo },
       );
       if (req.nooverlap) {
         const reuse = this.overlapping(device);
