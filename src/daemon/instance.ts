@@ -128,7 +128,9 @@ export class Instance {
           return { device: this.table.info(reuse, this.mountpoint), warnings: [] };
         }
       }
-      const warnings = [...device.warnings];
+      // The size warning is left to the client: losetup prints util-linux's own, once.
+      const sizeWarning = device.sizeWarning;
+      const warnings = device.warnings.filter((w) => w !== sizeWarning);
       const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map() };
       if (req.partscan) {
         const table = await scanPartitions(device);

@@ -42,6 +42,8 @@ export class Device extends Window implements BlockIO {
   readonly sizelimit: ByteOffset;
   /** What attach (or a later setting of directIo) wants the user to know, one sentence each. */
   readonly warnings: string[] = [];
+  /** The one of `warnings` that is util-linux's warn_size(), which losetup words and prints itself. */
+  sizeWarning: string | undefined;
   private readonly file: FileIO;
   private readonly writableFd: boolean;
   private fileSize: ByteOffset;
@@ -179,10 +181,11 @@ export class Device extends Window implements BlockIO {
     if (this.isBlockDevice) return;
     const size = this.sizelimit || this.fileSize - this.offset;
     if (size < 512) {
-      this.warnings.push(`${this.path}: Warning: file is smaller than 512 bytes; the loop device may be useless or invisible for system tools.`);
+      this.sizeWarning = `${this.path}: Warning: file is smaller than 512 bytes; the loop device may be useless or invisible for system tools.`;
     } else if (size % 512 !== 0) {
-      this.warnings.push(`${this.path}: Warning: file does not end on a 512-byte sector boundary; the remaining end of the file will be ignored.`);
+      this.sizeWarning = `${this.path}: Warning: file does not end on a 512-byte sector boundary; the remaining end of the file will be ignored.`;
     }
+    if (this.sizeWarning) this.warnings.push(this.sizeWarning);
   }
 }
 
