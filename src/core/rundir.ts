@@ -46,8 +46,12 @@ export function checkPrivateDir(dir: string): void {
   if ((st.mode & 0o022) !== 0) throw new LoopfsError('EPERM', dir, `writable by group or others (mode ${(st.mode & 0o777).toString(8)}); refused`);
 }
 
+/** The run directory with its fixed layout: instances/, lock (instance creation), limits (max_loop_devices). */
 export function ensureRunDir(explicit?: string): string {
   const dir = ensurePrivateDir(runDirPath(explicit));
   ensurePrivateDir(instancesDir(dir));
+  for (const f of ['lock', 'limits']) {
+    fs.closeSync(fs.openSync(path.join(dir, f), fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600));
+  }
   return dir;
 }
