@@ -1,6 +1,7 @@
 import { cac } from 'cac';
 import { reportError } from './commands/report';
 import { registerCommands } from './commands/index';
+import { runArgv } from './commands/run';
 import { VERSION } from './version';
 
 /**
@@ -33,7 +34,7 @@ async function main(argv: string[]): Promise<number> {
   cli.version(VERSION);
   let name = '';
   try {
-    const parsed = cli.parse(['node', 'loopfs', ...argv], { run: false });
+    const parsed = cli.parse(['node', 'loopfs', ...runArgv(argv)], { run: false });
     if (!cli.matchedCommand) {
       if (parsed.options.help || parsed.options.version) return 0;
       if (cli.args.length > 0) {

@@ -15,7 +15,7 @@ export function register(cli: CAC): void {
         if (r.alive) continue;
         if (!r.state) {
           // Never trusted, never removed: a person should look at it.
-          process.stderr.write(`loopfs gc: ${r.stateDir}: ${r.problem}; left alone\n`);
+          process.stderr.write(`loopfs gc: ${r.problem} (${r.problemErrno})\n`);
           status = 1;
           continue;
         }

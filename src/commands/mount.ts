@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { usageError } from '../core/errors';
+import { LoopfsError, usageError } from '../core/errors';
 import { parseCount, selector, str, type GlobalFlags } from './common';
 
 export interface MountOptions {
@@ -48,7 +48,7 @@ export function register(cli: CAC): void {
         return 0;
       }
       const uid = process.getuid?.() ?? 0;
-      if (uid !== 0 && (opts.uid !== undefined || opts.gid !== undefined)) throw usageError('EPERM', 'uid=/gid=', 'only root may mount an instance for another owner');
+      if (uid !== 0 && (opts.uid !== undefined || opts.gid !== undefined)) throw new LoopfsError('EPERM', 'uid=/gid=', 'only root may mount an instance for another owner');
       const rec = await startInstance(selector(flags).runDir, path.resolve(dir), { ...(opts.max !== undefined ? { max: opts.max } : {}), ...(opts.uid !== undefined ? { uid: opts.uid } : {}), ...(opts.gid !== undefined ? { gid: opts.gid } : {}) });
       process.stdout.write(`${rec.state!.mountpoint}\n`);
       return 0;

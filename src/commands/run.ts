@@ -24,3 +24,25 @@ export function register(cli: CAC): void {
       return runSandbox({ ...selector(flags), cmd: command, ...(dir ? { dir } : {}), ...(max ? { max } : {}) });
     });
 }
+
+const TAKES_VALUE = new Set(['-o', '--options', '--dir', '--instance', '--run-dir']);
+
+/**
+ * `loopfs run CMD -x …` without `--`: CMD's own options must not be read as
+ * ours, so a `--` goes in before the first word that is not one of run's
+ * options. argv is the whole command line after `loopfs`.
+ */
+export function runArgv(argv: string[]): string[] {
+  const at = argv.indexOf('run');
+  if (at < 0 || argv.includes('--')) return argv;
+  for (let i = at + 1; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (TAKES_VALUE.has(a)) {
+      i++;
+      continue;
+    }
+    if (a.startsWith('-')) continue;
+    return [...argv.slice(0, i), '--', ...argv.slice(i)];
+  }
+  return argv;
+}

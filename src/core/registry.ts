@@ -11,8 +11,9 @@ export interface InstanceRecord {
   id: string;
   stateDir: string;
   state?: InstanceState;
-  /** Why the state could not be used (it is then left alone). */
+  /** Why the state could not be used, "FILE: reason" (it is then left alone), and its errno. */
   problem?: string;
+  problemErrno?: string;
   /** The daemon process named in the state is alive and is a loopfs daemon. */
   alive: boolean;
   /** A FUSE mount of loopfs is at the mountpoint. */
@@ -44,7 +45,7 @@ export function listInstances(runDir: string): InstanceRecord[] {
       const state = readState(stateDir);
       return { id, stateDir, state, alive: daemonAlive(state.pid, state.id), mounted: mounts.some((m) => m.mountpoint === state.mountpoint) };
     } catch (e) {
-      return { id, stateDir, problem: e instanceof LoopfsError ? e.message : String(e), alive: false, mounted: false };
+      return { id, stateDir, problem: e instanceof LoopfsError ? e.message : String(e), problemErrno: e instanceof LoopfsError ? e.errno : 'EIO', alive: false, mounted: false };
     }
   });
 }
