@@ -2,6 +2,7 @@ import { cac } from 'cac';
 import { reportError } from './commands/report';
 import { registerCommands } from './commands/index';
 import { runArgv } from './commands/run';
+import { installSpinner } from './commands/ui';
 import { VERSION } from './version';
 
 /**
@@ -28,6 +29,7 @@ async function main(argv: string[]): Promise<number> {
       process.exit(reportError('run', e));
     }
   }
+  installSpinner();
   const cli = cac('loopfs');
   registerCommands(cli);
   cli.help();

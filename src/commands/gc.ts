@@ -1,5 +1,6 @@
 import type { CAC } from 'cac';
 import { selector, type GlobalFlags } from './common';
+import { errorLine } from './report';
 
 export function register(cli: CAC): void {
   cli
@@ -15,7 +16,7 @@ export function register(cli: CAC): void {
         if (r.alive) continue;
         if (!r.state) {
           // Never trusted, never removed: a person should look at it.
-          process.stderr.write(`loopfs gc: ${r.problem} (${r.problemErrno})\n`);
+          errorLine('loopfs gc', r.problem ?? r.stateDir, r.problemErrno ?? 'EINVAL');
           status = 1;
           continue;
         }

@@ -49,7 +49,10 @@ export function register(cli: CAC): void {
         return 0;
       }
       const { table } = await import('./table');
-      const rows = out.map((i) => [i.id, i.mountpoint ?? '-', i.owner ?? '-', i.devices === null ? '-' : `${i.devices}/${i.bound}/${i.open}`, String(i.max ?? '-'), String(i.pid ?? '-'), i.health + (i.problem ? ` (${i.problem})` : '')]);
+      const { paint } = await import('./ui');
+      const c = paint(process.stdout);
+      const health = { alive: c.green, dead: c.red, unmounted: c.yellow, broken: c.red };
+      const rows = out.map((i) => [i.id, i.mountpoint ?? '-', i.owner ?? '-', i.devices === null ? '-' : `${i.devices}/${i.bound}/${i.open}`, String(i.max ?? '-'), String(i.pid ?? '-'), health[i.health](i.health) + (i.problem ? ` (${i.problem})` : '')]);
       process.stdout.write(table(['ID', 'MOUNTPOINT', 'OWNER', 'DEVICES/BOUND/OPEN', 'MAX', 'PID', 'HEALTH'], rows));
       return 0;
     });

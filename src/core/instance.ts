@@ -7,6 +7,7 @@ import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from 
 import { daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, request } from './client';
 import { LOG_FILE } from './state';
+import { waiting } from './progress';
 import { PARENTS_FILE } from './limits';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
 import { isMounted, unmountFuse } from '../fuse/mount';
@@ -79,7 +80,7 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
       env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },
     });
     fs.closeSync(log);
-    const line = await firstLine(child.stdio[3] as NodeJS.ReadableStream);
+    const line = await waiting(`starting the loopfs instance at ${mountpoint}`, () => firstLine(child.stdio[3] as NodeJS.ReadableStream));
     child.unref();
     (child.stdio[3] as unknown as { destroy(): void }).destroy();
     if (line === 'ready') {
@@ -231,7 +232,9 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
   const { pid, id } = rec.state;
   const gone = (): boolean => !fs.existsSync(rec.stateDir) && !daemonAlive(pid, id);
   const deadline = Date.now() + 10_000;
-  while (!gone() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  await waiting(`waiting for the instance daemon of ${rec.state.mountpoint} to finish`, async () => {
+    while (!gone() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  });
   if (!gone()) throw new LoopfsError('ETIMEDOUT', rec.state.mountpoint, 'the daemon did not finish within 10 s');
   if (rec.state.boundMountpoint) spawnSync('umount', ['-n', rec.state.mountpoint]);
 }
