@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LoopfsError } from './errors';
+import { readPrivateFile } from './state';
 import { flock, LOCK_EX, LOCK_SH, LOCK_UN, ofdGetLock, ofdSetLock, F_WRLCK, F_UNLCK } from '../sys/libc';
 
 /**
@@ -172,18 +173,8 @@ export class Budget {
 /** The levels above a run directory (written by `loopfs run` into the sandbox's run directory). */
 export function readParents(runDir: string): LevelRef[] {
   const file = path.join(runDir, PARENTS_FILE);
-  let text: string;
-  try {
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    try {
-      text = fs.readFileSync(fd, 'utf8');
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw new LoopfsError('EIO', file, (e as Error).message);
-  }
+  const text = readPrivateFile(file);
+  if (text === undefined) return [];
   try {
     const v = JSON.parse(text) as LevelRef[];
     if (Array.isArray(v) && v.every((r) => typeof r.path === 'string' && Number.isSafeInteger(r.uid) && typeof r.label === 'string')) return v;

@@ -39,20 +39,30 @@ export function writeState(dir: string, st: InstanceState): void {
   fs.renameSync(tmp, path.join(dir, STATE_FILE));
 }
 
-export function readState(dir: string): InstanceState {
-  const file = path.join(dir, STATE_FILE);
-  let text: string;
+/**
+ * Reads a small file of the run directory without following a symlink
+ * (ELOOP: not trusted). Returns undefined when it does not exist.
+ */
+export function readPrivateFile(file: string): string | undefined {
+  let fd: number;
   try {
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    try {
-      text = fs.readFileSync(fd, 'utf8');
-    } finally {
-      fs.closeSync(fd);
-    }
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new LoopfsError(code === 'ELOOP' ? 'ELOOP' : code === 'ENOENT' ? 'ENOENT' : 'EIO', file, code === 'ELOOP' ? 'is a symbolic link; not trusted' : undefined);
+    if (code === 'ENOENT') return undefined;
+    throw new LoopfsError(code === 'ELOOP' ? 'ELOOP' : code === 'EACCES' ? 'EACCES' : 'EIO', file, code === 'ELOOP' ? 'is a symbolic link; not trusted' : undefined);
   }
+  try {
+    return fs.readFileSync(fd, 'utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export function readState(dir: string): InstanceState {
+  const file = path.join(dir, STATE_FILE);
+  const text = readPrivateFile(file);
+  if (text === undefined) throw new LoopfsError('ENOENT', file);
   let v: unknown;
   try {
     v = JSON.parse(text);

@@ -93,4 +93,27 @@ test('a run directory open to others, or owned by someone else, is refused', () 
   assert.is(sb.run(['list']).status, 0);
 });
 
+test('a state file that does not parse, or is a symlink, is reported and left alone (SPEC §7)', () => {
+  sb.ok(['list']);
+  const inst = path.join(sb.runDir, 'instances');
+  fs.mkdirSync(path.join(inst, 'garbled'), { mode: 0o700 });
+  fs.writeFileSync(path.join(inst, 'garbled', 'state.json'), '{"version": 1, "pid": ');
+  fs.mkdirSync(path.join(inst, 'linked'), { mode: 0o700 });
+  fs.symlinkSync('/etc/passwd', path.join(inst, 'linked', 'state.json'));
+  const listed = JSON.parse(sb.ok(['list', '--json'])) as { id: string; health: string; problem?: string }[];
+  const byId = Object.fromEntries(listed.map((i) => [i.id, i]));
+  assert.is(byId.garbled!.health, 'broken');
+  assert.match(byId.garbled!.problem!, /does not parse/);
+  assert.is(byId.linked!.health, 'broken');
+  assert.match(byId.linked!.problem!, /symbolic link/);
+  const r = sb.run(['gc']);
+  assert.is(r.status, 1);
+  const lines = r.stderr.trim().split('\n');
+  assert.is(lines.length, 2);
+  assert.match(lines.find((l) => l.includes('garbled'))!, /^loopfs gc: .*garbled\/state\.json: state file does not parse; left alone \(EINVAL\)$/);
+  assert.match(lines.find((l) => l.includes('linked'))!, /\(ELOOP\)$/);
+  assert.equal(fs.readdirSync(inst).sort(), ['garbled', 'linked'], 'left alone');
+  assert.is(fs.readFileSync(path.join(inst, 'garbled', 'state.json'), 'utf8'), '{"version": 1, "pid": ');
+});
+
 test.run();
