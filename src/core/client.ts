@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import * as fs from 'node:fs';
-import { LoopfsError } from './errors';
+import { LoopfsError, fromSystemError } from './errors';
 import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
 import { SOCKET_FILE } from './state';
 import { connect, readLine, closeFds } from '../sys/unixsock';
@@ -91,7 +91,7 @@ export function openBacking(file: string, readOnly: boolean): { fd: number; writ
       fd = openOrThrow(file, 'r');
       writable = false;
     } else {
-      throw new LoopfsError((code as never) ?? 'EIO', file, code === 'EISDIR' ? 'is a directory' : undefined);
+      throw code === 'EISDIR' ? new LoopfsError('EISDIR', file, 'is a directory') : fromSystemError(e, file);
     }
   }
   const st = fs.fstatSync(fd);
@@ -106,6 +106,6 @@ function openOrThrow(file: string, flags: string): number {
   try {
     return fs.openSync(file, flags);
   } catch (e) {
-    throw new LoopfsError(((e as NodeJS.ErrnoException).code as never) ?? 'EIO', file);
+    throw fromSystemError(e, file);
   }
 }

@@ -38,12 +38,17 @@ export function errnoName(num: number): Errno | undefined {
   return undefined;
 }
 
-/** Turns a Node system error (err.code = 'ENOENT') into a LoopfsError with context. */
+/**
+ * Turns a thrown error into a LoopfsError about `what`. A Node syscall error
+ * (err.syscall set) is described by its errno alone; any other error with
+ * an errno code (a failed mount(8), say) keeps its own message as the reason.
+ */
 export function fromSystemError(err: unknown, what: string): LoopfsError {
   if (err instanceof LoopfsError) return err;
   const e = err as NodeJS.ErrnoException;
   const code = (e && typeof e.code === 'string' && e.code in constants.errno ? e.code : 'EIO') as Errno;
-  return new LoopfsError(code, what);
+  const own = e && !e.syscall && typeof e.message === 'string' && e.message ? e.message : undefined;
+  return new LoopfsError(code, what, own);
 }
 
 const DESCRIPTIONS: Partial<Record<Errno, string>> = {

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError } from './errors';
+import { LoopfsError, fromSystemError } from './errors';
 
 /**
  * The run directory (SPEC §1): --run-dir, else $LOOPFS_RUNDIR, else
@@ -31,7 +31,8 @@ export function ensurePrivateDir(dir: string): string {
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
-    throw new LoopfsError(((e as NodeJS.ErrnoException).code as never) ?? 'EIO', dir, 'cannot create the run directory');
+    const err = fromSystemError(e, dir);
+    throw new LoopfsError(err.errno, dir, `cannot create the run directory: ${err.reason}`);
   }
   checkPrivateDir(dir);
   return dir;

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError } from '../core/errors';
+import { LoopfsError, fromSystemError } from '../core/errors';
 import type { InstanceStatus } from '../core/protocol';
 import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
 import { mountFuse, unmountFuse } from '../fuse/mount';
@@ -91,7 +91,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
       },
     }, log);
   } catch (e) {
-    const err = e instanceof LoopfsError ? e : new LoopfsError(((e as NodeJS.ErrnoException).code as never) ?? 'EIO', a.mountpoint, (e as Error).message);
+    const err = fromSystemError(e, a.mountpoint);
     tellParent(`error ${err.errno} ${JSON.stringify({ what: err.what, reason: err.reason })}`);
     return 1;
   }
