@@ -42,6 +42,8 @@ type Node =
 interface Handle {
   node: Node;
   writable: boolean;
+  /** Written through since it was opened or last flushed. */
+  wrote?: boolean;
 }
 
 function fail(errno: 'ENOENT' | 'EPERM' | 'EBUSY' | 'EROFS' | 'ENXIO' | 'EEXIST' | 'EINVAL' | 'ENOTTY' | 'EOPNOTSUPP' | 'EISDIR', what: string): never {
@@ -178,7 +180,24 @@ export class LoopFilesystem implements FileSystem {
   async write(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, data: Buffer): Promise<number> {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
+    this.handles.get(fh)!.wrote = true;
     return io.write(data, data.length, offset);
+  }
+
+  /**
+   * close(2) of a descriptor that wrote to a whole device re-reads its
+   * partition table unless a partition is open: what udev has the kernel do
+   * (and sfdisk, fdisk, parted do with BLKRRPART, which a file cannot get).
+   * FLUSH comes before close(2) returns, so the entries are there when
+   * `sfdisk` exits.
+   */
+  async flush(_ctx: RequestContext, _ino: NodeId, fh: number): Promise<void> {
+    const h = this.handles.get(fh);
+    if (!h?.wrote || h.node.kind !== 'device') return;
+    h.wrote = false;
+    const dev = h.node.dev;
+    for (const o of this.handles.values()) if (o.node.kind === 'partition' && o.node.dev === dev) return;
+    await this.inst.rescanPartitions(dev);
   }
 
   async fsync(_ctx: RequestContext, _ino: NodeId, fh: number, datasync: boolean): Promise<void> {

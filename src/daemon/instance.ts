@@ -1,6 +1,6 @@
 import { LoopfsError } from '../core/errors';
 import type { AttachRequest, AttachResult } from '../core/api';
-import type { DeviceIndex, DeviceInfo } from '../core/types';
+import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../core/types';
 import { Device } from '../engine/device';
 import { scanPartitions, PartitionWindow } from '../engine/partitions';
 import type { BlockIO } from '../engine/window';
@@ -187,6 +187,38 @@ export class Instance {
     const b = this.table.unbind(dev);
     for (const p of parts) void this.session?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
     await b?.device.close();
+  }
+
+  /**
+   * BLKRRPART, as udev has the kernel do when a writer of a whole disk closes
+   * it: re-reads the partition table of a partscan device and publishes the
+   * loopNpM entries anew. The caller makes sure no partition is open (the
+   * kernel's EBUSY). A table that cannot be read leaves the entries as they are.
+   */
+  async rescanPartitions(dev: LoopDevice): Promise<void> {
+    const b = dev.binding;
+    if (!b?.partscan) return;
+    let parts: PartitionInfo[];
+    let windows: Map<number, BlockIO>;
+    try {
+      parts = (await scanPartitions(b.device)).partitions;
+      windows = new Map(parts.map((p) => [p.number, new PartitionWindow(b.device, p)]));
+    } catch {
+      return;
+    }
+    if (dev.binding !== b) return;
+    const old = b.partitions;
+    b.partitions = parts;
+    b.windows.clear();
+    for (const [n, w] of windows) b.windows.set(n, w);
+    const s = this.session;
+    for (const p of old) {
+      if (!windows.has(p.number)) void s?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+    }
+    for (const p of parts) {
+      void s?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
+      void s?.invalidateNode(partitionIno(dev.index, p.number));
+    }
   }
 
   async setCapacity(index: DeviceIndex): Promise<DeviceInfo> {

@@ -161,6 +161,44 @@ test('sfdisk GPT: -P shows loopNpM with the exact sizes; mkfs on one leaves the 
   partitionedDisk('label: gpt\n,8M,L\n,20M,L\n,3M,L\n,,L\n', 2);
 });
 
+test('partitioning an attached -P device: the partitions appear when sfdisk closes it (the kernel re-reads on BLKRRPART), not while one is open', () => {
+  const img = path.join(sb.root, 'blank.img');
+  shOk(`truncate -s 32M ${q(img)}`);
+  const dev = attach(sb, img, ['-P']);
+  const dir = path.dirname(dev);
+  const name = path.basename(dev);
+  const parts = (): string[] => entries(dir).filter((e) => e.startsWith(`${name}p`));
+  assert.equal(parts(), [], 'a blank image has no partitions');
+  const sizes = (): number[] => parts().map((p) => fs.statSync(path.join(dir, p)).size);
+
+  // The usual script: partition the device, then use its partitions right away.
+  shOk(`sfdisk -q ${q(dev)} && mkfs.ext4 -q ${q(`${dev}p1`)}`, { input: 'label: dos\n,8M,L\n,,L\n' });
+  assert.equal(parts(), [`${name}p1`, `${name}p2`]);
+  assert.equal(sizes(), sfdiskParts(img).map((p) => p.size * 512));
+  assert.match(shOk(`blkid -o value -s TYPE ${q(`${dev}p1`)}`), /^ext4\s*$/);
+
+  // While a partition is open the table is not re-read (BLKRRPART: EBUSY) ...
+  const held = fs.openSync(`${dev}p1`, 'r');
+  try {
+    shOk(`sfdisk -q ${q(dev)}`, { input: 'label: gpt\n,4M,L\n,4M,L\n,,L\n' });
+    assert.equal(parts(), [`${name}p1`, `${name}p2`], 'unchanged while p1 is open');
+    assert.is(fs.statSync(`${dev}p1`).size, 8 << 20);
+  } finally {
+    fs.closeSync(held);
+  }
+  // ... and is at the next close of a writer of the whole device.
+  shOk(`sfdisk -q ${q(dev)}`, { input: 'label: gpt\n,4M,L\n,4M,L\n,,L\n' });
+  assert.equal(parts(), [`${name}p1`, `${name}p2`, `${name}p3`]);
+  assert.equal(sizes(), sfdiskParts(img).map((p) => p.size * 512));
+  assert.is(shOk(`sha256sum < ${q(`${dev}p3`)}`).split(' ')[0], sha(img, sfdiskParts(img)[2]!.start * 512, sfdiskParts(img)[2]!.size * 512));
+  // Wiping the table removes them; a reader closing changes nothing.
+  shOk(`dd if=/dev/zero of=${q(dev)} bs=1M count=1 conv=notrunc status=none`);
+  assert.equal(parts(), []);
+  shOk(`cat ${q(dev)} > /dev/null`);
+  assert.equal(parts(), []);
+  assert.is(sb.run(['losetup', '-d', dev]).status, 0);
+});
+
 test('a corrupt partition table attaches with a warning on stderr and no partitions', () => {
   // GPT whose primary and backup headers both fail their CRC.
   const gpt = randomFile(path.join(sb.root, 'gpt.img'), 16 << 20);
