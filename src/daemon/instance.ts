@@ -73,11 +73,18 @@ export class Instance {
   }
 
   list(): DeviceInfo[] {
-    return this.table.all().map((d) => this.table.info(d, this.mountpoint));
+    return this.table.all().map((d) => this.infoOf(d));
   }
 
   info(index: DeviceIndex): DeviceInfo {
-    return this.table.info(this.mustGet(index), this.mountpoint);
+    return this.infoOf(this.mustGet(index));
+  }
+
+  /** The table's info, with the backing file named as it is now (util-linux reads the kernel's d_path). */
+  private infoOf(dev: LoopDevice): DeviceInfo {
+    const info = this.table.info(dev, this.mountpoint);
+    if (dev.binding) info.backFile = dev.binding.device.currentPath();
+    return info;
   }
 
   private mustGet(index: DeviceIndex): LoopDevice {
@@ -125,7 +132,7 @@ export class Instance {
           device = undefined;
           if (created) this.table.remove(dev.index);
           reuse.binding!.autoclear = false;
-          return { device: this.table.info(reuse, this.mountpoint), warnings: [] };
+          return { device: this.infoOf(reuse), warnings: [] };
         }
       }
       // The size warning is left to the client: losetup prints util-linux's own, once.
@@ -140,7 +147,7 @@ export class Instance {
       }
       this.table.bind(dev, binding);
       for (const p of binding.partitions) void this.session?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
-      return { device: this.table.info(dev, this.mountpoint), warnings };
+      return { device: this.infoOf(dev), warnings };
     } catch (e) {
       if (device) await device.close().catch(() => {});
       if (created && !dev.bound && this.table.get(dev.index) === dev) this.table.remove(dev.index);
@@ -226,7 +233,7 @@ export class Instance {
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     await dev.binding.device.refreshCapacity();
     void this.session?.invalidateNode(deviceIno(dev.index));
-    return this.table.info(dev, this.mountpoint);
+    return this.infoOf(dev);
   }
 
   opened(dev: LoopDevice): void {

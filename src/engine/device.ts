@@ -136,6 +136,18 @@ export class Device extends Window implements BlockIO {
     }
   }
 
+  /**
+   * The backing file's name now, as the kernel's loop driver shows it (its
+   * d_path): a rename followed, " (deleted)" once unlinked; `path` if unknown.
+   */
+  currentPath(): string {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${this.file.fd}`);
+    } catch {
+      return this.path;
+    }
+  }
+
   /** Alignment (bytes) of memory, position and length for O_DIRECT on this file. */
   get dioAlignment(): number {
     return this.file.dioAlignment;

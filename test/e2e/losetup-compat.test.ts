@@ -1,4 +1,5 @@
 import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { e2eSuite } from '../helpers/e2e';
@@ -115,6 +116,30 @@ test('-l, --output-all, -J, --raw, -n -O NAME,BACK-FILE and the one-line form eq
   // No arguments is -l -a.
   assert.is(sb.run(['losetup']).stdout, sb.run(['losetup', '-l', '-a']).stdout);
   assert.is(table(sb.run(['losetup']).stdout, false).length, CONFIGS.length);
+});
+
+test('BACK-FILE names the file as it is now: through a symlink, after a rename, after deletion — as util-linux shows it', () => {
+  const setups: [string, (f: string) => string][] = [
+    ['symlink', (f) => {
+      const l = path.join(sb.root, 'link.img');
+      fs.symlinkSync(f, l);
+      return l;
+    }],
+    ['renamed', (f) => f],
+    ['deleted', (f) => f],
+  ];
+  const pairs = setups.map(([label, how], i) => {
+    const file = randomFile(path.join(sb.root, `n${i}.img`), 1 << 20);
+    const name = how(file);
+    return { label, file, mine: attach(sb, name), theirs: kernelAttach(name) };
+  });
+  fs.renameSync(pairs[1]!.file, path.join(sb.root, 'moved.img'));
+  fs.unlinkSync(pairs[2]!.file);
+  for (const { label, mine, theirs } of pairs) {
+    assert.equal(loopfs(['-l', '-n', '-O', 'BACK-FILE'], mine), kernel(['-l', '-n', '-O', 'BACK-FILE'], theirs), `${label}: BACK-FILE`);
+    assert.is(loopfs([], mine).replace(`${mine}: `, ''), kernel([], theirs).replace(`${theirs}: `, ''), `${label}: losetup DEV`);
+    assert.equal(json(loopfs(['-J', '-l'], mine)).rows, json(kernel(['-J', '-l'], theirs)).rows, `${label}: -J`);
+  }
 });
 
 test('the size warnings (a file smaller than 512 bytes, or not filling its last sector) are util-linux\'s, said once', () => {
