@@ -1,0 +1,542 @@
+#!/usr/bin/env node
+// Side-by-side benchmark: a loopfs device against a kernel loop device on the
+// same backing file, in the same run, plus the raw file as the ceiling.
+//
+//   npm run bench [-- --runs N] [--size MiB] [--only io,window,ctl,scale] [--quick] [--no-results]
+//
+// Root only (FUSE mounts, kernel loop devices, drop_caches). Installs fio if
+// missing, builds the single executable into a private directory, and runs
+// everything in a private mount namespace so that no other process's mount
+// namespace keeps our instances alive. Prints one table; a full run also
+// writes bench/RESULTS.md. Every write job is verified by fio
+// (--verify=crc32c); a mismatch fails the bench. Everything it sets up is torn
+// down in a finally (also on Ctrl-C / SIGTERM).
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '..');
+const MiB = 1 << 20;
+
+// ---------------------------------------------------------------- options
+
+const argv = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1] : def;
+};
+const flag = (name) => argv.includes(`--${name}`);
+const quick = flag('quick');
+const RUNS = Number(opt('runs', quick ? 1 : 3));
+const SIZE_MIB = Number(opt('size', quick ? 256 : 1024));
+const ONLY = new Set((opt('only', 'io,window,ctl,scale')).split(','));
+const SCALE = quick ? [1000] : [1000, 10_000];
+const CTL_ITER = quick ? 5 : 15;
+const writeResults = !flag('no-results') && !quick && ONLY.size === 4 && !argv.includes('--only');
+
+if (!Number.isInteger(RUNS) || RUNS < 1 || !Number.isInteger(SIZE_MIB) || SIZE_MIB < 64) {
+  console.error('bench: --runs must be ≥ 1 and --size ≥ 64 (MiB)');
+  process.exit(2);
+}
+
+// ------------------------------------------- private mount namespace (re-exec)
+
+if (process.getuid() !== 0) {
+  console.error('bench: must run as root (FUSE mounts, kernel loop devices, drop_caches)');
+  process.exit(2);
+}
+// ---------------------------------------------------------------- plumbing
+
+let aborted = false;
+const children = new Set();
+const cleanups = [];
+
+function log(s) {
+  process.stderr.write(`${s}\n`);
+}
+
+/** Runs a command; resolves { code, stdout, stderr, seconds }; rejects when it fails (unless opts.check === false). */
+function run(cmd, args, opts = {}) {
+  if (aborted) return Promise.reject(new Error('aborted'));
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env, cwd: opts.cwd });
+    children.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', (e) => {
+      children.delete(child);
+      reject(new Error(`${cmd}: ${e.message}`));
+    });
+    child.on('close', (code, sig) => {
+      children.delete(child);
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      const r = { code: code ?? 128, stdout, stderr, seconds };
+      if (aborted) return reject(new Error('aborted'));
+      if ((code !== 0 || sig) && opts.check !== false) {
+        return reject(new Error(`${cmd} ${args.join(' ')} failed (${sig ?? `exit ${code}`}):\n${(stderr || stdout).trim().split('\n').slice(-15).join('\n')}`));
+      }
+      resolve(r);
+    });
+  });
+}
+
+/** Times a command with nothing but fork/exec around it (spawnSync, output discarded). */
+function timeSync(cmd, args, env) {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env, encoding: 'utf8' });
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error}`);
+  return { seconds: s, stdout: r.stdout.trim() };
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+function dropCaches() {
+  spawnSync('sync');
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+}
+
+function machine() {
+  const mem = fs.readFileSync('/proc/meminfo', 'utf8').match(/MemTotal:\s+(\d+)/);
+  const cpu = fs.readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/);
+  return {
+    nproc: os.availableParallelism?.() ?? os.cpus().length,
+    memGiB: mem ? (Number(mem[1]) / 2 ** 20).toFixed(1) : '?',
+    kernel: os.release(),
+    cpu: cpu ? cpu[1].trim() : os.cpus()[0]?.model ?? '?',
+    node: process.version,
+  };
+}
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  const onSignal = (sig) => {
+    if (aborted) return;
+    aborted = true;
+    log(`\nbench: ${sig}, cleaning up`);
+    for (const c of children) c.kill('SIGKILL');
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => onSignal(sig));
+
+  let status = 0;
+  try {
+    await bench();
+  } catch (e) {
+    status = 1;
+    if (!aborted) log(`bench: FAILED: ${e.stack ?? e}`);
+  } finally {
+    const wasAborted = aborted;
+    aborted = false; // cleanup commands must run
+    for (const c of children) c.kill('SIGKILL');
+    for (const fn of cleanups.reverse()) {
+      try {
+        await fn();
+      } catch (e) {
+        log(`bench: cleanup: ${e.message ?? e}`);
+        status ||= 1;
+      }
+    }
+    if (wasAborted) status = 130;
+  }
+  process.exit(status);
+}
+
+async function bench() {
+  const t0 = Date.now();
+  // fio from Debian's packages; python3 for the loop-control ioctls.
+  if (spawnSync('fio', ['--version']).status !== 0) {
+    log('bench: installing fio');
+    let r = await run('apt-get', ['install', '-y', 'fio'], { check: false, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    if (r.code !== 0) {
+      await run('apt-get', ['update']);
+      r = await run('apt-get', ['install', '-y', 'fio'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    }
+  }
+  for (const c of ['python3', 'losetup', 'unshare']) if (spawnSync('which', [c]).status !== 0) throw new Error(`${c} is required`);
+  if (!fs.existsSync('/dev/fuse')) throw new Error('/dev/fuse is missing');
+
+  // A work directory on a real disk (not tmpfs): the backing file must be a real file.
+  const base = ['/var/tmp', os.tmpdir()].find((d) => fs.existsSync(d) && fsType(d) !== 'tmpfs') ?? os.tmpdir();
+  const work = fs.mkdtempSync(path.join(base, 'loopfs-bench-'));
+  cleanups.push(() => {
+    process.chdir(repo);
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+  process.chdir(work); // whatever a tool leaves in its working directory goes too
+  const need = (SIZE_MIB + 256) * MiB;
+  const st = fs.statfsSync(work);
+  if (st.bavail * st.bsize < need) throw new Error(`${work}: needs ${need / MiB} MiB free`);
+
+  log(`bench: building into ${work}/dist`);
+  await run(process.execPath, ['build/build.mjs', '--outdir', path.join(work, 'dist')], { cwd: repo });
+  const loopfs = path.join(work, 'dist', 'loopfs');
+  const runDir = path.join(work, 'run');
+  fs.mkdirSync(runDir, { mode: 0o700 });
+  const env = { ...process.env, LOOPFS_RUNDIR: runDir, NO_COLOR: '1' };
+  delete env.LOOPFS;
+  delete env.LOOPFS_BENCH_NS;
+  const lf = (args, opts = {}) => run(loopfs, args, { env: { ...env, ...(opts.env ?? {}) }, check: opts.check });
+
+  const m = machine();
+  const fsDesc = `${fsType(work)} on ${dfSource(work)}`;
+  log(`bench: ${m.nproc} CPUs, ${m.memGiB} GiB, Linux ${m.kernel}; work dir ${work} (${fsDesc})`);
+
+  const rows = [];
+  const mnt = path.join(work, 'mnt');
+  fs.mkdirSync(mnt);
+  await mountInstance(lf, mnt, runDir, loopfs, env);
+  const lenv = { ...env, LOOPFS: mnt };
+  const lfi = (args, check) => run(loopfs, args, { env: lenv, check });
+
+  const file = path.join(work, 'disk.img');
+  const size = SIZE_MIB * MiB;
+  if (ONLY.has('io') || ONLY.has('window') || ONLY.has('ctl')) {
+    log(`bench: writing a ${SIZE_MIB} MiB backing file`);
+    await run('fio', ['--name=fill', `--filename=${file}`, '--rw=write', '--bs=1M', `--size=${size}`, '--direct=1', '--ioengine=psync', '--refill_buffers', '--output-format=terse']);
+  }
+
+  const attachKernel = async (args) => {
+    const dev = (await run('losetup', ['-f', '--show', ...args, file])).stdout.trim();
+    cleanups.push(() => run('losetup', ['-d', dev]));
+    return dev;
+  };
+  const attachLoopfs = async (args) => (await lfi(['losetup', '-f', '--show', ...args, file])).stdout.trim();
+
+  if (ONLY.has('io')) {
+    const targets = {
+      loopfs: { path: await attachLoopfs([]), size },
+      kernel: { path: await attachKernel([]), size },
+      raw: { path: file, size },
+    };
+    log(`bench: whole file: loopfs ${targets.loopfs.path}, kernel ${targets.kernel.path}`);
+    rows.push(...(await ioSuite('whole', targets, IO_JOBS)));
+  }
+  if (ONLY.has('window')) {
+    const off = MiB;
+    const lim = size - 2 * MiB;
+    const args = ['-o', String(off), '--sizelimit', String(lim)];
+    const targets = {
+      loopfs: { path: await attachLoopfs(args), size: lim },
+      kernel: { path: await attachKernel(args), size: lim },
+    };
+    log(`bench: window (offset 1 MiB): loopfs ${targets.loopfs.path}, kernel ${targets.kernel.path}`);
+    rows.push(...(await ioSuite('window', targets, WINDOW_JOBS)));
+  }
+  if (ONLY.has('ctl')) rows.push(...(await ctlSuite(loopfs, lenv, file)));
+  if (ONLY.has('scale')) rows.push(...(await scaleSuite(lf, loopfs, env, work, runDir)));
+
+  const table = render(rows);
+  console.log(`\n${table}`);
+  const failed = rows.filter((r) => r.met === false).map((r) => r.name);
+  console.log(`\n${rows.filter((r) => r.met !== undefined).length - failed.length} of ${rows.filter((r) => r.met !== undefined).length} targets met${failed.length ? `; missed: ${failed.join(', ')}` : ''}`);
+  console.log(`(${((Date.now() - t0) / 1000).toFixed(0)} s; ${RUNS} run(s) per figure, median; ${SIZE_MIB} MiB backing file, ${fsDesc})`);
+  if (writeResults) {
+    writeResultsMd(table, m, fsDesc, Date.now() - t0, failed);
+    log('bench: wrote bench/RESULTS.md');
+  }
+}
+
+// ---------------------------------------------------------------- instances
+
+function fsType(dir) {
+  const r = spawnSync('stat', ['-f', '-c', '%T', dir], { encoding: 'utf8' });
+  return r.stdout.trim() || '?';
+}
+
+function dfSource(dir) {
+  const r = spawnSync('df', ['--output=source', dir], { encoding: 'utf8' });
+  return r.stdout.trim().split('\n').pop() ?? '?';
+}
+
+async function daemonPid(loopfs, env, mnt) {
+  const r = await run(loopfs, ['list', '--json'], { env });
+  const inst = JSON.parse(r.stdout).find((i) => i.mountpoint === mnt);
+  if (!inst) throw new Error(`no instance at ${mnt}`);
+  return inst.pid;
+}
+
+async function mountInstance(lf, mnt, runDir, loopfs, env) {
+  await lf(['mount', mnt]);
+  const pid = await daemonPid(loopfs, env, mnt);
+  cleanups.push(async () => {
+    await run(loopfs, ['losetup', '-D'], { env: { ...env, LOOPFS: mnt }, check: false });
+    let r = await run(loopfs, ['umount', mnt], { env, check: false });
+    if (r.code !== 0) r = await run(loopfs, ['umount', '-l', mnt], { env, check: false });
+    // The daemon leaves once the mount is gone; make sure of it.
+    for (let i = 0; i < 50 && alive(pid); i++) await new Promise((res) => setTimeout(res, 100));
+    if (alive(pid)) {
+      process.kill(pid, 'SIGKILL');
+      spawnSync('umount', ['-l', mnt]);
+      throw new Error(`daemon ${pid} of ${mnt} did not exit; killed (umount: ${r.stderr.trim()})`);
+    }
+  });
+  return pid;
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z');
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------- I/O
+
+/*
+ * Sequential jobs: 1 MiB requests, one at a time (psync), over the whole
+ * device; buffered and O_DIRECT. Random jobs: 4 KiB, O_DIRECT, libaio at
+ * queue depth 1 and 16. libaio because it is asynchronous on all three
+ * targets with O_DIRECT (FUSE with FUSE_ASYNC_DIO queues several requests);
+ * buffered libaio would be synchronous, so queue depth would mean nothing.
+ * Writes end with an fsync (--end_fsync) so that buffered figures include
+ * reaching the backing file, and are verified (crc32c) after the cache is
+ * dropped. Caches are dropped before every job.
+ */
+const seq = (rw, direct) => ({ rw, direct, bs: '1M', engine: 'psync', qd: 1 });
+const rnd = (rw, qd) => ({ rw, direct: 1, bs: '4k', engine: 'libaio', qd, ioSize: qd === 1 ? 32 * MiB : 64 * MiB });
+const IO_JOBS = [
+  { name: 'seq read 1M buffered', key: 'seqread', ...seq('read', 0), target: 1.0 },
+  { name: 'seq read 1M O_DIRECT', key: 'seqread', ...seq('read', 1), target: 1.0 },
+  { name: 'seq write 1M buffered', key: 'seqwrite', ...seq('write', 0), target: 0.8 },
+  { name: 'seq write 1M O_DIRECT', key: 'seqwrite', ...seq('write', 1), target: 0.8 },
+  { name: 'rand read 4K QD1', ...rnd('randread', 1) },
+  { name: 'rand read 4K QD16', ...rnd('randread', 16), target: 0.5 },
+  { name: 'rand write 4K QD1', ...rnd('randwrite', 1) },
+  { name: 'rand write 4K QD16', ...rnd('randwrite', 16), target: 0.5 },
+];
+const WINDOW_JOBS = IO_JOBS.filter((j) => j.bs === '1M').map((j) => ({ ...j, target: 0.6 }));
+
+async function fio(target, job) {
+  const write = job.rw.includes('write');
+  const args = [
+    '--name=bench', `--filename=${target.path}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--size=${target.size}`,
+    `--direct=${job.direct}`, `--ioengine=${job.engine}`, `--iodepth=${job.qd}`, '--invalidate=1', '--randrepeat=1',
+    '--output-format=json', '--verify_state_save=0',
+  ];
+  if (job.ioSize) args.push(`--io_size=${Math.min(job.ioSize, target.size)}`);
+  if (write) args.push('--end_fsync=1', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1');
+  dropCaches();
+  const r = await run('fio', args, { check: false });
+  let j;
+  try {
+    j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0];
+  } catch {
+    j = undefined;
+  }
+  if (r.code !== 0 || !j || j.error) {
+    throw new Error(`fio ${job.name} on ${target.path} failed (exit ${r.code}, error ${j?.error}):\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
+  }
+  const d = write ? j.write : j.read;
+  return { mibs: d.bw_bytes / MiB, iops: d.iops };
+}
+
+async function ioSuite(kind, targets, jobs) {
+  const results = new Map(); // job name -> target -> [values]
+  for (let r = 0; r < RUNS; r++) {
+    for (const job of jobs) {
+      for (const [t, target] of Object.entries(targets)) {
+        const v = await fio(target, job);
+        const k = `${job.name}\0${t}`;
+        if (!results.has(k)) results.set(k, []);
+        results.get(k).push(job.bs === '1M' ? v.mibs : v.iops);
+        log(`  ${kind} ${job.name} ${t}: ${job.bs === '1M' ? `${v.mibs.toFixed(0)} MiB/s` : `${v.iops.toFixed(0)} IOPS`}`);
+      }
+    }
+  }
+  return jobs.map((job) => {
+    const get = (t) => (results.has(`${job.name}\0${t}`) ? median(results.get(`${job.name}\0${t}`)) : undefined);
+    const lf = get('loopfs');
+    const k = get('kernel');
+    const raw = get('raw');
+    const unit = job.bs === '1M' ? 'MiB/s' : 'IOPS';
+    const ratio = lf / k;
+    return {
+      section: kind === 'whole' ? 'I/O, whole-file device' : 'I/O, window (offset 1 MiB)',
+      name: `${kind === 'window' ? 'window ' : ''}${job.name}`,
+      loopfs: `${fmt(lf)} ${unit}`,
+      kernel: `${fmt(k)} ${unit}`,
+      ratio: ratio.toFixed(2),
+      raw: raw === undefined ? '' : `${fmt(raw)} ${unit}`,
+      target: job.target === undefined ? '' : `≥ ${job.target.toFixed(1)}`,
+      met: job.target === undefined ? undefined : ratio >= job.target,
+    };
+  });
+}
+
+const fmt = (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+
+// ---------------------------------------------------------------- control plane
+
+async function ctlSuite(loopfs, lenv, file) {
+  log('bench: control plane');
+  const attach = [];
+  const detach = [];
+  const node = [];
+  const kAttach = [];
+  const kDetach = [];
+  for (let i = 0; i < CTL_ITER + 2; i++) {
+    node.push(timeSync(process.execPath, ['-e', '0'], lenv).seconds);
+    const a = timeSync(loopfs, ['losetup', '-f', '--show', file], lenv);
+    const d = timeSync(loopfs, ['losetup', '-d', a.stdout], lenv);
+    const ka = timeSync('losetup', ['-f', '--show', file], lenv);
+    let kd;
+    try {
+      kd = timeSync('losetup', ['-d', ka.stdout], lenv);
+    } catch (e) {
+      spawnSync('losetup', ['-d', ka.stdout]);
+      throw e;
+    }
+    if (i < 2) continue; // warm-up
+    attach.push(a.seconds);
+    detach.push(d.seconds);
+    kAttach.push(ka.seconds);
+    kDetach.push(kd.seconds);
+  }
+  node.splice(0, 2);
+  const ms = (s) => `${(s * 1000).toFixed(1)} ms`;
+  const trip = median(attach.map((a, i) => a + detach[i]));
+  const kTrip = median(kAttach.map((a, i) => a + kDetach[i]));
+  const n0 = median(node);
+  const perCall = trip / 2 / n0;
+  return [
+    { section: 'control plane', name: '`losetup -f --show` + `-d` round trip', loopfs: ms(trip), kernel: ms(kTrip), ratio: (trip / kTrip).toFixed(1), raw: '', target: '', met: undefined },
+    { section: 'control plane', name: 'per CLI call vs `node -e 0`', loopfs: `${ms(median(attach))} / ${ms(median(detach))}`, kernel: `node -e 0: ${ms(n0)}`, ratio: perCall.toFixed(2), raw: '', target: '≤ 1.5', met: perCall <= 1.5 },
+  ];
+}
+
+// ---------------------------------------------------------------- scale
+
+async function scaleSuite(lf, loopfs, env, work, runDir) {
+  log('bench: scale');
+  await lf(['sysctl', `max_loop_devices=${Math.max(...SCALE) * 2}`]);
+  const mnt = path.join(work, 'scale');
+  fs.mkdirSync(mnt);
+  const pid = await mountInstance(lf, mnt, runDir, loopfs, env);
+  const ctl = path.join(mnt, 'loop-control');
+  const py = path.join(here, 'ioctl.py');
+  const rows = [];
+  const rss = () => {
+    const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/);
+    return Number(m[1]) / 1024;
+  };
+  // On the empty instance GET_FREE creates loop0: the adds start at 1.
+  const base = JSON.parse((await run('python3', [py, 'getfree', ctl, '2000'])).stdout);
+  const rssEmpty = rss();
+  let have = 1;
+  let elapsed = 0;
+  for (const n of SCALE) {
+    const r = JSON.parse((await run('python3', [py, 'add', ctl, String(have), String(n)])).stdout);
+    elapsed += r.seconds;
+    have = n;
+    const mem = rss();
+    rows.push({ section: 'scale', name: `create ${n.toLocaleString('en')} devices (LOOP_CTL_ADD)`, loopfs: `${elapsed.toFixed(2)} s`, kernel: '', ratio: '', raw: `${((elapsed / n) * 1e6).toFixed(0)} µs/device`, target: '', met: undefined });
+    rows.push({ section: 'scale', name: `daemon VmRSS at ${n.toLocaleString('en')} devices`, loopfs: `${mem.toFixed(0)} MB`, kernel: '', ratio: '', raw: `empty instance: ${rssEmpty.toFixed(0)} MB`, target: n >= 10_000 ? '≤ 150 MB' : '', met: n >= 10_000 ? mem <= 150 : undefined });
+  }
+  const top = Math.max(...SCALE);
+  const e2e = JSON.parse((await run('python3', [py, 'getfree', ctl, '2000'])).stdout);
+  const inproc = await inDaemonGetFree(top);
+  const us = (s) => `${(s * 1e6).toFixed(0)} µs`;
+  rows.push({ section: 'scale', name: `get-free at ${top.toLocaleString('en')}, inside the daemon (worst case / all unbound)`, loopfs: `${inproc.worstUs.toFixed(1)} µs / ${inproc.unboundUs.toFixed(1)} µs`, kernel: '', ratio: '', raw: '', target: '≤ 1 ms', met: inproc.worstUs <= 1000 });
+  rows.push({ section: 'scale', name: `get-free at ${top.toLocaleString('en')}, ioctl round trip`, loopfs: us(e2e.perCall), kernel: '', ratio: '', raw: `1 device: ${us(base.perCall)}`, target: '', met: undefined });
+  return rows;
+}
+
+/** Bundles bench/getfree.ts (the daemon's Instance code) and times getFree() at n devices, in process. */
+async function inDaemonGetFree(n) {
+  const outdir = path.join(repo, '.build', `bench-${process.pid}`);
+  fs.mkdirSync(outdir, { recursive: true });
+  cleanups.push(() => fs.rmSync(outdir, { recursive: true, force: true }));
+  const out = path.join(outdir, 'getfree.cjs');
+  const esbuild = await import(path.join(repo, 'node_modules', 'esbuild', 'lib', 'main.js'));
+  await esbuild.build({ entryPoints: [path.join(here, 'getfree.ts')], bundle: true, platform: 'node', target: 'node20', format: 'cjs', outfile: out, external: ['koffi'], logLevel: 'warning' });
+  return JSON.parse((await run(process.execPath, [out, String(n)])).stdout);
+}
+
+// ---------------------------------------------------------------- output
+
+function render(rows) {
+  const head = ['', 'loopfs', 'kernel loop', 'loopfs / kernel', 'raw file (ceiling)', 'target', ''];
+  const lines = [];
+  let section;
+  const body = [];
+  for (const r of rows) {
+    if (r.section !== section) {
+      section = r.section;
+      body.push([`**${section}**`, '', '', '', '', '', '']);
+    }
+    body.push([r.name, r.loopfs, r.kernel, r.ratio, r.raw, r.target, r.met === undefined ? '' : r.met ? 'met' : 'MISSED']);
+  }
+  lines.push(`| ${head.join(' | ')} |`);
+  lines.push(`|${head.map((_, i) => (i === 0 ? ':--' : '--:')).join('|')}|`);
+  for (const b of body) lines.push(`| ${b.join(' | ')} |`);
+  return lines.join('\n');
+}
+
+function writeResultsMd(table, m, fsDesc, ms, failed) {
+  const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const text = `# loopfs benchmark results
+
+Latest full run of \`npm run bench\` (\`node bench/run.mjs\`, as root), ${date}.
+
+- Machine: ${m.nproc} CPUs (\`nproc\`), ${m.memGiB} GiB memory, ${m.cpu}; Linux ${m.kernel}; Node ${m.node}
+- Backing file: ${SIZE_MIB} MiB on ${fsDesc}; each figure is the median of ${RUNS} runs; the loopfs and
+  kernel-loop figures of a row come from the same run on the same file.
+- Took ${(ms / 1000).toFixed(0)} s. ${failed.length ? `Targets missed: ${failed.join(', ')}.` : 'All targets met.'}
+
+${table}
+
+## How it is measured
+
+- **I/O**: fio 1 MiB sequential (psync, one request at a time, the whole device) buffered and
+  O_DIRECT; 4 KiB random with O_DIRECT through libaio at queue depth 1 and 16 (libaio is
+  asynchronous on a FUSE file opened O_DIRECT, the daemon negotiates FUSE_ASYNC_DIO; buffered
+  libaio would be synchronous, so a queue depth would mean nothing). Random jobs cover the whole
+  device with 32 MiB (QD1) or 64 MiB (QD16) of I/O. Page caches are dropped before every job.
+  Write jobs end with an fsync and are verified by fio (\`--verify=crc32c\`, read back after the
+  cache is dropped); a mismatch fails the bench.
+- **Kernel loop**: \`losetup -f --show FILE\` with util-linux defaults (buffered backing file, no
+  direct I/O); the window rows use \`-o 1048576 --sizelimit SIZE-2MiB\` on both sides.
+- **Control plane**: wall time of \`loopfs losetup -f --show FILE\` then \`loopfs losetup -d DEV\`
+  (the single executable, an instance already running), median of ${CTL_ITER} after 2 warm-ups;
+  compared per call with \`node -e 0\` and, as a round trip, with util-linux \`losetup\` on a
+  kernel device.
+- **Scale**: one instance, \`max_loop_devices\` raised; devices created with
+  \`ioctl(loop-control, LOOP_CTL_ADD, n)\` from python; VmRSS of the daemon from
+  /proc/PID/status. get-free "inside the daemon" times \`Instance.getFree()\` (the code the daemon
+  runs for LOOP_CTL_GET_FREE) in process with that many devices: worst case every device bound
+  but the last, and every device unbound. The round trip is per ioctl from python, FUSE
+  included; the 1-device figure is the same call on an empty instance.
+`;
+  fs.writeFileSync(path.join(here, 'RESULTS.md'), text);
+}
+
+// ---------------------------------------------------------------- entry
+
+if (!process.env.LOOPFS_BENCH_NS) {
+  // Ctrl-C reaches the child through the terminal's process group; SIGTERM/SIGHUP are forwarded.
+  const child = spawn('unshare', ['--mount', '--propagation', 'private', process.execPath, fileURLToPath(import.meta.url), ...argv], {
+    stdio: 'inherit',
+    env: { ...process.env, LOOPFS_BENCH_NS: '1' },
+  });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => sig !== 'SIGINT' && child.kill(sig));
+  child.on('exit', (code, sig) => process.exit(code ?? 128 + (os.constants.signals[sig] ?? 1)));
+  child.on('error', (e) => {
+    console.error(`bench: unshare: ${e.message}`);
+    process.exit(1);
+  });
+} else {
+  await main();
+}
