@@ -19,6 +19,7 @@ import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRe
  */
 
 export interface SessionOptions {
+  /** Requests served at once (default: half the libuv pool). */
   workers?: number;
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
@@ -54,7 +55,7 @@ export class Session {
     this.fsys = fsys;
     this.maxWrite = opts.maxWrite ?? MiB;
     this.attrTtl = opts.attrTtl ?? 1;
-    this.workers = opts.workers ?? 8;
+    this.workers = opts.workers ?? defaultWorkers();
     this.debug = opts.debug;
   }
 
@@ -222,6 +223,16 @@ export class Session {
   closeDir(fh: number): void {
     this.dirs.delete(fh);
   }
+}
+
+/**
+ * Each worker blocks a libuv pool thread in read(/dev/fuse) while idle, and
+ * the filesystem's own I/O needs pool threads too: take half the pool (the
+ * daemon runs with 16, so 8 requests in flight), never all of it.
+ */
+function defaultWorkers(): number {
+  const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+  return Math.max(1, Math.floor(pool / 2));
 }
 
 function readAsync(fd: number, buf: Buffer): Promise<number> {
