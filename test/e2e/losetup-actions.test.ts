@@ -185,9 +185,12 @@ test('32 concurrent losetup -f --show on one instance give 32 distinct devices',
   assert.is(sb.daemons().length, 1, 'one instance');
   assert.is(entries(instDir(sb)).length, 33, 'loop-control and 32 devices, no spare ones');
   // Each device maps the file its own command named.
+  const listed = JSON.parse(sb.ok(['losetup', '-J', '-l'])) as { loopdevices: { name: string; 'back-file': string }[] };
+  const backing = new Map(listed.loopdevices.map((d) => [d.name, d['back-file']]));
+  assert.is(backing.size, 32);
   for (const r of results) {
     const dev = r.out.trim();
-    assert.is(sb.ok(['losetup', '-n', '-O', 'BACK-FILE', dev]), r.file);
+    assert.is(backing.get(dev), r.file, dev);
     assert.ok(fs.readFileSync(dev).equals(fs.readFileSync(r.file)), `${dev} reads ${r.file}`);
   }
 });
