@@ -23,7 +23,14 @@ export interface Mounted {
 }
 
 export async function mountFuse(mountpoint: string, opts: MountOptions): Promise<Mounted> {
-  const fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR);
+  let fd: number;
+  try {
+    fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    const why = code === 'EACCES' ? 'permission denied (it needs read-write access for this user)' : code === 'ENOENT' ? 'no such device (is the fuse module loaded?)' : code;
+    throw Object.assign(new Error(`cannot open /dev/fuse: ${why}`), { code });
+  }
   const options = [
     'fd=3',
     'rootmode=40000',

@@ -211,6 +211,12 @@ test('an ordinary user runs the whole flow in a user namespace and cannot reach 
     const home = sb.dir('home');
     fs.chownSync(home, uid, uid);
     fs.chmodSync(sb.root, 0o755);
+    if (fuseMode & 0o006) fs.chmodSync('/dev/fuse', 0o600);
+    // Without access to /dev/fuse the error says so, and nothing is left.
+    const denied = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'env', `HOME=${home}`, `XDG_RUNTIME_DIR=${home}`, ...sb.bin, 'run', '--', 'true'], { encoding: 'utf8' });
+    assert.is(denied.status, 1);
+    assert.match(denied.stderr, /cannot open \/dev\/fuse: permission denied.*\(EACCES\)$/m);
+    assert.is(denied.stderr.trim().split('\n').length, 1);
     fs.chmodSync('/dev/fuse', 0o666);
     const asUser = (script: string): { status: number; out: string; err: string } => {
       const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'env', `HOME=${home}`, `XDG_RUNTIME_DIR=${home}`, 'PATH=/usr/sbin:/usr/bin:/sbin:/bin', ...sb.bin, 'run', '--', 'sh', '-c', script], { encoding: 'utf8', cwd: home });
