@@ -62,6 +62,14 @@ export class ControlClient implements InstanceClient {
     return request(this.stateDir, 'setCapacity', { index });
   }
 
+  setDirectIo(index: DeviceIndex, on: boolean): Promise<DeviceInfo> {
+    return request(this.stateDir, 'setDirectIo', { index, on });
+  }
+
+  setSectorSize(index: DeviceIndex, size: number): Promise<DeviceInfo> {
+    return request(this.stateDir, 'setSectorSize', { index, size });
+  }
+
   addDevice(index?: DeviceIndex): Promise<DeviceIndex> {
     return request(this.stateDir, 'add', index === undefined ? {} : { index });
   }

@@ -35,6 +35,8 @@ export interface Requests {
   detach: { args: { index: DeviceIndex }; result: null };
   detachAll: { args: Record<string, never>; result: null };
   setCapacity: { args: { index: DeviceIndex }; result: DeviceInfo };
+  setDirectIo: { args: { index: DeviceIndex; on: boolean }; result: DeviceInfo };
+  setSectorSize: { args: { index: DeviceIndex; size: number }; result: DeviceInfo };
   remount: { args: { max: number }; result: null };
   umount: { args: { lazy: boolean }; result: null };
 }

@@ -236,6 +236,31 @@ export class Instance {
     return this.infoOf(dev);
   }
 
+  /** LOOP_SET_DIRECT_IO: EINVAL, with the reason, when the backing file cannot do O_DIRECT. */
+  setDirectIo(index: DeviceIndex, on: boolean): DeviceInfo {
+    const dev = this.mustGet(index);
+    const d = dev.binding?.device;
+    if (!d) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+    const before = d.warnings.length;
+    d.directIo = on;
+    if (on && !d.directIo) {
+      const why = d.warnings.slice(before).join('; ').replace(/^.*?set direct io failed: /, '').replace(/\s*\(E[A-Z0-9]+\)$/, '');
+      throw new LoopfsError('EINVAL', dev.name, why || 'direct I/O is not possible');
+    }
+    return this.infoOf(dev);
+  }
+
+  /** LOOP_SET_BLOCK_SIZE: the size is rounded down to the new sector and partitions are read anew. */
+  async setSectorSize(index: DeviceIndex, size: number): Promise<DeviceInfo> {
+    const dev = this.mustGet(index);
+    const d = dev.binding?.device;
+    if (!d) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+    d.setSectorSize(size);
+    void this.session?.invalidateNode(deviceIno(dev.index));
+    await this.rescanPartitions(dev);
+    return this.infoOf(dev);
+  }
+
   opened(dev: LoopDevice): void {
     dev.openCount++;
   }

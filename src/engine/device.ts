@@ -80,9 +80,7 @@ export class Device extends Window implements BlockIO {
         throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a non-negative integer');
       }
       if (sizelimit % 512 !== 0) throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a multiple of 512');
-      if (!Number.isInteger(sectorSize) || sectorSize < MIN_SECTOR || sectorSize > MAX_SECTOR || (sectorSize & (sectorSize - 1)) !== 0) {
-        throw new LoopfsError('EINVAL', `sector size ${sectorSize}`, `not a power of two from ${MIN_SECTOR} to ${MAX_SECTOR}`);
-      }
+      checkSectorSize(sectorSize);
       const st = await fstat(backing);
       const fileSize = backingSize(backing, st);
       if (offset > fileSize) {
@@ -158,6 +156,14 @@ export class Device extends Window implements BlockIO {
     return { ...this.file.counts };
   }
 
+  /** LOOP_SET_BLOCK_SIZE: a new logical sector size; the device size is rounded down to it. Returns the new size. */
+  setSectorSize(sectorSize: number): ByteOffset {
+    checkSectorSize(sectorSize);
+    this.sectorSize = sectorSize;
+    this.length = windowSize(this.fileSize, this.offset, this.sizelimit, sectorSize);
+    return this.length;
+  }
+
   /** Re-reads the backing file's size (losetup -c). Returns the new device size. */
   async refreshCapacity(): Promise<ByteOffset> {
     const st = await fstat({ fd: this.file.fd, path: this.path });
@@ -202,6 +208,12 @@ export class Device extends Window implements BlockIO {
 }
 
 /** min(fileSize − offset, sizelimit || ∞), rounded down to the sector size; 0 if offset is past the end. */
+function checkSectorSize(n: number): void {
+  if (!Number.isInteger(n) || n < MIN_SECTOR || n > MAX_SECTOR || (n & (n - 1)) !== 0) {
+    throw new LoopfsError('EINVAL', `sector size ${n}`, `not a power of two from ${MIN_SECTOR} to ${MAX_SECTOR}`);
+  }
+}
+
 export function windowSize(fileSize: ByteOffset, offset: ByteOffset, sizelimit: ByteOffset, sectorSize: number): ByteOffset {
   let n = Math.max(0, fileSize - offset);
   if (sizelimit > 0 && sizelimit < n) n = sizelimit;

@@ -18,10 +18,24 @@ export interface BlockIO {
   sync(datasync: boolean): Promise<void>;
   /** Punches a hole, clamped to the device. */
   discard(position: ByteOffset, length: number): Promise<void>;
+  /**
+   * Where these bytes are, when a caller may pread/pwrite them itself (with
+   * the same clamping) instead of calling read/write: undefined when requests
+   * need the engine (O_DIRECT, a closed file).
+   */
+  fileRange?(): FileRange | undefined;
+}
+
+/** `length` bytes of the file open as `fd`, from `start`. */
+export interface FileRange {
+  fd: number;
+  start: ByteOffset;
+  length: ByteOffset;
+  readOnly: boolean;
 }
 
 /** What a window maps onto: absolute positions, no bounds of its own. */
-export type Lower = Pick<BlockIO, 'read' | 'write' | 'sync' | 'discard'>;
+export type Lower = Pick<BlockIO, 'read' | 'write' | 'sync' | 'discard' | 'fileRange'>;
 
 /**
  * The one place with window arithmetic (nbdkit's offset filter): `length`
@@ -36,7 +50,8 @@ export class Window implements BlockIO {
   protected lower: Lower;
   protected start: ByteOffset;
   protected length: ByteOffset;
-  readonly sectorSize: number;
+  /** Changes only through Device.setSectorSize (LOOP_SET_BLOCK_SIZE). */
+  sectorSize: number;
   readonly readOnly: boolean;
   /** Names the window in error messages. */
   protected label: string;
@@ -74,6 +89,13 @@ export class Window implements BlockIO {
 
   sync(datasync: boolean): Promise<void> {
     return this.lower.sync(datasync);
+  }
+
+  fileRange(): FileRange | undefined {
+    const r = this.lower.fileRange?.();
+    if (!r) return undefined;
+    const length = Math.max(0, Math.min(this.length, r.length - this.start));
+    return { fd: r.fd, start: r.start + this.start, length, readOnly: r.readOnly || this.readOnly };
   }
 
   discard(position: ByteOffset, length: number): Promise<void> {
