@@ -14,6 +14,8 @@ export function register(cli: CAC): void {
     .command('losetup [...args]', 'Set up and control loop devices (util-linux losetup)')
     .usage('losetup [options] [<loopdev>]\n  $ loopfs losetup [options] -f | <loopdev> <file>')
     .allowUnknownOptions()
+    .example('loopfs losetup -f --show -P disk.img')
+    .example('loopfs losetup -o 1048576 --sizelimit 67108864 -r -f --show disk.img')
     .option('-a, --all', 'List all used devices')
     .option('-d, --detach [loopdev]', 'Detach one or more devices')
     .option('-D, --detach-all', 'Detach all used devices')
