@@ -2,7 +2,8 @@
 // Side-by-side benchmark: a loopfs device against a kernel loop device on the
 // same backing file, in the same run, plus the raw file as the ceiling.
 //
-//   npm run bench [-- --runs N] [--size MiB] [--only io,window,ctl,scale] [--quick] [--no-results]
+//   npm run bench [-- --runs N] [--size MiB] [--only io,window,ctl,scale] [--match REGEX] [--quick]
+//                    [--no-results] [--dist DIR (a build to use instead of building)]
 //
 // Root only (FUSE mounts, kernel loop devices, drop_caches). Installs fio if
 // missing, builds the single executable into a private directory, and runs
@@ -35,7 +36,9 @@ const SIZE_MIB = Number(opt('size', quick ? 256 : 1024));
 const ONLY = new Set((opt('only', 'io,window,ctl,scale')).split(','));
 const SCALE = quick ? [1000] : [1000, 10_000];
 const CTL_ITER = quick ? 5 : 15;
-const writeResults = !flag('no-results') && !quick && ONLY.size === 4 && !argv.includes('--only');
+const MATCH = new RegExp(opt('match', '.'));
+const DIST = opt('dist', undefined);
+const writeResults = !flag('no-results') && !quick && !argv.includes('--only') && !argv.includes('--match') && !DIST && RUNS >= 3;
 
 if (!Number.isInteger(RUNS) || RUNS < 1 || !Number.isInteger(SIZE_MIB) || SIZE_MIB < 64) {
   console.error('bench: --runs must be ≥ 1 and --size ≥ 64 (MiB)');
@@ -178,9 +181,14 @@ async function bench() {
   const st = fs.statfsSync(work);
   if (st.bavail * st.bsize < need) throw new Error(`${work}: needs ${need / MiB} MiB free`);
 
-  log(`bench: building into ${work}/dist`);
-  await run(process.execPath, ['build/build.mjs', '--outdir', path.join(work, 'dist')], { cwd: repo });
-  const loopfs = path.join(work, 'dist', 'loopfs');
+  let loopfs;
+  if (DIST) {
+    loopfs = path.resolve(repo, DIST, 'loopfs');
+  } else {
+    log(`bench: building into ${work}/dist`);
+    await run(process.execPath, ['build/build.mjs', '--outdir', path.join(work, 'dist')], { cwd: repo });
+    loopfs = path.join(work, 'dist', 'loopfs');
+  }
   const runDir = path.join(work, 'run');
   fs.mkdirSync(runDir, { mode: 0o700 });
   const env = { ...process.env, LOOPFS_RUNDIR: runDir, NO_COLOR: '1' };
@@ -220,7 +228,7 @@ async function bench() {
       raw: { path: file, size },
     };
     log(`bench: whole file: loopfs ${targets.loopfs.path}, kernel ${targets.kernel.path}`);
-    rows.push(...(await ioSuite('whole', targets, IO_JOBS)));
+    rows.push(...(await ioSuite('whole', targets, IO_JOBS.filter((j) => MATCH.test(j.name)))));
   }
   if (ONLY.has('window')) {
     const off = MiB;
@@ -231,7 +239,7 @@ async function bench() {
       kernel: { path: await attachKernel(args), size: lim },
     };
     log(`bench: window (offset 1 MiB): loopfs ${targets.loopfs.path}, kernel ${targets.kernel.path}`);
-    rows.push(...(await ioSuite('window', targets, WINDOW_JOBS)));
+    rows.push(...(await ioSuite('window', targets, WINDOW_JOBS.filter((j) => MATCH.test(`window ${j.name}`)))));
   }
   if (ONLY.has('ctl')) rows.push(...(await ctlSuite(loopfs, lenv, file)));
   if (ONLY.has('scale')) rows.push(...(await scaleSuite(lf, loopfs, env, work, runDir)));
