@@ -143,14 +143,16 @@ export class LoopFilesystem implements FileSystem {
   open(_ctx: RequestContext, ino: NodeId, flags: number): OpenResult {
     const n = this.node(ino);
     const writable = (flags & O_ACCMODE) !== O_RDONLY;
+    let io: BlockIO | undefined;
     if (n.kind === 'device' || n.kind === 'partition') {
-      const ro = n.kind === 'device' ? n.dev.binding?.device.readOnly : n.io.readOnly;
-      if (writable && ro) fail('EROFS', n.dev.name);
+      io = n.kind === 'device' ? n.dev.binding?.device : n.io;
+      if (writable && io?.readOnly) fail('EROFS', n.dev.name);
       this.inst.opened(n.dev);
     }
     const fh = this.nextFh++;
     this.handles.set(fh, { node: n, writable });
-    return { fh };
+    // A bound window of a plain descriptor: the session's threads serve READ/WRITE themselves.
+    return { fh, backing: io?.fileRange?.() };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
@@ -193,7 +195,8 @@ export class LoopFilesystem implements FileSystem {
    */
   async flush(_ctx: RequestContext, _ino: NodeId, fh: number): Promise<void> {
     const h = this.handles.get(fh);
-    if (!h?.wrote || h.node.kind !== 'device') return;
+    const wroteOnThread = this.inst.session?.takeWritten(fh) ?? false;
+    if (!h || !(h.wrote || wroteOnThread) || h.node.kind !== 'device') return;
     h.wrote = false;
     const dev = h.node.dev;
     for (const o of this.handles.values()) if (o.node.kind === 'partition' && o.node.dev === dev) return;

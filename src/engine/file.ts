@@ -3,7 +3,7 @@ import { LoopfsError, fromSystemError } from '../core/errors';
 import type { ByteOffset } from '../core/types';
 import { koffi } from '../sys/ffi';
 import { punchHole } from '../sys/libc';
-import type { Lower } from './window';
+import type { FileRange, Lower } from './window';
 
 /**
  * The bottom of the stack: pread/pwrite on the backing file at absolute
@@ -89,6 +89,12 @@ export class FileIO implements Lower {
 
   read(dst: Buffer, length: number, position: ByteOffset): Promise<number> {
     return this.request(READ, dst, length, position);
+  }
+
+  /** The buffered descriptor, unbounded; none while direct I/O is on or once closed. */
+  fileRange(): FileRange | undefined {
+    if (this.closed || this.directOn) return undefined;
+    return { fd: this.fd, start: 0, length: Number.MAX_SAFE_INTEGER, readOnly: false };
   }
 
   write(src: Buffer, length: number, position: ByteOffset): Promise<number> {

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { Worker as Thread } from 'node:worker_threads';
 import {
   Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, ATTR_OUT_SIZE, ENTRY_OUT_SIZE, INIT_OUT_SIZE, OPEN_OUT_SIZE,
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
@@ -7,8 +8,9 @@ import {
   FOPEN_NONSEEKABLE, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
   FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
 } from './kernel';
-import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, IN_HEADER_SIZE, OUT_HEADER_SIZE, type InHeader } from './wire';
+import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
+import { BackedTable, THREAD_SOURCE, threadData } from './threads';
 
 /**
  * One FUSE connection: reads requests from /dev/fuse, dispatches them to a
@@ -27,6 +29,7 @@ export interface SessionOptions {
   debug?: (line: string) => void;
 }
 
+/** The buffers of one request being dispatched. */
 interface Worker {
   in: Buffer;
   out: Buffer;
@@ -44,8 +47,8 @@ export class Session {
   private readonly workers: number;
   private readonly debug: ((line: string) => void) | undefined;
   private readonly inflight = new Map<bigint, AbortController>();
+  private readonly backed = new BackedTable();
   private initialized = false;
-  private stopped = false;
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
@@ -62,26 +65,34 @@ export class Session {
   /** Serves until the filesystem is unmounted (a read fails ENODEV). */
   async serve(): Promise<void> {
     const size = this.maxWrite + 64 * 1024;
-    const loops: Promise<void>[] = [];
-    for (let i = 0; i < this.workers; i++) loops.push(this.loop({ in: Buffer.allocUnsafe(size), out: Buffer.allocUnsafe(size) }));
-    await Promise.all(loops);
-  }
-
-  private async loop(w: Worker): Promise<void> {
-    while (!this.stopped) {
-      let n: number;
-      try {
-        n = await readAsync(this.fd, w.in);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue;
-        this.stopped = true;
-        if (code === 'ENODEV') return;
-        throw e;
+    const data = threadData(this.fd, size, this.backed, !this.debug);
+    let live = Math.max(1, this.workers);
+    let failure: unknown;
+    const outs: Buffer[] = [];
+    let pending = 0;
+    let idle: (() => void) | undefined;
+    await new Promise<void>((resolve) => {
+      const ended = (): void => {
+        if (--live > 0) return;
+        if (pending === 0) resolve();
+        else idle = resolve;
+      };
+      for (let i = 0, n = live; i < n; i++) {
+        const t = new Thread(THREAD_SOURCE, { eval: true, workerData: data });
+        t.on('message', (m: unknown) => {
+          if (!(m instanceof ArrayBuffer)) return;
+          const w = { in: Buffer.from(m), out: outs.pop() ?? Buffer.allocUnsafe(size) };
+          pending++;
+          void this.dispatch(w, m.byteLength).finally(() => {
+            if (outs.length < 8) outs.push(w.out);
+            if (--pending === 0 && idle) idle();
+          });
+        });
+        t.on('error', (e) => (failure ??= e));
+        t.on('exit', ended);
       }
-      if (n < IN_HEADER_SIZE) continue;
-      await this.dispatch(w, n);
-    }
+    });
+    if (failure) throw failure;
   }
 
   private async dispatch(w: Worker, n: number): Promise<void> {
@@ -133,8 +144,13 @@ export class Session {
     return new Promise((resolve) => fs.write(this.fd, b, 0, b.length, null, () => resolve()));
   }
 
-  /** Drops the kernel's cached attributes and (len 0 = all) cached pages of a node. */
+  /**
+   * Drops the kernel's cached attributes and (len 0 = all) cached pages of a
+   * node. Its backed handles go back to the FileSystem's read/write: what
+   * they map may have changed.
+   */
   invalidateNode(node: number): Promise<void> {
+    void this.backed.revokeNode(node);
     const p = Buffer.alloc(24);
     p.writeBigUInt64LE(BigInt(node), 0);
     p.writeBigInt64LE(0n, 8);
@@ -206,6 +222,19 @@ export class Session {
     return INIT_OUT_SIZE;
   }
 
+  /** Whether a WRITE to backed handle `fh` was served on a thread since the last call (FileSystem.write never saw it). */
+  takeWritten(fh: number): boolean {
+    return this.backed.takeWritten(fh);
+  }
+
+  opened(fh: number, node: number, r: OpenResult): void {
+    if (r.backing) this.backed.register(fh, node, r.backing);
+  }
+
+  releasing(fh: number): Promise<void> {
+    return this.backed.revoke(fh);
+  }
+
   interrupt(unique: bigint): void {
     this.inflight.get(unique)?.abort();
   }
@@ -233,10 +262,6 @@ export class Session {
 function defaultWorkers(): number {
   const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
   return Math.max(1, Math.floor(pool / 2));
-}
-
-function readAsync(fd: number, buf: Buffer): Promise<number> {
-  return new Promise((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
 /** The positive errno of a thrown error: LoopfsError-like (`errno` name), Node (`code`), or a number. */
@@ -306,7 +331,9 @@ const TABLE: Partial<Record<number, Handler>> = {
   },
   [Op.OPEN]: async (s, w, h, b, ctx) => {
     const f = s.fsOf();
-    return writeOpenOut(w.out, H, f.open ? await f.open(ctx, h.nodeid, b.u32(0)) : { fh: 0 });
+    const r = f.open ? await f.open(ctx, h.nodeid, b.u32(0)) : { fh: 0 };
+    s.opened(r.fh, h.nodeid, r);
+    return writeOpenOut(w.out, H, r);
   },
   [Op.READ]: async (s, w, h, b, ctx) => {
     const f = s.fsOf();
@@ -323,7 +350,11 @@ const TABLE: Partial<Record<number, Handler>> = {
     return WRITE_OUT_SIZE;
   },
   [Op.FLUSH]: async (s, _w, h, b, ctx) => (await s.fsOf().flush?.(ctx, h.nodeid, b.u64(0)), 0),
-  [Op.RELEASE]: async (s, _w, h, b, ctx) => (await s.fsOf().release?.(ctx, h.nodeid, b.u64(0)), 0),
+  [Op.RELEASE]: async (s, _w, h, b, ctx) => {
+    await s.releasing(b.u64(0));
+    await s.fsOf().release?.(ctx, h.nodeid, b.u64(0));
+    return 0;
+  },
   [Op.FSYNC]: async (s, _w, h, b, ctx) => (await s.fsOf().fsync?.(ctx, h.nodeid, b.u64(0), (b.u32(8) & FUSE_FSYNC_FDATASYNC) !== 0), 0),
   [Op.FALLOCATE]: async (s, _w, h, b, ctx) => {
     const f = s.fsOf();

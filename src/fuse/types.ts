@@ -45,6 +45,21 @@ export interface OpenResult {
   directIo?: boolean;
   keepCache?: boolean;
   nonSeekable?: boolean;
+  /**
+   * READ and WRITE of this handle are plain pread/pwrite of a file: the
+   * session serves them on its threads without calling read/write (see
+   * threads.ts for the exact semantics) until the handle is released or its
+   * node invalidated. Session.takeWritten(fh) tells whether it wrote.
+   */
+  backing?: BackedRange;
+}
+
+/** `length` bytes of the file open as `fd`, from `start`. */
+export interface BackedRange {
+  fd: number;
+  start: number;
+  length: number;
+  readOnly: boolean;
 }
 
 export interface SetattrRequest {
