@@ -6,7 +6,7 @@ export function register(cli: CAC): void {
   cli
     .command('gc', 'Remove the state of instances whose daemon is gone and unmount their dead mounts')
     .example('loopfs gc')
-    .example('loopfs --run-dir /tmp/rd gc')
+    .example('loopfs gc --run-dir /srv/ci/loopfs')
     .action(async (flags: GlobalFlags) => {
       const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
