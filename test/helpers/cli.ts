@@ -75,7 +75,8 @@ export class Sandbox {
       }
     }
     for (const m of mountsUnder(this.root)) spawnSync('umount', ['-l', m]);
-    fs.rmSync(this.root, { recursive: true, force: true });
+    // A daemon killed a moment ago may still be removing its own state.
+    fs.rmSync(this.root, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
 }
 
