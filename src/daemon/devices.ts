@@ -44,9 +44,75 @@ export interface TableHooks {
   changed?(dev: LoopDevice, what: 'added' | 'removed' | 'bound' | 'unbound' | 'renamed', oldName?: string): void;
 }
 
+/**
+ * A set of device numbers (0..MAX_INDEX) answering "lowest member" in three
+ * word lookups: a bitmap, plus a bitmap of its non-zero words, plus one of
+ * those. 132 KiB, whatever the number of devices.
+ */
+export class IndexSet {
+  private readonly l0 = new Uint32Array((MAX_INDEX + 1) >>> 5);
+  private readonly l1 = new Uint32Array((MAX_INDEX + 1) >>> 10);
+  private readonly l2 = new Uint32Array((MAX_INDEX + 1) >>> 15);
+
+  /** Every number a member (fill) or none. */
+  constructor(fill = false) {
+    if (fill) {
+      this.l0.fill(0xffffffff);
+      this.l1.fill(0xffffffff);
+      this.l2.fill(0xffffffff);
+    }
+  }
+
+  has(i: number): boolean {
+    return (this.l0[i >>> 5]! & (1 << (i & 31))) !== 0;
+  }
+
+  add(i: number): void {
+    this.l0[i >>> 5]! |= 1 << (i & 31);
+    this.l1[i >>> 10]! |= 1 << ((i >>> 5) & 31);
+    this.l2[i >>> 15]! |= 1 << ((i >>> 10) & 31);
+  }
+
+  delete(i: number): void {
+    const w = i >>> 5;
+    if ((this.l0[w]! &= ~(1 << (i & 31))) !== 0) return;
+    if ((this.l1[w >>> 5]! &= ~(1 << (w & 31))) !== 0) return;
+    this.l2[w >>> 10]! &= ~(1 << ((w >>> 5) & 31));
+  }
+
+  /** The lowest member, or -1. */
+  first(): number {
+    for (let k = 0; k < this.l2.length; k++) {
+      const top = this.l2[k]!;
+      if (top === 0) continue;
+      const j = (k << 5) + lowBit(top);
+      const w = (j << 5) + lowBit(this.l1[j]!);
+      return (w << 5) + lowBit(this.l0[w]!);
+    }
+    return -1;
+  }
+}
+
+function lowBit(x: number): number {
+  return 31 - Math.clz32(x & -x);
+}
+
+/** The device number a name stands for when it is exactly `loopN` (which keeps N from being created). */
+function canonicalIndex(name: string): number {
+  const m = /^loop(0|[1-9]\d{0,6})$/.exec(name);
+  const i = m ? Number(m[1]) : -1;
+  return i <= MAX_INDEX ? i : -1;
+}
+
 export class DeviceTable {
   private readonly byIndex = new Map<DeviceIndex, LoopDevice>();
   private readonly byName = new Map<string, LoopDevice>();
+  /** Devices that exist, are unbound and are not held: LOOP_CTL_GET_FREE is its lowest member. */
+  private readonly free = new IndexSet();
+  /** Numbers neither used by a device nor taken by an entry name `loopN`: LOOP_CTL_ADD's lowest. */
+  private readonly unused = new IndexSet(true);
+  /** Devices held by an attach in progress: not free although unbound. */
+  private readonly held = new Set<DeviceIndex>();
 
   constructor(public max: number, private readonly hooks: TableHooks = {}) {}
 
@@ -82,6 +148,8 @@ export class DeviceTable {
     const dev = new LoopDevice(i);
     this.byIndex.set(i, dev);
     this.byName.set(dev.name, dev);
+    this.unused.delete(i);
+    this.refreshFree(dev);
     this.hooks.changed?.(dev, 'added');
     return dev;
   }
@@ -93,14 +161,36 @@ export class DeviceTable {
     if (dev.bound || dev.openCount > 0) throw new LoopfsError('EBUSY', dev.name, dev.bound ? 'device is bound' : 'device is open');
     this.byIndex.delete(index);
     this.byName.delete(dev.name);
+    this.free.delete(index);
+    this.held.delete(index);
+    this.refreshUnused(index);
+    this.refreshUnused(canonicalIndex(dev.name));
     this.hooks.release?.(1);
     this.hooks.changed?.(dev, 'removed');
   }
 
-  /** LOOP_CTL_GET_FREE: the lowest unbound device, created when there is none. */
+  /** LOOP_CTL_GET_FREE: the lowest unbound device not held, created when there is none. */
   getFree(): LoopDevice {
-    for (const dev of this.all()) if (!dev.bound) return dev;
-    return this.add();
+    const i = this.free.first();
+    return i >= 0 ? this.byIndex.get(i)! : this.add();
+  }
+
+  /** Keeps an unbound device out of getFree() while an attach sets it up (or gives it back). */
+  hold(dev: LoopDevice, on: boolean): void {
+    if (on) this.held.add(dev.index);
+    else this.held.delete(dev.index);
+    this.refreshFree(dev);
+  }
+
+  private refreshFree(dev: LoopDevice): void {
+    if (this.byIndex.get(dev.index) === dev && !dev.bound && !this.held.has(dev.index)) this.free.add(dev.index);
+    else this.free.delete(dev.index);
+  }
+
+  private refreshUnused(i: number): void {
+    if (i < 0 || i > MAX_INDEX) return;
+    if (this.byIndex.has(i) || this.byName.has(`loop${i}`)) this.unused.delete(i);
+    else this.unused.add(i);
   }
 
   rename(from: string, to: string): void {
@@ -111,12 +201,15 @@ export class DeviceTable {
     this.byName.delete(from);
     dev.name = to;
     this.byName.set(to, dev);
+    this.refreshUnused(canonicalIndex(from));
+    this.refreshUnused(canonicalIndex(to));
     this.hooks.changed?.(dev, 'renamed', from);
   }
 
   bind(dev: LoopDevice, binding: Binding): void {
     if (dev.bound) throw new LoopfsError('EBUSY', dev.name, 'device is bound');
     dev.binding = binding;
+    this.refreshFree(dev);
     this.hooks.changed?.(dev, 'bound');
   }
 
@@ -125,14 +218,14 @@ export class DeviceTable {
     const b = dev.binding;
     if (!b) return undefined;
     dev.binding = undefined;
+    this.refreshFree(dev);
     this.hooks.changed?.(dev, 'unbound');
     return b;
   }
 
   private lowestUnused(): DeviceIndex {
-    let i = 0;
-    while (this.byIndex.has(i) || this.byName.has(`loop${i}`)) i++;
-    if (i > MAX_INDEX) throw new LoopfsError('ENOSPC', 'new device', 'no device numbers left');
+    const i = this.unused.first();
+    if (i < 0) throw new LoopfsError('ENOSPC', 'new device', 'no device numbers left');
     return i;
   }
 

@@ -67,9 +67,9 @@ export class Instance {
     return this.freeDevice().index;
   }
 
+  /** The lowest unbound device not being set up (the table keeps them in a set), or a new one. */
   private freeDevice(): LoopDevice {
-    for (const dev of this.table.all()) if (!dev.bound && !this.settingUp.has(dev.index)) return dev;
-    return this.table.add();
+    return this.table.getFree();
   }
 
   list(): DeviceInfo[] {
@@ -116,6 +116,7 @@ export class Instance {
       throw e;
     }
     this.settingUp.add(dev.index);
+    this.table.hold(dev, true);
     let device: Device | undefined;
     try {
       // From this call on the engine owns the backing fd (it closes it on failure).
@@ -154,6 +155,7 @@ export class Instance {
       throw e;
     } finally {
       this.settingUp.delete(dev.index);
+      this.table.hold(dev, false);
     }
   }
 
