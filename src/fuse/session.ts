@@ -13,15 +13,16 @@ import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRe
 import { BackedTable, THREAD_SOURCE, threadData } from './threads';
 
 /**
- * One FUSE connection: reads requests from /dev/fuse, dispatches them to a
- * FileSystem and writes the replies. `workers` requests are served at once;
- * each worker owns a request buffer and a reply buffer for its whole life
- * (no per-request allocation on the I/O path), so a slow request holds only
- * its own worker.
+ * One FUSE connection: `workers` threads read requests from /dev/fuse (see
+ * threads.ts). READ and WRITE of a backed handle (OpenResult.backing) are
+ * served on those threads; every other request is dispatched here, to the
+ * FileSystem, each with a request buffer and a (pooled) reply buffer of its
+ * own, so a slow request holds nothing but itself. Threads use no libuv
+ * pool thread; each costs ~8 MB of memory (its V8 isolate and buffers).
  */
 
 export interface SessionOptions {
-  /** Requests served at once (default: half the libuv pool). */
+  /** Threads reading /dev/fuse: backed READ/WRITE requests served at once (default 4). */
   workers?: number;
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
@@ -58,7 +59,7 @@ export class Session {
     this.fsys = fsys;
     this.maxWrite = opts.maxWrite ?? MiB;
     this.attrTtl = opts.attrTtl ?? 1;
-    this.workers = opts.workers ?? defaultWorkers();
+    this.workers = opts.workers ?? 4;
     this.debug = opts.debug;
   }
 
@@ -252,16 +253,6 @@ export class Session {
   closeDir(fh: number): void {
     this.dirs.delete(fh);
   }
-}
-
-/**
- * Each worker blocks a libuv pool thread in read(/dev/fuse) while idle, and
- * the filesystem's own I/O needs pool threads too: take half the pool (the
- * daemon runs with 16, so 8 requests in flight), never all of it.
- */
-function defaultWorkers(): number {
-  const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
-  return Math.max(1, Math.floor(pool / 2));
 }
 
 /** The positive errno of a thrown error: LoopfsError-like (`errno` name), Node (`code`), or a number. */
