@@ -152,7 +152,9 @@ export class LoopFilesystem implements FileSystem {
     const fh = this.nextFh++;
     this.handles.set(fh, { node: n, writable });
     // A bound window of a plain descriptor: the session's threads serve READ/WRITE themselves.
-    return { fh, backing: io?.fileRange?.() };
+    // A whole-file read-write device: the kernel reads the file itself (passthrough).
+    const whole = n.kind === 'device' ? n.dev.binding?.device.wholeFileFd() : undefined;
+    return { fh, backing: io?.fileRange?.(), passthrough: whole === undefined ? undefined : { fd: whole } };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {

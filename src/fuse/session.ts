@@ -5,12 +5,14 @@ import {
   Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, ATTR_OUT_SIZE, ENTRY_OUT_SIZE, INIT_OUT_SIZE, OPEN_OUT_SIZE,
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
   FUSE_AUTO_INVAL_DATA, FUSE_PARALLEL_DIROPS, FUSE_ATOMIC_O_TRUNC, FUSE_ASYNC_DIO, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
-  FOPEN_NONSEEKABLE, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
+  FOPEN_NONSEEKABLE, FOPEN_PASSTHROUGH, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_EXT, FUSE_PASSTHROUGH_FLAGS2,
+  FUSE_PASSTHROUGH_MINOR_VERSION, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
   FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
 import { BackedTable, THREAD_SOURCE, threadData } from './threads';
+import { Passthrough } from './passthrough';
 
 /**
  * One FUSE connection: `workers` threads read requests from /dev/fuse (see
@@ -27,7 +29,11 @@ export interface SessionOptions {
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
   attrTtl?: number;
+  /** Negotiate FUSE passthrough when the kernel offers it (OpenResult.passthrough; it takes CAP_SYS_ADMIN). Default: when root. */
+  passthrough?: boolean;
   debug?: (line: string) => void;
+  /** Where the session says what it could not do (passthrough refused); default stderr. */
+  log?: (line: string) => void;
 }
 
 /** The buffers of one request being dispatched. */
@@ -49,6 +55,8 @@ export class Session {
   private readonly debug: ((line: string) => void) | undefined;
   private readonly inflight = new Map<bigint, AbortController>();
   private readonly backed = new BackedTable();
+  private readonly wantPassthrough: boolean;
+  private readonly passthrough: Passthrough;
   private initialized = false;
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
@@ -61,6 +69,8 @@ export class Session {
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.debug = opts.debug;
+    this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
+    this.passthrough = new Passthrough(fd, opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
   }
 
   /** Serves until the filesystem is unmounted (a read fails ENODEV). */
@@ -210,16 +220,24 @@ export class Session {
     }
     const want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_DO_READDIRPLUS | FUSE_AUTO_INVAL_DATA
       | FUSE_PARALLEL_DIROPS | FUSE_ATOMIC_O_TRUNC | FUSE_ASYNC_DIO;
-    o.writeUInt32LE(Math.min(minor, FUSE_KERNEL_MINOR_VERSION), OUT_HEADER_SIZE + 4);
+    const kflags2 = kflags & FUSE_INIT_EXT ? b.u32(16) : 0;
+    const passthrough = this.wantPassthrough && minor >= FUSE_PASSTHROUGH_MINOR_VERSION && (kflags2 & FUSE_PASSTHROUGH_FLAGS2) !== 0;
+    o.writeUInt32LE(Math.min(minor, passthrough ? FUSE_PASSTHROUGH_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION), OUT_HEADER_SIZE + 4);
     o.writeUInt32LE(maxReadahead, OUT_HEADER_SIZE + 8);
-    o.writeUInt32LE((kflags & want) >>> 0, OUT_HEADER_SIZE + 12);
+    o.writeUInt32LE(((kflags & want) | (passthrough ? FUSE_INIT_EXT : 0)) >>> 0, OUT_HEADER_SIZE + 12);
+    if (passthrough) {
+      o.writeUInt32LE(FUSE_PASSTHROUGH_FLAGS2, OUT_HEADER_SIZE + 32); // flags2
+      // max_stack_depth: backing files may not be on a stacked filesystem (overlayfs, another passthrough FUSE).
+      o.writeUInt32LE(1, OUT_HEADER_SIZE + 36);
+      this.passthrough.enabled = true;
+    }
     o.writeUInt16LE(64, OUT_HEADER_SIZE + 16); // max_background
     o.writeUInt16LE(48, OUT_HEADER_SIZE + 18); // congestion_threshold
     o.writeUInt32LE(this.maxWrite, OUT_HEADER_SIZE + 20);
     o.writeUInt32LE(1, OUT_HEADER_SIZE + 24); // time_gran: 1 ns
     o.writeUInt16LE(Math.ceil(this.maxWrite / 4096), OUT_HEADER_SIZE + 28); // max_pages
     this.initialized = true;
-    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} max_readahead=${maxReadahead}`);
+    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} flags2=0x${kflags2.toString(16)} max_readahead=${maxReadahead} passthrough=${passthrough}`);
     return INIT_OUT_SIZE;
   }
 
@@ -228,12 +246,16 @@ export class Session {
     return this.backed.takeWritten(fh);
   }
 
-  opened(fh: number, node: number, r: OpenResult): void {
+  /** Registers what an open returned; the backing id to open the handle with, if passthrough. */
+  opened(fh: number, node: number, r: OpenResult): number | undefined {
     if (r.backing) this.backed.register(fh, node, r.backing);
+    return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd) : undefined;
   }
 
-  releasing(fh: number): Promise<void> {
-    return this.backed.revoke(fh);
+  /** Before the FileSystem's release (which may close the backing file): nothing uses it any more. */
+  async releasing(fh: number): Promise<void> {
+    await this.backed.revoke(fh);
+    this.passthrough.release(fh);
   }
 
   interrupt(unique: bigint): void {
@@ -272,12 +294,24 @@ function openFlags(r: OpenResult): number {
   return (r.directIo ? FOPEN_DIRECT_IO : 0) | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
 }
 
-function writeOpenOut(o: Buffer, at: number, r: OpenResult): number {
+/**
+ * fuse_open_out. With a backing id: FOPEN_PASSTHROUGH (no other flag but
+ * those the kernel allows with it), and a writable handle also
+ * FOPEN_DIRECT_IO, which sends its reads and writes to us (only its mmap goes
+ * to the backing file): writes must stay ours (see OpenResult.passthrough).
+ */
+function writeOpenOut(o: Buffer, at: number, r: OpenResult, backingId?: number, writable = false): number {
+  let flags = openFlags(r);
+  if (backingId !== undefined) {
+    flags = FOPEN_PASSTHROUGH | (writable ? FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES : 0);
+  }
   o.writeBigUInt64LE(BigInt(r.fh), at);
-  o.writeUInt32LE(openFlags(r), at + 8);
-  o.writeUInt32LE(0, at + 12);
+  o.writeUInt32LE(flags, at + 8);
+  o.writeInt32LE(backingId ?? 0, at + 12);
   return OPEN_OUT_SIZE;
 }
+
+const O_ACCMODE = 3;
 
 const H = OUT_HEADER_SIZE;
 
@@ -322,9 +356,9 @@ const TABLE: Partial<Record<number, Handler>> = {
   },
   [Op.OPEN]: async (s, w, h, b, ctx) => {
     const f = s.fsOf();
-    const r = f.open ? await f.open(ctx, h.nodeid, b.u32(0)) : { fh: 0 };
-    s.opened(r.fh, h.nodeid, r);
-    return writeOpenOut(w.out, H, r);
+    const flags = b.u32(0);
+    const r = f.open ? await f.open(ctx, h.nodeid, flags) : { fh: 0 };
+    return writeOpenOut(w.out, H, r, s.opened(r.fh, h.nodeid, r), (flags & O_ACCMODE) !== 0);
   },
   [Op.READ]: async (s, w, h, b, ctx) => {
     const f = s.fsOf();

@@ -52,6 +52,16 @@ export interface OpenResult {
    * node invalidated. Session.takeWritten(fh) tells whether it wrote.
    */
   backing?: BackedRange;
+  /**
+   * Let the kernel serve this handle from the file open as `fd` (FUSE
+   * passthrough, when negotiated and allowed): reads and mmap of a read-only
+   * handle never reach the FileSystem, at the file's own offsets and up to
+   * its own end, so only for a node whose bytes are exactly the whole file.
+   * A writable handle still sends READ and WRITE (it is opened
+   * FOPEN_DIRECT_IO; the kernel would let a passthrough write grow the file)
+   * and maps the file. The FileSystem cannot tell whether it happened.
+   */
+  passthrough?: { fd: number };
 }
 
 /** `length` bytes of the file open as `fd`, from `start`. */
