@@ -26,6 +26,11 @@ import { Passthrough } from './passthrough';
 export interface SessionOptions {
   /** Threads reading /dev/fuse: backed READ/WRITE requests served at once (default 4). */
   workers?: number;
+  /**
+   * Largest READ/WRITE payload (max_write, and max_pages for reads), default
+   * 256 KiB: the kernel sends a 1 MiB O_DIRECT request of an ordinary handle
+   * as four at once (FUSE_ASYNC_DIO), which four threads copy in parallel.
+   */
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
   attrTtl?: number;
@@ -44,7 +49,7 @@ interface Worker {
 
 type Handler = (s: Session, w: Worker, h: InHeader, b: Body, ctx: RequestContext) => Promise<number | null> | number | null;
 
-const MiB = 1 << 20;
+const KiB = 1 << 10;
 
 export class Session {
   readonly fd: number;
@@ -65,7 +70,7 @@ export class Session {
   constructor(fd: number, fsys: FileSystem, opts: SessionOptions = {}) {
     this.fd = fd;
     this.fsys = fsys;
-    this.maxWrite = opts.maxWrite ?? MiB;
+    this.maxWrite = opts.maxWrite ?? 256 * KiB;
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.debug = opts.debug;
@@ -75,7 +80,7 @@ export class Session {
 
   /** Serves until the filesystem is unmounted (a read fails ENODEV). */
   async serve(): Promise<void> {
-    const size = this.maxWrite + 64 * 1024;
+    const size = this.maxWrite + 64 * KiB;
     const data = threadData(this.fd, size, this.backed, !this.debug);
     let live = Math.max(1, this.workers);
     let failure: unknown;
@@ -247,9 +252,9 @@ export class Session {
   }
 
   /** Registers what an open returned; the backing id to open the handle with, if passthrough. */
-  opened(fh: number, node: number, r: OpenResult): number | undefined {
+  opened(fh: number, node: number, r: OpenResult, direct: boolean): number | undefined {
     if (r.backing) this.backed.register(fh, node, r.backing);
-    return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd) : undefined;
+    return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd, direct) : undefined;
   }
 
   /** Before the FileSystem's release (which may close the backing file): nothing uses it any more. */
@@ -295,15 +300,15 @@ function openFlags(r: OpenResult): number {
 }
 
 /**
- * fuse_open_out. With a backing id: FOPEN_PASSTHROUGH (no other flag but
- * those the kernel allows with it), and a writable handle also
- * FOPEN_DIRECT_IO, which sends its reads and writes to us (only its mmap goes
- * to the backing file): writes must stay ours (see OpenResult.passthrough).
+ * fuse_open_out. With a backing id: FOPEN_PASSTHROUGH (and no flag the kernel
+ * refuses beside it). A handle that must still send its reads and writes
+ * (`viaUs`, see OpenResult.passthrough) adds FOPEN_DIRECT_IO: then only its
+ * mmap goes to the backing file.
  */
-function writeOpenOut(o: Buffer, at: number, r: OpenResult, backingId?: number, writable = false): number {
+function writeOpenOut(o: Buffer, at: number, r: OpenResult, backingId?: number, viaUs = false): number {
   let flags = openFlags(r);
   if (backingId !== undefined) {
-    flags = FOPEN_PASSTHROUGH | (writable ? FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES : 0);
+    flags = FOPEN_PASSTHROUGH | (viaUs ? FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES : 0);
   }
   o.writeBigUInt64LE(BigInt(r.fh), at);
   o.writeUInt32LE(flags, at + 8);
@@ -312,6 +317,7 @@ function writeOpenOut(o: Buffer, at: number, r: OpenResult, backingId?: number, 
 }
 
 const O_ACCMODE = 3;
+const O_DIRECT = fs.constants.O_DIRECT;
 
 const H = OUT_HEADER_SIZE;
 
@@ -358,7 +364,8 @@ const TABLE: Partial<Record<number, Handler>> = {
     const f = s.fsOf();
     const flags = b.u32(0);
     const r = f.open ? await f.open(ctx, h.nodeid, flags) : { fh: 0 };
-    return writeOpenOut(w.out, H, r, s.opened(r.fh, h.nodeid, r), (flags & O_ACCMODE) !== 0);
+    const direct = (flags & O_DIRECT) !== 0;
+    return writeOpenOut(w.out, H, r, s.opened(r.fh, h.nodeid, r, direct), (flags & O_ACCMODE) !== 0 || direct);
   },
   [Op.READ]: async (s, w, h, b, ctx) => {
     const f = s.fsOf();

@@ -57,9 +57,11 @@ export interface OpenResult {
    * passthrough, when negotiated and allowed): reads and mmap of a read-only
    * handle never reach the FileSystem, at the file's own offsets and up to
    * its own end, so only for a node whose bytes are exactly the whole file.
-   * A writable handle still sends READ and WRITE (it is opened
-   * FOPEN_DIRECT_IO; the kernel would let a passthrough write grow the file)
-   * and maps the file. The FileSystem cannot tell whether it happened.
+   * A writable handle still sends READ and WRITE (opened FOPEN_DIRECT_IO; the
+   * kernel would let a passthrough write grow the file), and so does an
+   * O_DIRECT one (its reads reach the file through our buffered descriptor,
+   * as a kernel loop device without direct I/O reads its file); both map the
+   * file. The FileSystem cannot tell whether passthrough happened.
    */
   passthrough?: { fd: number };
 }

@@ -68,6 +68,28 @@ print(json.dumps({
   assert.equal(readRange(img, 4 * MiB - 512, 512), Buffer.alloc(512, 'y'));
 });
 
+test('whole-file device opened O_DIRECT first: later buffered and writable handles work beside it and agree', () => {
+  const img = randomFile(path.join(sb.root, 'd.img'), 4 * MiB);
+  const dev = attach(sb, img);
+  const out = probe(`
+d = os.open(dev, os.O_RDONLY | os.O_DIRECT)     # the first opener is O_DIRECT
+ro = os.open(dev, os.O_RDONLY)
+rw = os.open(dev, os.O_RDWR)
+size = os.fstat(rw).st_size
+os.pwrite(rw, b'D' * 8192, 65536)
+buf = mmap.mmap(-1, 1 << 20); n = os.preadv(d, [buf], 0)
+def err(f):
+    try:
+        return f()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(json.dumps({'n': n, 'direct': buf[65536:65536 + 8192] == b'D' * 8192, 'buffered': os.pread(ro, 8192, 65536) == b'D' * 8192,
+  'end': err(lambda: os.pwrite(rw, b'x', size)), 'same': buf[:65536] == open(img, 'rb').read(65536)}))
+`, dev, img);
+  assert.equal(out, { n: MiB, direct: true, buffered: true, end: 'ENOSPC', same: true });
+  assert.is(fs.statSync(img).size, 4 * MiB);
+});
+
 test('window device: threads clamp reads and writes to the window; bytes outside are untouched', () => {
   const img = randomFile(path.join(sb.root, 'win.img'), 4 * MiB);
   const before = [sha(img, 0, MiB), sha(img, 3 * MiB)];
