@@ -11,7 +11,7 @@ import {
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
-import { BackedTable, THREAD_SOURCE, threadData } from './threads';
+import { BackedTable, FORWARD_HEADER, THREAD_SOURCE, threadData } from './threads';
 import { Passthrough } from './passthrough';
 
 /**
@@ -87,6 +87,18 @@ export class Session {
     const outs: Buffer[] = [];
     let pending = 0;
     let idle: (() => void) | undefined;
+    // Forwarded requests carry the order in which the threads read them; they
+    // are dispatched in that order, whichever thread's message comes first.
+    let next = 0;
+    const early = new Map<number, ArrayBuffer>();
+    const forwarded = (m: ArrayBuffer): void => {
+      const w = { in: Buffer.from(m, FORWARD_HEADER), out: outs.pop() ?? Buffer.allocUnsafe(size) };
+      pending++;
+      void this.dispatch(w, m.byteLength - FORWARD_HEADER).finally(() => {
+        if (outs.length < 8) outs.push(w.out);
+        if (--pending === 0 && idle) idle();
+      });
+    };
     await new Promise<void>((resolve) => {
       const ended = (): void => {
         if (--live > 0) return;
@@ -97,12 +109,18 @@ export class Session {
         const t = new Thread(THREAD_SOURCE, { eval: true, workerData: data });
         t.on('message', (m: unknown) => {
           if (!(m instanceof ArrayBuffer)) return;
-          const w = { in: Buffer.from(m), out: outs.pop() ?? Buffer.allocUnsafe(size) };
-          pending++;
-          void this.dispatch(w, m.byteLength).finally(() => {
-            if (outs.length < 8) outs.push(w.out);
-            if (--pending === 0 && idle) idle();
-          });
+          const seq = new Uint32Array(m, 0, 1)[0]!;
+          if (seq !== next) {
+            early.set(seq, m);
+            return;
+          }
+          forwarded(m);
+          next = (next + 1) >>> 0;
+          for (let e = early.get(next); e; e = early.get(next)) {
+            early.delete(next);
+            forwarded(e);
+            next = (next + 1) >>> 0;
+          }
         });
         t.on('error', (e) => (failure ??= e));
         t.on('exit', ended);
@@ -257,10 +275,19 @@ export class Session {
     return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd, direct) : undefined;
   }
 
-  /** Before the FileSystem's release (which may close the backing file): nothing uses it any more. */
-  async releasing(fh: number): Promise<void> {
-    await this.backed.revoke(fh);
-    this.passthrough.release(fh);
+  /**
+   * Before the FileSystem's release (which may close the backing file):
+   * nothing uses the handle any more. Synchronous (undefined) unless a
+   * thread is still serving it, so a release is seen before any request
+   * the kernel sent after it.
+   */
+  releasing(fh: number): Promise<void> | undefined {
+    const drained = this.backed.revoke(fh);
+    if (!drained) {
+      this.passthrough.release(fh);
+      return undefined;
+    }
+    return drained.then(() => this.passthrough.release(fh));
   }
 
   interrupt(unique: bigint): void {
@@ -383,7 +410,8 @@ const TABLE: Partial<Record<number, Handler>> = {
   },
   [Op.FLUSH]: async (s, _w, h, b, ctx) => (await s.fsOf().flush?.(ctx, h.nodeid, b.u64(0)), 0),
   [Op.RELEASE]: async (s, _w, h, b, ctx) => {
-    await s.releasing(b.u64(0));
+    const drained = s.releasing(b.u64(0));
+    if (drained) await drained;
     await s.fsOf().release?.(ctx, h.nodeid, b.u64(0));
     return 0;
   },

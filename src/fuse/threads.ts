@@ -11,8 +11,10 @@ import type { BackedRange } from './types';
  * write(2) of the reply: no hop to the main thread, the libuv pool or a
  * promise, so one request costs a few system calls, and as many requests
  * are in flight as there are threads. Everything else (and any READ/WRITE of
- * a handle that is not registered, or no longer) is copied out and posted to
- * the main thread, which dispatches it as before.
+ * a handle that is not registered, or no longer) is copied out, numbered in
+ * the order the threads read it, and posted to the main thread, which
+ * dispatches in that order (a RELEASE is handled before the request that
+ * followed it, whichever thread read which).
  *
  * The table lives in a SharedArrayBuffer. A handle's slot is its fh modulo
  * the table size; the slot records the fh, so a stale or colliding slot is
@@ -69,18 +71,25 @@ export class BackedTable {
     return true;
   }
 
-  /** Stops the threads using `fh` and waits for the requests they are serving. */
-  async revoke(fh: number): Promise<void> {
+  /**
+   * Stops the threads using `fh`; undefined when no request of it is being
+   * served (the common case: the caller goes on synchronously), else a
+   * promise of the moment the last one is done.
+   */
+  revoke(fh: number): Promise<void> | undefined {
     const s = this.slot(fh);
-    if (!this.owns(s, fh)) return;
-    await this.drain(s);
+    if (!this.owns(s, fh)) return undefined;
+    return this.drain(s);
   }
 
   /** Revokes every handle of a node (its window changed behind the table's back). */
   revokeNode(node: number): Promise<void> {
     const waits: Promise<void>[] = [];
     for (let s = 0; s < TABLE_SLOTS; s++) {
-      if (Atomics.load(this.i32, s * 16 + STATE) === 1 && this.f64[s * 8 + NODE] === node) waits.push(this.drain(s));
+      if (Atomics.load(this.i32, s * 16 + STATE) === 1 && this.f64[s * 8 + NODE] === node) {
+        const p = this.drain(s);
+        if (p) waits.push(p);
+      }
     }
     return Promise.all(waits).then(() => undefined);
   }
@@ -92,26 +101,40 @@ export class BackedTable {
     return Atomics.exchange(this.i32, s * 16 + WRITTEN, 0) === 1;
   }
 
-  private async drain(s: number): Promise<void> {
+  private drain(s: number): Promise<void> | undefined {
     const w = s * 16;
     Atomics.store(this.i32, w + STATE, 2);
-    const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
-    for (;;) {
-      const n = Atomics.load(this.i32, w + INFLIGHT);
-      if (n === 0) break;
-      const r = waitAsync(this.i32, w + INFLIGHT, n, 100);
-      if (r.async) await r.value;
+    const free = (): void => {
+      this.f64[s * 8 + FH] = -1;
+      Atomics.store(this.i32, w + STATE, 0);
+    };
+    if (Atomics.load(this.i32, w + INFLIGHT) === 0) {
+      free();
+      return undefined;
     }
-    this.f64[s * 8 + FH] = -1;
-    Atomics.store(this.i32, w + STATE, 0);
+    const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
+    return (async () => {
+      for (;;) {
+        const n = Atomics.load(this.i32, w + INFLIGHT);
+        if (n === 0) break;
+        const r = waitAsync(this.i32, w + INFLIGHT, n, 100);
+        if (r.async) await r.value;
+      }
+      free();
+    })();
   }
 }
+
+/** Bytes before a forwarded request in its ArrayBuffer: its sequence number (u32, then padding). */
+export const FORWARD_HEADER = 8;
 
 /** What a thread is started with. */
 export interface ThreadData {
   fd: number;
   bufferSize: number;
   table: SharedArrayBuffer;
+  /** One u32: the sequence number of the next forwarded request, shared by the threads. */
+  order: SharedArrayBuffer;
   /** Serve backed handles here; false forwards everything (debug logging sees every request). */
   fast: boolean;
   errno: { EROFS: number; ENOSPC: number; EIO: number };
@@ -119,7 +142,7 @@ export interface ThreadData {
 
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
   const e = osConstants.errno;
-  return { fd, bufferSize, table: table.buffer, fast, errno: { EROFS: e.EROFS, ENOSPC: e.ENOSPC, EIO: e.EIO } };
+  return { fd, bufferSize, table: table.buffer, order: new SharedArrayBuffer(4), fast, errno: { EROFS: e.EROFS, ENOSPC: e.ENOSPC, EIO: e.EIO } };
 }
 
 /**
@@ -139,7 +162,8 @@ export const THREAD_SOURCE = String.raw`
 'use strict';
 const fs = require('node:fs');
 const { parentPort, workerData } = require('node:worker_threads');
-const { fd, bufferSize, table, fast, errno } = workerData;
+const { fd, bufferSize, table, order, fast, errno } = workerData;
+const seq = new Uint32Array(order);
 const i32 = new Int32Array(table);
 const f64 = new Float64Array(table);
 const SLOTS = ${TABLE_SLOTS};
@@ -251,8 +275,9 @@ for (;;) {
   if (n < 40) continue;
   const op = req.readUInt32LE(4);
   if (fast && (op === READ || op === WRITE) && serve(op)) continue;
-  const ab = new ArrayBuffer(n);
-  req.copy(Buffer.from(ab), 0, 0, n);
+  const ab = new ArrayBuffer(${FORWARD_HEADER} + n);
+  new Uint32Array(ab, 0, 1)[0] = Atomics.add(seq, 0, 1);
+  req.copy(Buffer.from(ab), ${FORWARD_HEADER}, 0, n);
   parentPort.postMessage(ab, [ab]);
 }
 `;
