@@ -28,8 +28,8 @@ export interface SessionOptions {
   workers?: number;
   /**
    * Largest READ/WRITE payload (max_write, and max_pages for reads), default
-   * 256 KiB: the kernel sends a 1 MiB O_DIRECT request of an ordinary handle
-   * as four at once (FUSE_ASYNC_DIO), which four threads copy in parallel.
+   * 128 KiB: the kernel sends a 1 MiB O_DIRECT request of an ordinary handle
+   * as eight at once (FUSE_ASYNC_DIO), which the threads copy in parallel.
    */
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
@@ -70,7 +70,7 @@ export class Session {
   constructor(fd: number, fsys: FileSystem, opts: SessionOptions = {}) {
     this.fd = fd;
     this.fsys = fsys;
-    this.maxWrite = opts.maxWrite ?? 256 * KiB;
+    this.maxWrite = opts.maxWrite ?? 128 * KiB;
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.debug = opts.debug;
