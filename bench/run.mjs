@@ -381,9 +381,13 @@ async function fio(target, job) {
 
 async function ioSuite(kind, targets, jobs) {
   const results = new Map(); // job name -> target -> [values]
+  const order = Object.entries(targets);
   for (let r = 0; r < RUNS; r++) {
+    // Each run starts with another target: the first job after a write pays
+    // for the host still flushing it, and that must not always be the same one.
+    const rotated = [...order.slice(r % order.length), ...order.slice(0, r % order.length)];
     for (const job of jobs) {
-      for (const [t, target] of Object.entries(targets)) {
+      for (const [t, target] of rotated) {
         const v = await fio(target, job);
         const k = `${job.name}\0${t}`;
         if (!results.has(k)) results.set(k, []);
@@ -571,8 +575,9 @@ ${sections.filter(Boolean).join('\n\n')}
   after the device cache is dropped); a mismatch fails the bench.
 - **Cache modes**: cold drops every cache before every job. This machine is a VM whose balloon
   reports free pages to the host, so memory freed by drop_caches costs host page faults when it is
-  filled again: cold figures of either device swing by 2-4x between runs, hence per-run ratios.
-  Warm keeps the backing file cached, and measures what the stacks cost.
+  filled again, and the host may still be writing back what the previous job wrote: cold figures
+  of either device swing by 2-4x between runs, hence per-run ratios, and the order of the targets
+  rotates from run to run. Warm keeps the backing file cached, and measures what the stacks cost.
 - **Kernel loop**: \`losetup -f --show FILE\` with util-linux defaults (buffered backing file, no
   direct I/O: its O_DIRECT requests read and write the backing file through the page cache, as
   loopfs does); the window rows use \`-o 1048576 --sizelimit SIZE-2MiB\` on both sides.
