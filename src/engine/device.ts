@@ -155,7 +155,7 @@ export class Device extends Window implements BlockIO {
    * device's).
    */
   wholeFileFd(): number | undefined {
-    if (this.offset !== 0 || this.readOnly || this.isBlockDevice || !this.fileRange()) return undefined;
+    if (this.offset !== 0 || this.readOnly || this.isBlockDevice || this.directIo || !this.fileRange()) return undefined;
     try {
       return fs.fstatSync(this.file.fd).size === this.length ? this.file.fd : undefined;
     } catch {

@@ -91,10 +91,11 @@ export class FileIO implements Lower {
     return this.request(READ, dst, length, position);
   }
 
-  /** The buffered descriptor, unbounded; none while direct I/O is on or once closed. */
+  /** The descriptors, unbounded (see FileRange); none once closed. */
   fileRange(): FileRange | undefined {
-    if (this.closed || this.directOn) return undefined;
-    return { fd: this.fd, start: 0, length: Number.MAX_SAFE_INTEGER, readOnly: false };
+    if (this.closed) return undefined;
+    const direct = this.directOn ? { directFd: this.dfd, align: this.align } : {};
+    return { fd: this.fd, start: 0, length: Number.MAX_SAFE_INTEGER, readOnly: false, ...direct };
   }
 
   write(src: Buffer, length: number, position: ByteOffset): Promise<number> {

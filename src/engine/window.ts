@@ -20,8 +20,8 @@ export interface BlockIO {
   discard(position: ByteOffset, length: number): Promise<void>;
   /**
    * Where these bytes are, when a caller may pread/pwrite them itself (with
-   * the same clamping) instead of calling read/write: undefined when requests
-   * need the engine (O_DIRECT, a closed file).
+   * the same clamping and the same choice of descriptor) instead of calling
+   * read/write: undefined once the file is closed.
    */
   fileRange?(): FileRange | undefined;
 }
@@ -32,6 +32,13 @@ export interface FileRange {
   start: ByteOffset;
   length: ByteOffset;
   readOnly: boolean;
+  /**
+   * With direct I/O on: the O_DIRECT descriptor, for requests whose absolute
+   * position and length are multiples of `align` (from aligned memory);
+   * anything else, or what it refuses (EINVAL) or leaves short, goes to `fd`.
+   */
+  directFd?: number;
+  align?: number;
 }
 
 /** What a window maps onto: absolute positions, no bounds of its own. */
@@ -95,7 +102,7 @@ export class Window implements BlockIO {
     const r = this.lower.fileRange?.();
     if (!r) return undefined;
     const length = Math.max(0, Math.min(this.length, r.length - this.start));
-    return { fd: r.fd, start: r.start + this.start, length, readOnly: r.readOnly || this.readOnly };
+    return { ...r, start: r.start + this.start, length, readOnly: r.readOnly || this.readOnly };
   }
 
   discard(position: ByteOffset, length: number): Promise<void> {

@@ -11,7 +11,7 @@ import {
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
-import { BackedTable, FORWARD_HEADER, THREAD_SOURCE, threadData } from './threads';
+import { BackedTable, FORWARD_HEADER, THREAD_SOURCE, alignedMemory, threadData } from './threads';
 import { Passthrough } from './passthrough';
 
 /**
@@ -106,7 +106,7 @@ export class Session {
         else idle = resolve;
       };
       for (let i = 0, n = live; i < n; i++) {
-        const t = new Thread(THREAD_SOURCE, { eval: true, workerData: data });
+        const t = new Thread(THREAD_SOURCE, { eval: true, workerData: { ...data, ...alignedMemory(size) } });
         t.on('message', (m: unknown) => {
           if (!(m instanceof ArrayBuffer)) return;
           const seq = new Uint32Array(m, 0, 1)[0]!;

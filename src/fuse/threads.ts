@@ -1,5 +1,6 @@
 import { constants as osConstants } from 'node:os';
 import type { BackedRange } from './types';
+import { koffi } from '../sys/ffi';
 
 /**
  * The threads that read /dev/fuse, and the table of backed handles they
@@ -32,11 +33,15 @@ const INFLIGHT = 1;
 const WRITTEN = 2;
 const READONLY = 3;
 const FD = 4;
-// Float64 words of a slot (byte offsets 24.., clear of the Int32 words above).
-const FH = 3;
-const START = 4;
-const LENGTH = 5;
-const NODE = 6;
+const DFD = 5; // the O_DIRECT descriptor, or -1
+const ALIGN = 6;
+// Float64 words of a slot (byte offsets 32.., clear of the Int32 words above).
+const FH = 4;
+const START = 5;
+const LENGTH = 6;
+const NODE = 7;
+/** The largest O_DIRECT alignment a range may ask for (the engine's limit). */
+const MAX_ALIGN = 65536;
 
 type WaitAsync = (a: Int32Array, index: number, value: number, timeout?: number) => { async: boolean; value: Promise<string> | string };
 
@@ -65,6 +70,8 @@ export class BackedTable {
     this.f64[f + LENGTH] = range.length;
     this.f64[f + NODE] = node;
     Atomics.store(this.i32, w + FD, range.fd);
+    Atomics.store(this.i32, w + DFD, range.directFd ?? -1);
+    Atomics.store(this.i32, w + ALIGN, range.align ?? 4096);
     Atomics.store(this.i32, w + READONLY, range.readOnly ? 1 : 0);
     Atomics.store(this.i32, w + WRITTEN, 0);
     Atomics.store(this.i32, w + STATE, 1);
@@ -138,11 +145,37 @@ export interface ThreadData {
   /** Serve backed handles here; false forwards everything (debug logging sees every request). */
   fast: boolean;
   errno: { EROFS: number; ENOSPC: number; EIO: number };
+  /**
+   * The thread's buffers for O_DIRECT (see alignedMemory): requests are read
+   * so that WRITE data starts MAX_ALIGN-aligned, direct reads land in an
+   * aligned buffer. undefined: O_DIRECT handles are forwarded.
+   */
+  memory?: SharedArrayBuffer;
+  /** Offset of the first MAX_ALIGN-aligned byte of `memory`. */
+  memoryBase?: number;
 }
 
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
   const e = osConstants.errno;
   return { fd, bufferSize, table: table.buffer, order: new SharedArrayBuffer(4), fast, errno: { EROFS: e.EROFS, ENOSPC: e.ENOSPC, EIO: e.EIO } };
+}
+
+/**
+ * One thread's memory for O_DIRECT: shared, so that its address (which the
+ * thread cannot see; koffi gives it here) stays put and the thread can place
+ * its buffers on alignment boundaries. Undefined when the address cannot be
+ * had: the thread forwards O_DIRECT requests then.
+ */
+export function alignedMemory(bufferSize: number): { memory: SharedArrayBuffer; memoryBase: number } | undefined {
+  const span = Math.ceil(bufferSize / MAX_ALIGN) * MAX_ALIGN;
+  const memory = new SharedArrayBuffer(MAX_ALIGN + MAX_ALIGN + 2 * span);
+  try {
+    // koffi takes the address of a view, not of a SharedArrayBuffer itself.
+    const address = Number(BigInt(koffi().address(new Uint8Array(memory))) % BigInt(MAX_ALIGN));
+    return { memory, memoryBase: (MAX_ALIGN - address) % MAX_ALIGN };
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -156,20 +189,26 @@ export function threadData(fd: number, bufferSize: number, table: BackedTable, f
  * read of the file (it shrank) is zero-filled; a write is EROFS on a
  * read-only range, ENOSPC at or past the end, cut short where it crosses
  * the end; a write that fails after some bytes went through returns the
- * count.
+ * count. With an O_DIRECT descriptor, a request whose position and length
+ * are aligned goes to it (memory is aligned by construction), anything else
+ * and whatever it refuses (EINVAL) or leaves short to the buffered one.
  */
 export const THREAD_SOURCE = String.raw`
 'use strict';
 const fs = require('node:fs');
 const { parentPort, workerData } = require('node:worker_threads');
-const { fd, bufferSize, table, order, fast, errno } = workerData;
+const { fd, bufferSize, table, order, fast, errno, memory, memoryBase } = workerData;
 const seq = new Uint32Array(order);
 const i32 = new Int32Array(table);
 const f64 = new Float64Array(table);
-const SLOTS = ${TABLE_SLOTS};
-const req = Buffer.allocUnsafe(bufferSize);
-const out = Buffer.allocUnsafe(bufferSize);
+const SLOTS = ${TABLE_SLOTS}, MAX_ALIGN = ${MAX_ALIGN};
 const READ = 15, WRITE = 16, H = 16, WRITE_DATA = 80;
+// With aligned memory: WRITE data (at WRITE_DATA) starts on a MAX_ALIGN boundary, and so does dout.
+const aligned = memory !== undefined;
+const span = Math.ceil(bufferSize / MAX_ALIGN) * MAX_ALIGN;
+const req = aligned ? Buffer.from(memory, memoryBase + MAX_ALIGN - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
+const dout = aligned ? Buffer.from(memory, memoryBase + MAX_ALIGN + span, bufferSize) : undefined;
+const out = Buffer.allocUnsafe(bufferSize);
 
 function u64(b, at) {
   return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 4294967296;
@@ -179,8 +218,12 @@ function reply(len, error) {
   out.writeUInt32LE(len, 0);
   out.writeInt32LE(error, 4);
   req.copy(out, 8, 8, 16);
+  send(() => fs.writeSync(fd, out, 0, len));
+}
+
+function send(write) {
   try {
-    fs.writeSync(fd, out, 0, len);
+    write();
   } catch (e) {
     // ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
     if (e.code !== 'ENOENT' && e.code !== 'ENODEV') throw e;
@@ -191,30 +234,59 @@ function negErrno(e) {
   return typeof e.errno === 'number' && e.errno < 0 ? e.errno : -errno.EIO;
 }
 
-function read(bfd, start, length, off, size) {
+function read(bfd, dfd, align, start, length, off, size) {
   const len = off >= length ? 0 : Math.min(size, length - off);
-  let done = 0;
+  const pos = start + off;
+  if (dfd >= 0 && len > 0 && pos % align === 0 && len % align === 0) {
+    // O_DIRECT into the aligned buffer; the rest of a short read (or all of
+    // it if O_DIRECT refuses it: EINVAL) through the buffered descriptor.
+    let done = 0;
+    try {
+      done = fs.readSync(dfd, dout, 0, len, pos);
+    } catch (e) {
+      if (e.code !== 'EINVAL') throw e;
+    }
+    done = fill(bfd, dout, 0, done, len, pos);
+    out.writeUInt32LE(H + len, 0);
+    out.writeInt32LE(0, 4);
+    req.copy(out, 8, 8, 16);
+    return send(() => fs.writevSync(fd, [out.subarray(0, H), dout.subarray(0, len)]));
+  }
+  fill(bfd, out, H, 0, len, pos);
+  reply(H + len, 0);
+}
+
+/** Reads buf[at+done, at+len) from pos+done; a short read of a file that shrank is zero-filled. */
+function fill(bfd, buf, at, done, len, pos) {
   while (done < len) {
-    const got = fs.readSync(bfd, out, H + done, len - done, start + off + done);
+    const got = fs.readSync(bfd, buf, at + done, len - done, pos + done);
     if (got === 0) {
-      out.fill(0, H + done, H + len);
+      buf.fill(0, at + done, at + len);
       break;
     }
     done += got;
   }
-  reply(H + len, 0);
+  return len;
 }
 
-function write(bfd, start, length, off, size, w) {
-  if (i32[w + 3] === 1) return reply(H, -errno.EROFS);
+function write(bfd, dfd, align, start, length, off, size, w) {
+  if (i32[w + ${READONLY}] === 1) return reply(H, -errno.EROFS);
   if (size === 0) return written(0);
   if (off >= length) return reply(H, -errno.ENOSPC);
   const len = Math.min(size, length - off);
+  const pos = start + off;
   let done = 0;
+  if (dfd >= 0 && pos % align === 0 && len % align === 0) {
+    try {
+      done = fs.writeSync(dfd, req, WRITE_DATA, len, pos);
+    } catch (e) {
+      if (e.code !== 'EINVAL') throw e;
+    }
+  }
   while (done < len) {
     let put;
     try {
-      put = fs.writeSync(bfd, req, WRITE_DATA + done, len - done, start + off + done);
+      put = fs.writeSync(bfd, req, WRITE_DATA + done, len - done, pos + done);
     } catch (e) {
       if (done > 0) break;
       throw e;
@@ -225,7 +297,7 @@ function write(bfd, start, length, off, size, w) {
     }
     done += put;
   }
-  Atomics.store(i32, w + 2, 1);
+  Atomics.store(i32, w + ${WRITTEN}, 1);
   written(done);
 }
 
@@ -240,23 +312,26 @@ function serve(op) {
   const fh = u64(req, 40);
   const s = fh % SLOTS;
   const w = s * 16;
-  Atomics.add(i32, w + 1, 1);
+  Atomics.add(i32, w + ${INFLIGHT}, 1);
   try {
-    if (Atomics.load(i32, w) !== 1 || f64[s * 8 + 3] !== fh) return false;
-    const bfd = i32[w + 4];
-    const start = f64[s * 8 + 4];
-    const length = f64[s * 8 + 5];
+    if (Atomics.load(i32, w + ${STATE}) !== 1 || f64[s * 8 + ${FH}] !== fh) return false;
+    const dfd = i32[w + ${DFD}];
+    if (dfd >= 0 && !aligned) return false;
+    const bfd = i32[w + ${FD}];
+    const align = i32[w + ${ALIGN}];
+    const start = f64[s * 8 + ${START}];
+    const length = f64[s * 8 + ${LENGTH}];
     const off = u64(req, 48);
     const size = req.readUInt32LE(56);
     try {
-      if (op === READ) read(bfd, start, length, off, Math.min(size, bufferSize - H));
-      else write(bfd, start, length, off, size, w);
+      if (op === READ) read(bfd, dfd, align, start, length, off, Math.min(size, bufferSize - H));
+      else write(bfd, dfd, align, start, length, off, size, w);
     } catch (e) {
       reply(H, negErrno(e));
     }
     return true;
   } finally {
-    if (Atomics.sub(i32, w + 1, 1) === 1 && Atomics.load(i32, w) === 2) Atomics.notify(i32, w + 1);
+    if (Atomics.sub(i32, w + ${INFLIGHT}, 1) === 1 && Atomics.load(i32, w + ${STATE}) === 2) Atomics.notify(i32, w + ${INFLIGHT});
   }
 }
 

@@ -72,6 +72,9 @@ export interface BackedRange {
   start: number;
   length: number;
   readOnly: boolean;
+  /** The same file open O_DIRECT: aligned requests (position, length: multiples of `align`) use it. */
+  directFd?: number;
+  align?: number;
 }
 
 export interface SetattrRequest {

@@ -116,6 +116,35 @@ print(json.dumps({'size': size, 'w': w, 'wd': wd, 'end': err(lambda: os.pwrite(f
   assert.is(fs.statSync(img).size, 4 * MiB);
 });
 
+test('direct-I/O window: aligned requests O_DIRECT, odd ones buffered, all byte-exact and clamped', () => {
+  const img = randomFile(path.join(sb.root, 'dio.img'), 4 * MiB);
+  const before = sha(img, 0, 4096);
+  const dev = attach(sb, img, ['--direct-io=on', '-o', '4096', '--sizelimit', String(2 * MiB)]);
+  const out = probe(`
+fd = os.open(dev, os.O_RDWR)
+d = os.open(dev, os.O_RDWR | os.O_DIRECT)
+size = os.fstat(fd).st_size
+buf = mmap.mmap(-1, 131072); buf.write(bytes(range(256)) * 512)
+a = os.pwritev(d, [buf], 65536)                  # aligned: the O_DIRECT descriptor
+b = os.pwrite(fd, b'odd' * 1000, 1000)           # unaligned: the buffered one
+c = os.pwrite(fd, b'E' * 8192, size - 4096)      # crosses the end: short
+r = mmap.mmap(-1, 131072); n = os.preadv(d, [r], 65536)
+def err(f):
+    try:
+        return f()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(json.dumps({'a': a, 'b': b, 'c': c, 'n': n, 'same': r[:] == buf[:], 'odd': os.pread(d, 4096, 0)[1000:4000] == b'odd' * 1000,
+  'end': err(lambda: os.pwrite(fd, b'x', size)), 'readEnd': len(os.pread(fd, 4096, size))}))
+`, dev, img);
+  assert.equal(out, { a: 131072, b: 3000, c: 4096, n: 131072, same: true, odd: true, end: 'ENOSPC', readEnd: 0 });
+  assert.is(sha(img, 0, 4096), before, 'the bytes before the window are untouched');
+  assert.equal(readRange(img, 4096 + 65536, 256), Buffer.from(Array.from({ length: 256 }, (_, i) => i)));
+  assert.equal(readRange(img, 4096 + 1000, 3000), Buffer.from('odd'.repeat(1000)));
+  assert.equal(readRange(img, 4096 + 2 * MiB - 4096, 4096), Buffer.alloc(4096, 'E'));
+  assert.is(fs.statSync(img).size, 4 * MiB);
+});
+
 test('read-only device: EROFS for writers, readers served', () => {
   const img = randomFile(path.join(sb.root, 'ro.img'), MiB);
   const dev = attach(sb, img, ['-r']);
