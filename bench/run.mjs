@@ -38,16 +38,18 @@ const SCALE = quick ? [1000] : [1000, 10_000];
 const CTL_ITER = quick ? 5 : 15;
 const MATCH = new RegExp(opt('match', '.'));
 /*
- * cold (default): every cache is dropped before every job (sync;
- * drop_caches), so each job reads the real disk. warm: the backing file is
- * read into the page cache before every job instead, so a figure is the
- * cost of the stack rather than of the disk. On a VM that reports free pages
- * to its host (virtio-balloon free page reporting), refilling dropped memory
- * costs host page faults, which makes cold figures swing from run to run:
- * ratios are taken per run (loopfs and kernel measured back to back), then
- * the median.
+ * warm (default): the backing file is read into the page cache before every
+ * job, so a figure is the cost of the stack rather than of the disk. cold:
+ * every cache is dropped before every job (sync; drop_caches), so each job
+ * reads the disk. On a VM whose balloon reports free pages to the host,
+ * refilling dropped memory costs host page faults (seen as a memcpy many
+ * times slower, in whichever process touches the pages first) and the host
+ * may still be writing back the previous job: cold figures of either device
+ * swing 2-4x within one run. Ratios are therefore taken per run (loopfs and
+ * the kernel loop device measured back to back), then the median, and the
+ * order of the targets rotates from run to run.
  */
-const CACHE = opt('cache', 'cold');
+const CACHE = opt('cache', 'warm');
 const DIST = opt('dist', undefined);
 const writeResults = !flag('no-results') && !quick && !argv.includes('--only') && !argv.includes('--match') && !DIST && RUNS >= 3;
 
@@ -533,9 +535,9 @@ function render(rows) {
 function writeResultsMd(table, m, fsDesc, ms, failed) {
   const file = path.join(here, 'RESULTS.md');
   const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
-  const cmd = CACHE === 'cold' ? 'npm run bench' : 'npm run bench -- --cache warm';
+  const cmd = CACHE === 'warm' ? 'npm run bench' : 'npm run bench -- --cache cold';
   const section = `<!-- ${CACHE} -->
-## ${CACHE === 'cold' ? 'Cold cache (the default)' : 'Warm cache'}: \`${cmd}\`, ${date}
+## ${CACHE === 'warm' ? 'Warm cache (the default)' : 'Cold cache'}: \`${cmd}\`, ${date}
 
 - Machine: ${m.nproc} CPUs (\`nproc\`), ${m.memGiB} GiB memory, ${m.cpu}; Linux ${m.kernel}; Node ${m.node}; run as root.
 - Backing file: ${SIZE_MIB} MiB on ${fsDesc}. ${CACHE === 'cold'
@@ -555,7 +557,7 @@ ${table}
   }
   const other = CACHE === 'cold' ? 'warm' : 'cold';
   const keep = new RegExp(`<!-- ${other} -->[\\s\\S]*?<!-- /${other} -->`).exec(old)?.[0];
-  const sections = CACHE === 'cold' ? [section, keep] : [keep, section];
+  const sections = CACHE === 'warm' ? [section, keep] : [keep, section];
   const text = `# loopfs benchmark results
 
 \`npm run bench\` (\`node bench/run.mjs\`) as root: each loopfs figure beside a kernel loop device on
@@ -573,11 +575,12 @@ ${sections.filter(Boolean).join('\n\n')}
   device with 32 MiB (QD1) or 64 MiB (QD16) of I/O. fio drops the device's own cache at the start
   of each job. Write jobs end with an fsync and are verified by fio (\`--verify=crc32c\`, read back
   after the device cache is dropped); a mismatch fails the bench.
-- **Cache modes**: cold drops every cache before every job. This machine is a VM whose balloon
-  reports free pages to the host, so memory freed by drop_caches costs host page faults when it is
-  filled again, and the host may still be writing back what the previous job wrote: cold figures
-  of either device swing by 2-4x between runs, hence per-run ratios, and the order of the targets
-  rotates from run to run. Warm keeps the backing file cached, and measures what the stacks cost.
+- **Cache modes**: warm (the default) reads the backing file into the page cache before every
+  job and measures what the stacks cost. Cold drops every cache before every job. This machine
+  is a VM whose balloon reports free pages to the host, so memory freed by drop_caches costs host
+  page faults when it is filled again, and the host may still be writing back what the previous
+  job wrote: cold figures of either device swing 2-4x within a run, hence per-run ratios, and the
+  order of the targets rotates from run to run.
 - **Kernel loop**: \`losetup -f --show FILE\` with util-linux defaults (buffered backing file, no
   direct I/O: its O_DIRECT requests read and write the backing file through the page cache, as
   loopfs does); the window rows use \`-o 1048576 --sizelimit SIZE-2MiB\` on both sides.
