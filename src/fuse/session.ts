@@ -1,6 +1,5 @@
 import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { Worker as Thread } from 'node:worker_threads';
 import {
   Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, ATTR_OUT_SIZE, ENTRY_OUT_SIZE, INIT_OUT_SIZE, OPEN_OUT_SIZE,
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
@@ -11,7 +10,7 @@ import {
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
-import { BackedTable, FORWARD_HEADER, THREAD_SOURCE, alignedMemory, threadData } from './threads';
+import { BackedTable, runThreads, threadData } from './threads';
 import { Passthrough } from './passthrough';
 
 /**
@@ -79,54 +78,17 @@ export class Session {
   }
 
   /** Serves until the filesystem is unmounted (a read fails ENODEV). */
-  async serve(): Promise<void> {
+  serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
-    const data = threadData(this.fd, size, this.backed, !this.debug);
-    let live = Math.max(1, this.workers);
-    let failure: unknown;
     const outs: Buffer[] = [];
-    let pending = 0;
-    let idle: (() => void) | undefined;
-    // Forwarded requests carry the order in which the threads read them; they
-    // are dispatched in that order, whichever thread's message comes first.
-    let next = 0;
-    const early = new Map<number, ArrayBuffer>();
-    const forwarded = (m: ArrayBuffer): void => {
-      const w = { in: Buffer.from(m, FORWARD_HEADER), out: outs.pop() ?? Buffer.allocUnsafe(size) };
-      pending++;
-      void this.dispatch(w, m.byteLength - FORWARD_HEADER).finally(() => {
+    return runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+      const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
+      try {
+        await this.dispatch(w, req.length);
+      } finally {
         if (outs.length < 8) outs.push(w.out);
-        if (--pending === 0 && idle) idle();
-      });
-    };
-    await new Promise<void>((resolve) => {
-      const ended = (): void => {
-        if (--live > 0) return;
-        if (pending === 0) resolve();
-        else idle = resolve;
-      };
-      for (let i = 0, n = live; i < n; i++) {
-        const t = new Thread(THREAD_SOURCE, { eval: true, workerData: { ...data, ...alignedMemory(size) } });
-        t.on('message', (m: unknown) => {
-          if (!(m instanceof ArrayBuffer)) return;
-          const seq = new Uint32Array(m, 0, 1)[0]!;
-          if (seq !== next) {
-            early.set(seq, m);
-            return;
-          }
-          forwarded(m);
-          next = (next + 1) >>> 0;
-          for (let e = early.get(next); e; e = early.get(next)) {
-            early.delete(next);
-            forwarded(e);
-            next = (next + 1) >>> 0;
-          }
-        });
-        t.on('error', (e) => (failure ??= e));
-        t.on('exit', ended);
       }
     });
-    if (failure) throw failure;
   }
 
   private async dispatch(w: Worker, n: number): Promise<void> {

@@ -1,4 +1,5 @@
 import { constants as osConstants } from 'node:os';
+import { Worker as Thread } from 'node:worker_threads';
 import type { BackedRange } from './types';
 import { koffi } from '../sys/ffi';
 
@@ -133,7 +134,52 @@ export class BackedTable {
 }
 
 /** Bytes before a forwarded request in its ArrayBuffer: its sequence number (u32, then padding). */
-export const FORWARD_HEADER = 8;
+const FORWARD_HEADER = 8;
+
+/**
+ * Starts `count` threads and hands each forwarded request to `dispatch`, in
+ * the order the threads read them (whichever thread's message comes first).
+ * Resolves once every thread has seen /dev/fuse go away and every dispatch
+ * has settled; rejects with a thread's error, if one failed.
+ */
+export function runThreads(count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>): Promise<void> {
+  let live = count;
+  let pending = 0;
+  let failure: unknown;
+  let next = 0;
+  const early = new Map<number, ArrayBuffer>();
+  return new Promise<void>((resolve, reject) => {
+    const settle = (): void => (failure ? reject(failure) : resolve());
+    const start = (m: ArrayBuffer): void => {
+      pending++;
+      void dispatch(Buffer.from(m, FORWARD_HEADER)).finally(() => {
+        if (--pending === 0 && live === 0) settle();
+      });
+    };
+    for (let i = 0; i < count; i++) {
+      const t = new Thread(THREAD_SOURCE, { eval: true, workerData: { ...data, ...alignedMemory(data.bufferSize) } });
+      t.on('message', (m: unknown) => {
+        if (!(m instanceof ArrayBuffer)) return;
+        const seq = new Uint32Array(m, 0, 1)[0]!;
+        if (seq !== next) {
+          early.set(seq, m);
+          return;
+        }
+        start(m);
+        next = (next + 1) >>> 0;
+        for (let e = early.get(next); e; e = early.get(next)) {
+          early.delete(next);
+          start(e);
+          next = (next + 1) >>> 0;
+        }
+      });
+      t.on('error', (e) => (failure ??= e));
+      t.on('exit', () => {
+        if (--live === 0 && pending === 0) settle();
+      });
+    }
+  });
+}
 
 /** What a thread is started with. */
 export interface ThreadData {
