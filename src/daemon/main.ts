@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { LoopfsError, fromSystemError } from '../core/errors';
 import type { InstanceStatus } from '../core/protocol';
 import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
-import { mountFuse, unmountFuse } from '../fuse/mount';
+import { mountFuse, unmountFuse, type Mounted } from '../fuse/mount';
 import { Session } from '../fuse/session';
 import { Budget, levelsFor } from '../core/limits';
 import { ControlServer } from './control';
@@ -70,12 +70,15 @@ export async function runDaemon(argv: string[]): Promise<number> {
   let control: ControlServer;
   let session: Session;
   let inst: Instance;
+  let mounted: Mounted;
   try {
     // Devices count against the owner's max_loop_devices here and in every run directory above.
     const budget = new Budget(levelsFor(a.runDir, a.uid));
     inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, { reserve: (n) => budget.reserve(n), release: (n) => budget.release(n) });
     const fsys = new LoopFilesystem(inst);
-    const mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: true });
+    // allow_other lets root reach an instance it mounted for another owner; an
+    // ordinary user's instance (through fusermount3) is the owner's alone.
+    mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
     session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined });
     inst.session = session;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
@@ -113,6 +116,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
   } catch (e) {
     log(`session: ${(e as Error).stack ?? e}`);
   }
+  mounted.release();
   await control.close();
   await served;
   await inst.shutdown();

@@ -33,6 +33,9 @@ const SCM_RIGHTS = 1;
 const MSG_NOSIGNAL = 0x4000;
 const MSG_CMSG_CLOEXEC = 0x40000000;
 const SHUT_RDWR = 2;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
 const POLLIN = 0x1;
 const POLLOUT = 0x4;
 const EFD_NONBLOCK = 0o4000;
@@ -47,7 +50,7 @@ type Ptr = bigint;
 interface Sys {
   k: ReturnType<typeof koffi>;
   f: Record<'socket' | 'bind' | 'listen' | 'accept4' | 'connect' | 'sendmsg' | 'recvmsg' | 'getsockopt'
-    | 'shutdown' | 'close' | 'poll' | 'eventfd', Fn>;
+    | 'shutdown' | 'close' | 'poll' | 'eventfd' | 'socketpair' | 'fcntl', Fn>;
   t: Record<'sockaddr_un' | 'iovec' | 'msghdr' | 'cmsghdr' | 'ucred' | 'pollfd', TypeObject>;
 }
 
@@ -82,6 +85,8 @@ function sys(): Sys {
     close: l.func('int close(int fd)'),
     poll: l.func('int poll(void *fds, unsigned long nfds, int timeout)'),
     eventfd: l.func('int eventfd(unsigned int initval, int flags)'),
+    socketpair: l.func('int socketpair(int domain, int type, int protocol, _Out_ int32_t *sv)'),
+    fcntl: l.func('int fcntl(int fd, int cmd, int arg)'),
   } as unknown as Sys['f'];
   // The offsets below assume the LP64 Linux layout (x86_64, arm64).
   if (k.sizeof(t.msghdr) !== 56 || k.sizeof(t.cmsghdr) !== CMSG_HDR || k.sizeof(t.iovec) !== 16 || k.sizeof(t.pollfd) !== 8) {
@@ -437,6 +442,30 @@ export async function connect(path: string): Promise<UnixConn> {
     closeFd(fd);
     throw e;
   }
+}
+
+/**
+ * A connected pair: `ours` is a UnixConn (non-blocking, like every socket
+ * here); `theirs` is a plain blocking fd, O_CLOEXEC, for a child process to
+ * get as one of its stdio fds (the spawn dup2s it, which drops O_CLOEXEC).
+ * The blocking mode lives in each end's own file description, so the child
+ * reads its end as any program expects. The caller closes `theirs` once the
+ * child has it.
+ */
+export function socketPair(): { ours: UnixConn; theirs: number } {
+  const { f } = sys();
+  const sv = new Int32Array(2);
+  must(call(() => f.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)), 'socketpair');
+  const a = sv[0]!;
+  const b = sv[1]!;
+  try {
+    const flags = must(call(() => f.fcntl(a, F_GETFL, 0)), 'fcntl');
+    must(call(() => f.fcntl(a, F_SETFL, flags | O_NONBLOCK)), 'fcntl');
+  } catch (e) {
+    closeFds([a, b]);
+    throw e;
+  }
+  return { ours: new UnixConn(a), theirs: b };
 }
 
 // ---- line protocol ----
