@@ -204,6 +204,30 @@ test('SIGKILL of a user\'s daemon: its mount is gone within 2 s; list and gc agr
   assert.ok(fs.existsSync(inst), 'a mountpoint the user made stays');
 });
 
+test('a dead mount no watcher removed (they were killed first): the user\'s umount and gc remove it through fusermount3 -u -z', async () => {
+  const u = users[0]!;
+  for (const how of ['umount', 'gc']) {
+    const inst = path.join(u.home, `inst-${how}`);
+    assert.is(sh(u, `mkdir ${inst}`).status, 0);
+    ok(u, ['mount', inst]);
+    const procs = procsUnder(inst).map((p) => ({ pid: Number(p.split(' ')[0]), cmd: p.split(' ').slice(1).join(' ') }));
+    const daemon = procs.find((p) => p.cmd.includes('__daemon'))!;
+    for (const p of procs.filter((q) => q !== daemon)) process.kill(p.pid, 'SIGKILL');
+    assert.ok(await waitFor(() => procsUnder(inst).length === 1), procsUnder(inst).join('; '));
+    process.kill(daemon.pid, 'SIGKILL');
+    assert.ok(await waitFor(() => procsUnder(inst).length === 0));
+    // Nothing unmounts it now: a dead mount (ENOTCONN for its owner).
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(mountLine(inst), 'the dead mount stays while no one removes it');
+    assert.match(sh(u, `ls ${inst}`).stderr, /Transport endpoint is not connected/);
+    if (how === 'umount') ok(u, ['umount', inst]);
+    else assert.match(ok(u, ['gc']), /removed /);
+    assert.is(mountLine(inst), undefined);
+    assert.equal(list(u), []);
+  }
+  await assertNothingLeft(u);
+});
+
 test('a user cannot see or reach root\'s instances or another user\'s; root\'s commands are unaffected', async () => {
   const [a, b] = users as [User, User];
   const rootInst = sb.dir('rootinst');
