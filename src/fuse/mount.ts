@@ -185,7 +185,7 @@ async function mountFuseUser(mountpoint: string, opts: MountOptions): Promise<Mo
     if (got.fds.length === 0) {
       await ended;
       const e = toolError(fm, stderr);
-      if (/open \/dev\/fuse/.test(e.message)) e.message += ' (this user needs read-write access to /dev/fuse)';
+      if ((e as NodeJS.ErrnoException).code === 'EACCES' && /open \/dev\/fuse/.test(e.message)) e.message += ' (this user needs read-write access to /dev/fuse)';
       throw e;
     }
     closeFds(got.fds.slice(1));
@@ -198,9 +198,8 @@ async function mountFuseUser(mountpoint: string, opts: MountOptions): Promise<Mo
     throw e;
   }
   const watch = socketPair();
-  let watcher: ReturnType<typeof spawn> | undefined;
   try {
-    watcher = spawn('/bin/sh', ['-c', WATCHER, 'loopfs-watch', fm, mountpoint], { stdio: [watch.theirs, 'ignore', 'ignore'], detached: true });
+    const watcher = spawn('/bin/sh', ['-c', WATCHER, 'loopfs-watch', fm, mountpoint], { stdio: [watch.theirs, 'ignore', 'ignore'], detached: true });
     watcher.on('error', () => {});
     watcher.unref();
   } finally {
