@@ -4,15 +4,31 @@ import { errorLine } from './report';
 
 export function register(cli: CAC): void {
   cli
-    .command('gc', 'Remove the state of instances whose daemon is gone and unmount their dead mounts')
+    .command('gc', 'Remove the state of instances whose daemon is gone and unmount their dead mounts; stop orphaned and unresponsive ones')
     .example('loopfs gc')
     .example('loopfs gc --run-dir /srv/ci/loopfs')
     .action(async (flags: GlobalFlags) => {
       const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
-      const { reap } = await import('../core/instance');
+      const { reap, probeInstance, stopInstance, forceStop, ANSWER_DEADLINE_MS } = await import('../core/instance');
       let status = 0;
       for (const r of listInstances(ensureRunDir(selector(flags).runDir))) {
+        if (r.alive && r.state) {
+          // A live daemon stays, unless nothing can manage it: no control socket or state (orphaned), or no answer.
+          const health = await probeInstance(r);
+          if (health === 'answers') continue;
+          try {
+            const done = health === 'unresponsive'
+              ? await forceStop(r, `the daemon did not answer within ${ANSWER_DEADLINE_MS / 1000} s`)
+              : await stopInstance(r, true);
+            const what = done.how === 'aborted' ? `aborted ${r.id} (${r.state.mountpoint}): ${done.why}` : `stopped ${r.id} (${r.state.mountpoint}): orphaned, ${r.orphaned ?? 'no control socket'}`;
+            process.stdout.write(`${what}\n`);
+          } catch (e) {
+            errorLine('loopfs gc', (e as Error).message, (e as { errno?: string }).errno ?? 'EIO');
+            status = 1;
+          }
+          continue;
+        }
         if (r.alive) continue;
         if (!r.state) {
           // Never trusted, never removed: a person should look at it.

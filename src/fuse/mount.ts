@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { umount2, MNT_DETACH } from '../sys/libc';
 
 /**
  * Mounting a FUSE filesystem without libfuse: open /dev/fuse, hand the fd to
@@ -81,16 +82,22 @@ export interface MountInfo {
   mountpoint: string;
   fstype: string;
   source: string;
+  /** The mount's id (first field of mountinfo; also mnt_id in /proc/PID/fdinfo), and its parent's. */
+  id: number;
+  parent: number;
+  /** st_dev of the mounted filesystem, "major:minor"; for FUSE the minor is the connection number. */
+  dev: string;
 }
 
 export function mountsAt(dir: string): MountInfo[] {
   return readMountinfo().filter((m) => m.mountpoint === dir);
 }
 
-export function readMountinfo(): MountInfo[] {
+/** The mount table of this process, or of process `pid` (its mount namespace), from mountinfo. */
+export function readMountinfo(pid: number | 'self' = 'self'): MountInfo[] {
   let text: string;
   try {
-    text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+    text = fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8');
   } catch {
     return [];
   }
@@ -100,11 +107,69 @@ export function readMountinfo(): MountInfo[] {
     const f = line.split(' ');
     const dash = f.indexOf('-');
     if (dash < 0) continue;
-    out.push({ mountpoint: unescape(f[4]!), fstype: f[dash + 1]!, source: unescape(f[dash + 2]!) });
+    out.push({ mountpoint: unescape(f[4]!), fstype: f[dash + 1]!, source: unescape(f[dash + 2]!), id: Number(f[0]), parent: Number(f[1]), dev: f[2]! });
   }
   return out;
 }
 
 function unescape(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/**
+ * Administering a FUSE mount without ever sending it a request: everything
+ * below works from the mount table, /sys/fs/fuse/connections and umount2(2)
+ * with UMOUNT_NOFOLLOW, none of which waits for the filesystem's daemon (a
+ * stat, realpath or umount(8) of the mountpoint would, and hangs for good
+ * when the daemon is stopped or deadlocked).
+ */
+
+const FUSECTL = '/sys/fs/fuse/connections';
+const UMOUNT_NOFOLLOW = 8;
+
+/** The FUSE connection number of a mount: the minor of its "0:N" device. */
+export function fuseConnection(m: MountInfo): number | undefined {
+  const r = /^0:(\d+)$/.exec(m.dev);
+  return r && m.fstype.startsWith('fuse') ? Number(r[1]) : undefined;
+}
+
+/**
+ * Aborts a FUSE connection as `echo 1 > /sys/fs/fuse/connections/N/abort`
+ * does: every request waiting on it fails with ENOTCONN, and so does every
+ * later one. Mounts the fusectl filesystem first when it is not mounted.
+ * Returns false when that is not possible (no fusectl, not privileged).
+ */
+export function abortFuseConnection(conn: number): boolean {
+  const file = `${FUSECTL}/${conn}/abort`;
+  if (!fs.existsSync(file) && !readMountinfo().some((m) => m.fstype === 'fusectl')) {
+    spawnSync('mount', ['-n', '-t', 'fusectl', 'fusectl', FUSECTL], { stdio: 'ignore', timeout: 5000 });
+  }
+  try {
+    fs.writeFileSync(file, '1');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Unmounts the mount at `mountpoint` (an absolute path as the mount table
+ * shows it) with umount2(2): MNT_DETACH when lazy, and UMOUNT_NOFOLLOW so a
+ * symlink put there is never followed. The kernel answers without asking the
+ * FUSE daemon (non-lazy: EBUSY while anything is open on it). Without the
+ * privilege for umount2 (EPERM), fusermount3 -u does it for the mount's owner.
+ */
+export function detachMount(mountpoint: string, lazy: boolean): void {
+  try {
+    umount2(mountpoint, (lazy ? MNT_DETACH : 0) | UMOUNT_NOFOLLOW);
+    return;
+  } catch (e) {
+    const code = (e as { errno?: string }).errno ?? 'EIO';
+    if (code !== 'EPERM') throw Object.assign(new Error(`cannot unmount ${mountpoint}`), { code });
+  }
+  const r = spawnSync('fusermount3', ['-u', ...(lazy ? ['-z'] : []), '--', mountpoint], { encoding: 'utf8', timeout: 5000 });
+  if (r.status !== 0) {
+    const msg = (r.stderr ?? '').trim().split('\n').pop() ?? '';
+    throw Object.assign(new Error(`cannot unmount ${mountpoint}${msg ? `: ${msg}` : ''}`), { code: /busy/i.test(msg) ? 'EBUSY' : 'EPERM' });
+  }
 }
