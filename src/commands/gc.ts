@@ -10,18 +10,16 @@ export function register(cli: CAC): void {
     .action(async (flags: GlobalFlags) => {
       const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
-      const { reap, probeInstance, stopInstance, forceStop, ANSWER_DEADLINE_MS } = await import('../core/instance');
+      const { reap, probeInstance, stopInstance, forceStop } = await import('../core/instance');
       let status = 0;
       for (const r of listInstances(ensureRunDir(selector(flags).runDir))) {
         if (r.alive && r.state) {
           // A live daemon stays, unless nothing can manage it: no control socket or state (orphaned), or no answer.
-          const health = await probeInstance(r);
-          if (health === 'answers') continue;
+          const probe = await probeInstance(r);
+          if (probe.health === 'answers') continue;
           try {
-            const done = health === 'unresponsive'
-              ? await forceStop(r, `the daemon did not answer within ${ANSWER_DEADLINE_MS / 1000} s`)
-              : await stopInstance(r, true);
-            const what = done.how === 'aborted' ? `aborted ${r.id} (${r.state.mountpoint}): ${done.why}` : `stopped ${r.id} (${r.state.mountpoint}): orphaned, ${r.orphaned ?? 'no control socket'}`;
+            const done = probe.health === 'unresponsive' ? await forceStop(r, probe.why ?? 'the daemon does not answer') : await stopInstance({ ...r, orphaned: probe.why ?? 'no control socket' }, true);
+            const what = done.how === 'aborted' ? `aborted ${r.id} (${r.state.mountpoint}): ${done.why}` : `stopped ${r.id} (${r.state.mountpoint}): orphaned, ${probe.why}`;
             process.stdout.write(`${what}\n`);
           } catch (e) {
             errorLine('loopfs gc', (e as Error).message, (e as { errno?: string }).errno ?? 'EIO');

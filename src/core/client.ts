@@ -36,20 +36,24 @@ export async function request<K extends Op>(stateDir: string, op: K, args: Reque
  * One request that must be answered within `ms`: a stopped or deadlocked
  * daemon accepts the connection (the kernel does, into the backlog) but never
  * answers. Then the connection is closed and ETIMEDOUT thrown, so an admin
- * command never waits on the instance it manages.
+ * command never waits on the instance it manages. `worthWaiting(elapsedMs)`,
+ * asked every 100 ms, may give up sooner (the daemon is stopped, say).
  */
-export async function requestWithin<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], ms: number): Promise<Requests[K]['result']> {
+export async function requestWithin<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], ms: number, worthWaiting?: (elapsedMs: number) => boolean): Promise<Requests[K]['result']> {
   const sock = path.join(stateDir, SOCKET_FILE);
   const who = path.basename(stateDir);
   let conn: Awaited<ReturnType<typeof connect>> | undefined;
   let late = false;
   let timer: NodeJS.Timeout | undefined;
+  const t0 = Date.now();
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
+    timer = setInterval(() => {
+      const elapsed = Date.now() - t0;
+      if (elapsed < ms && (!worthWaiting || worthWaiting(elapsed))) return;
       late = true;
       conn?.close();
-      reject(new LoopfsError('ETIMEDOUT', who, `the daemon did not answer within ${ms / 1000} s`));
-    }, ms);
+      reject(new LoopfsError('ETIMEDOUT', who, `the daemon did not answer within ${Math.round(elapsed / 1000)} s`));
+    }, Math.min(100, ms));
   });
   const exchange = async (): Promise<Requests[K]['result']> => {
     try {
@@ -81,7 +85,7 @@ export async function requestWithin<K extends Op>(stateDir: string, op: K, args:
   try {
     return await Promise.race([work, timeout]);
   } finally {
-    clearTimeout(timer);
+    clearInterval(timer);
   }
 }
 

@@ -6,6 +6,7 @@ import { LoopfsError, fromSystemError, type Errno } from './errors';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
 import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, requestWithin } from './client';
+import type { Op, Requests } from './protocol';
 import { LOG_FILE } from './state';
 import { waiting } from './progress';
 import { PARENTS_FILE } from './limits';
@@ -273,8 +274,23 @@ export async function resolveDevice(arg: string, sel: InstanceSelector): Promise
   return { client, index: dev.index };
 }
 
-/** How long a daemon may take to answer its control socket before an admin command gives up on it. */
+/**
+ * How long a daemon may take to answer its control socket before an admin
+ * command gives up on it: a stopped one (SIGSTOP, a debugger) is given up
+ * after ANSWER_DEADLINE_MS, a running one that does not answer (deadlocked,
+ * or only very busy) after ANSWER_LIMIT_MS.
+ */
 export const ANSWER_DEADLINE_MS = 3000;
+export const ANSWER_LIMIT_MS = 8000;
+
+/** A control request under those deadlines; ETIMEDOUT says why it gave up. */
+function ask<K extends Op>(rec: InstanceRecord, op: K, args: Requests[K]['args']): Promise<Requests[K]['result']> {
+  const pid = rec.state?.pid ?? 0;
+  return requestWithin(rec.stateDir, op, args, ANSWER_LIMIT_MS, (t) => t < ANSWER_DEADLINE_MS || !processStopped(pid)).catch((e: unknown) => {
+    if (e instanceof LoopfsError && e.errno === 'ETIMEDOUT' && processStopped(pid)) throw new LoopfsError('ETIMEDOUT', e.what, `${e.reason} (it is stopped)`);
+    throw e;
+  });
+}
 
 /** How an instance was stopped: by its daemon, by us through its mount, or by force (`why` says why). */
 export interface Stopped {
@@ -323,10 +339,10 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
   let orphaned = rec.orphaned;
   if (!orphaned && pathIsOurs) {
     try {
-      await requestWithin(rec.stateDir, 'umount', { lazy }, ANSWER_DEADLINE_MS);
+      await ask(rec, 'umount', { lazy });
     } catch (e) {
       if (!(e instanceof LoopfsError)) throw e;
-      if (e.errno === 'ETIMEDOUT') return forceStop(rec, `the daemon did not answer within ${ANSWER_DEADLINE_MS / 1000} s`);
+      if (e.errno === 'ETIMEDOUT') return forceStop(rec, e.reason);
       if (e.errno !== 'ESRCH' && e.errno !== 'EPIPE') throw e;
       if (!daemonAlive(pid, id)) orphaned = 'its control socket is gone';
       else orphaned = e.reason ?? e.errno;
@@ -436,14 +452,14 @@ export async function reap(rec: InstanceRecord): Promise<void> {
  * Whether a live instance answers its control socket within the deadline;
  * an orphan (no socket) is reported as such, not probed.
  */
-export async function probeInstance(rec: InstanceRecord, ms = ANSWER_DEADLINE_MS): Promise<'answers' | 'orphaned' | 'unresponsive'> {
-  if (rec.orphaned) return 'orphaned';
+export async function probeInstance(rec: InstanceRecord): Promise<{ health: 'answers' | 'orphaned' | 'unresponsive'; why?: string }> {
+  if (rec.orphaned) return { health: 'orphaned', why: rec.orphaned };
   try {
-    await requestWithin(rec.stateDir, 'status', {}, ms);
-    return 'answers';
+    await ask(rec, 'status', {});
+    return { health: 'answers' };
   } catch (e) {
-    if (e instanceof LoopfsError && e.errno === 'ETIMEDOUT') return 'unresponsive';
-    if (e instanceof LoopfsError && (e.errno === 'ESRCH' || e.errno === 'EPIPE')) return 'orphaned';
+    if (e instanceof LoopfsError && e.errno === 'ETIMEDOUT') return { health: 'unresponsive', why: e.reason };
+    if (e instanceof LoopfsError && (e.errno === 'ESRCH' || e.errno === 'EPIPE')) return { health: 'orphaned', why: e.reason };
     throw e;
   }
 }
