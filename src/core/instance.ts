@@ -11,7 +11,7 @@ import { LOG_FILE } from './state';
 import { waiting } from './progress';
 import { PARENTS_FILE } from './limits';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
-import { isMounted, readMountinfo, detachMount, abortFuseConnection, fuseConnection, type MountInfo } from '../fuse/mount';
+import { isMounted, readMountinfo, detachMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
 import type { DeviceRef, InstanceClient, InstanceSelector } from './api';
 
 /** Finding, starting and stopping instances: what every command stands on. */
@@ -300,13 +300,20 @@ export interface Stopped {
 
 /**
  * The instance's FUSE mount as this process sees it, identified by its
- * connection: the daemon's own mount table (its mount namespace) says which
- * connection it serves at its mountpoint; ours says where that connection is
- * mounted here. Without a live daemon: the loopfs mount at the recorded path.
+ * connection: the kernel names the connection of the daemon's /dev/fuse
+ * descriptor (or, on kernels that do not, the daemon's own mount table says
+ * which connection is mounted at its mountpoint); ours says where that
+ * connection is mounted here, wherever that is now. Without a live daemon:
+ * the loopfs mount at the recorded path.
  */
 export function instanceMount(rec: InstanceRecord): MountInfo | undefined {
   if (!rec.state) return undefined;
   const ours = readMountinfo().filter((m) => m.fstype === 'fuse.loopfs');
+  const conns = rec.alive ? fuseConnectionsOf(rec.state.pid) : [];
+  if (conns.length > 0) {
+    const served = ours.filter((m) => conns.includes(fuseConnection(m) ?? -1));
+    return served.find((m) => m.mountpoint === rec.state!.mountpoint) ?? served[served.length - 1];
+  }
   const table = rec.alive ? readMountinfo(rec.state.pid) : [];
   if (table.length > 0) {
     const theirs = table.find((m) => m.fstype === 'fuse.loopfs' && m.mountpoint === rec.state!.mountpoint);
@@ -350,6 +357,8 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
   }
   if (orphaned || !pathIsOurs) {
     how = 'unmounted';
+    // Unmounted, a stopped daemon would never see its session end.
+    if (processStopped(pid)) return forceStop(rec, 'the daemon is stopped');
     if (mount) {
       try {
         detachMount(mount.mountpoint, lazy);
@@ -359,8 +368,7 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
         throw err;
       }
     } else {
-      // Not mounted any more (unmounted lazily before): the daemon finishes when its last opener closes, unless it is stuck.
-      if (processStopped(pid)) return forceStop(rec, 'the daemon is stopped');
+      // Not mounted any more (unmounted lazily before): the daemon finishes when its last opener closes.
       if (lazy) return { how };
       if (!(await waitUntil(() => !daemonAlive(pid, id), 1000, `waiting for the instance daemon of ${mountpoint} to finish`))) {
         throw new LoopfsError('EBUSY', mountpoint, 'already unmounted; its daemon finishes when the last open device closes');

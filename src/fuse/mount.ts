@@ -134,6 +134,31 @@ export function fuseConnection(m: MountInfo): number | undefined {
 }
 
 /**
+ * The FUSE connections process `pid` serves: those of its open /dev/fuse
+ * descriptors, which the kernel names in their fdinfo ("fuse_connection:
+ * N", Linux 6.x). Empty where the kernel does not say, or the process is gone.
+ */
+export function fuseConnectionsOf(pid: number): number[] {
+  const out = new Set<number>();
+  let fds: string[];
+  try {
+    fds = fs.readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return [];
+  }
+  for (const fd of fds) {
+    try {
+      if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) !== '/dev/fuse') continue;
+      const m = /^fuse_connection:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'));
+      if (m) out.add(Number(m[1]));
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return [...out];
+}
+
+/**
  * Aborts a FUSE connection as `echo 1 > /sys/fs/fuse/connections/N/abort`
  * does: every request waiting on it fails with ENOTCONN, and so does every
  * later one. Mounts the fusectl filesystem first when it is not mounted.

@@ -218,6 +218,85 @@ for (const lost of ['ctl.sock', 'run directory'] as const) {
   });
 }
 
+test('an orphaned daemon that is also stopped: umount and gc still end it within 10 s, its reader gets an error', async () => {
+  const a = instanceWithDevice('a');
+  const b = instanceWithDevice('b');
+  const readers = [startReader(a.dev), startReader(b.dev)];
+  try {
+    for (const r of readers) assert.ok(await waitFor(() => r.out().includes('reading'), 10_000), r.out());
+    fs.rmSync(sb.runDir, { recursive: true });
+    process.kill(a.pid, 'SIGSTOP');
+    process.kill(b.pid, 'SIGSTOP');
+    for (const r of readers) assert.ok(await waitFor(() => procState(r.child.pid!) === 'D', 5000), `reader state ${procState(r.child.pid!)}`);
+    const u = timed(['umount', a.dir]);
+    assert.is(u.status, 0, u.stderr);
+    assert.ok(u.ms < 10_000, `umount took ${u.ms} ms`);
+    assert.match(u.stderr, /the daemon is stopped; its FUSE connection was aborted/);
+    const g = timed(['gc']);
+    assert.is(g.status, 0, g.stderr);
+    assert.ok(g.ms < 10_000, `gc took ${g.ms} ms`);
+    assert.match(g.stdout, new RegExp(`aborted \\w+ \\(${b.dir}\\): the daemon is stopped`));
+    for (const r of readers) {
+      assert.ok(await exited(r.child), `reader still running: ${r.out()}`);
+      assert.match(r.out(), /^error (ENOTCONN|EIO|ECONNABORTED)$/m);
+    }
+    assert.is(loopfsMountAt(a.dir), undefined);
+    assert.is(loopfsMountAt(b.dir), undefined);
+    assert.equal(sb.daemons(), []);
+    assert.equal(JSON.parse(sb.ok(['list', '--json'])), []);
+  } finally {
+    for (const i of [a, b]) {
+      abortMountAt(i.dir);
+      release(i.pid);
+    }
+    for (const r of readers) r.child.kill('SIGKILL');
+  }
+});
+
+test('a directory on the way moved and replaced by a symlink to another mount: umount of the recorded path unmounts only the instance', () => {
+  const user = 'loopfs-e2e-adm';
+  let made = false;
+  if (spawnSync('id', [user]).status !== 0) {
+    execFileSync('useradd', ['-M', '-s', '/bin/sh', user]);
+    made = true;
+  }
+  const otherParent = sb.dir('o');
+  const other = sb.dir('o/mnt');
+  let tmpfs = false;
+  try {
+    const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }));
+    fs.chmodSync(sb.root, 0o755);
+    const home = sb.dir('home');
+    fs.chownSync(home, uid, uid);
+    const asUser = (...argv: string[]): void => {
+      execFileSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', ...argv]);
+    };
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', other]);
+    tmpfs = true;
+    fs.writeFileSync(path.join(other, 'keep'), 'kept');
+    const d = path.join(home, 'd');
+    const mnt = path.join(d, 'mnt');
+    asUser('mkdir', '-p', mnt);
+    assert.is(sb.ok(['mount', '-o', `uid=${uid}`, mnt]), mnt);
+    // The user moves the directory holding the mount away and puts a symlink to the other mount's parent in its place.
+    asUser('mv', d, path.join(home, 'd2'));
+    asUser('ln', '-s', otherParent, d);
+    assert.is(fs.realpathSync(mnt), other);
+    assert.ok(loopfsMountAt(path.join(home, 'd2', 'mnt')));
+    const r = sb.run(['umount', mnt]);
+    assert.is(r.status, 0, r.stderr);
+    assert.is(loopfsMountAt(path.join(home, 'd2', 'mnt')), undefined);
+    assert.ok(mounts().some((m) => m.mountpoint === other && m.fstype === 'tmpfs'), 'the tmpfs was unmounted');
+    assert.is(fs.readFileSync(path.join(other, 'keep'), 'utf8'), 'kept');
+    assert.equal(sb.daemons(), []);
+    assert.equal(JSON.parse(sb.ok(['list', '--json'])), []);
+  } finally {
+    abortMountAt(path.join(sb.root, 'home', 'd2', 'mnt'));
+    if (tmpfs) spawnSync('umount', [other]);
+    if (made) spawnSync('userdel', [user]);
+  }
+});
+
 test('symlink swap: an ordinary user repoints the mountpoint symlink at another mount; root\'s umount DIR unmounts only the instance', () => {
   const user = 'loopfs-e2e-adm';
   let made = false;
