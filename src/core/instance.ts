@@ -11,7 +11,7 @@ import { LOG_FILE } from './state';
 import { waiting } from './progress';
 import { PARENTS_FILE } from './limits';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
-import { isMounted, readMountinfo, detachMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
+import { isMounted, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
 import type { DeviceRef, InstanceClient, InstanceSelector } from './api';
 
 /** Finding, starting and stopping instances: what every command stands on. */
@@ -361,7 +361,7 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
     if (processStopped(pid)) return forceStop(rec, 'the daemon is stopped');
     if (mount) {
       try {
-        detachMount(mount.mountpoint, lazy);
+        detachExactMount(mount, lazy);
       } catch (e) {
         const err = fromSystemError(e, mountpoint);
         if (err.errno === 'EBUSY') throw new LoopfsError('EBUSY', mountpoint, 'a device is open (loopfs umount -l detaches now)');
@@ -428,7 +428,7 @@ export async function forceStop(rec: InstanceRecord, why: string): Promise<Stopp
   const mounts = mount ? readMountinfo().filter((m) => m.fstype === 'fuse.loopfs' && m.dev === mount.dev).reverse() : [];
   for (const m of mounts) {
     try {
-      detachMount(m.mountpoint, true);
+      detachExactMount(m, true);
     } catch {
       /* gone meanwhile */
     }
@@ -446,7 +446,7 @@ export async function reap(rec: InstanceRecord): Promise<void> {
   if (mount) {
     // The kernel aborted the connection when the dead daemon's /dev/fuse closed; only the mount is left.
     try {
-      detachMount(mount.mountpoint, true);
+      detachExactMount(mount, true);
     } catch {
       /* gone meanwhile */
     }

@@ -178,6 +178,42 @@ export function abortFuseConnection(conn: number): boolean {
 }
 
 /**
+ * Unmounts exactly the mount `m` (an entry of our mount table): its root is
+ * opened O_PATH (no FUSE request: no open, no getattr) and checked by the
+ * mnt_id the kernel gives for that descriptor, so a path swapped since the
+ * table was read is caught (ESTALE). A lazy unmount then goes through the
+ * descriptor itself (/proc/self/fd/N), pinned to that mount; a non-lazy one
+ * cannot (the descriptor keeps the mount busy) and goes by the checked path,
+ * as detachMount does.
+ */
+export function detachExactMount(m: MountInfo, lazy: boolean): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(m.mountpoint, O_PATH | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY);
+  } catch (e) {
+    throw Object.assign(new Error(`cannot open ${m.mountpoint}: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code ?? 'EIO' });
+  }
+  try {
+    const id = /^mnt_id:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+    if (Number(id) !== m.id) throw Object.assign(new Error(`${m.mountpoint} does not lead to the mount it should any more`), { code: 'ESTALE' });
+    if (lazy) {
+      try {
+        umount2(`/proc/self/fd/${fd}`, MNT_DETACH);
+        return;
+      } catch (e) {
+        if ((e as { errno?: string }).errno !== 'EPERM') throw Object.assign(new Error(`cannot unmount ${m.mountpoint}`), { code: (e as { errno?: string }).errno ?? 'EIO' });
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  detachMount(m.mountpoint, lazy);
+}
+
+/** O_PATH (<fcntl.h>; the same on x86_64 and arm64): a handle on the path itself, no open(2) of the file. */
+const O_PATH = 0o10000000;
+
+/**
  * Unmounts the mount at `mountpoint` (an absolute path as the mount table
  * shows it) with umount2(2): MNT_DETACH when lazy, and UMOUNT_NOFOLLOW so a
  * symlink put there is never followed. The kernel answers without asking the
