@@ -170,10 +170,10 @@ export const O_PATH = 0o10000000;
  * FUSE open, no getattr of a mount's root — a realpath or stat of a wedged
  * FUSE mountpoint would hang) and the kernel's name of the result.
  */
-export function resolveOnce(p: string, flags = 0): string | undefined {
+export function resolveOnce(p: string): string | undefined {
   let fd: number;
   try {
-    fd = fs.openSync(p, O_PATH | flags);
+    fd = fs.openSync(p, O_PATH);
   } catch {
     return undefined;
   }
