@@ -12,10 +12,13 @@ export function register(cli: CAC): void {
       const { listInstances } = await import('../core/registry');
       const { reap, probeInstance, stopInstance, forceStop } = await import('../core/instance');
       let status = 0;
-      for (const r of listInstances(ensureRunDir(selector(flags).runDir))) {
+      const all = listInstances(ensureRunDir(selector(flags).runDir));
+      // Live daemons are asked all at once: a wedged one costs its deadline once.
+      const probes = await Promise.all(all.map((r) => (r.alive && r.state ? probeInstance(r).catch(() => ({ health: 'answers' as const, why: undefined })) : undefined)));
+      for (const [i, r] of all.entries()) {
         if (r.alive && r.state) {
           // A live daemon stays, unless nothing can manage it: no control socket or state (orphaned), or no answer.
-          const probe = await probeInstance(r);
+          const probe = probes[i]!;
           if (probe.health === 'answers') continue;
           try {
             const done = probe.health === 'unresponsive' ? await forceStop(r, probe.why ?? 'the daemon does not answer') : await stopInstance({ ...r, orphaned: probe.why ?? 'no control socket' }, true);

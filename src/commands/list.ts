@@ -25,8 +25,8 @@ export function register(cli: CAC): void {
       const { listInstances } = await import('../core/registry');
       const { requestWithin } = await import('../core/client');
       const { ANSWER_DEADLINE_MS } = await import('../core/instance');
-      const out: ListedInstance[] = [];
-      for (const r of listInstances(ensureRunDir(selector(flags).runDir))) {
+      // Asked all at once: a wedged instance costs its deadline once, not once per instance before it.
+      const out: ListedInstance[] = await Promise.all(listInstances(ensureRunDir(selector(flags).runDir)).map(async (r) => {
         const s = r.state;
         const item: ListedInstance = {
           id: r.id, mountpoint: s?.mountpoint ?? null, owner: s ? `${s.uid}:${s.gid}` : null, devices: null, bound: null, open: null,
@@ -48,8 +48,8 @@ export function register(cli: CAC): void {
             item.problem = (e as Error).message;
           }
         }
-        out.push(item);
-      }
+        return item;
+      }));
       if (flags.json) {
         process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
         return 0;
