@@ -224,6 +224,7 @@ export async function selectInstance(sel: InstanceSelector, startDefault = true)
   const runDir = ensureRunDir(sel.runDir);
   const name = sel.instance ?? process.env.LOOPFS ?? DEFAULT_ID;
   const rec = findInstance(runDir, name);
+  if (rec?.alive && rec.orphaned) throw new LoopfsError('ESRCH', name, `the instance daemon runs but cannot be reached: ${rec.orphaned} (loopfs umount or loopfs gc stops it)`);
   if (rec?.alive && rec.state) return rec;
   if (name === DEFAULT_ID || (rec?.id === DEFAULT_ID)) {
     if (!startDefault) throw new LoopfsError('ENOENT', DEFAULT_ID, 'the default instance is not running');

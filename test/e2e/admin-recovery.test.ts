@@ -193,6 +193,11 @@ for (const lost of ['ctl.sock', 'run directory'] as const) {
       const listed = JSON.parse(sb.ok(['list', '--json'])) as { mountpoint: string; health: string; pid: number }[];
       assert.equal(listed.map((i) => [i.mountpoint, i.health, i.pid]).sort(), [[a.dir, 'orphaned', a.pid], [b.dir, 'orphaned', b.pid]].sort());
       assert.match(sb.ok(['list']), /orphaned/);
+      // Commands that need the socket say what is wrong, and what to do.
+      const add = sb.run(['--instance', a.dir, 'ctl', 'add', '1']);
+      assert.is(add.status, 1);
+      assert.is(errnoOf(add), 'ESRCH');
+      assert.match(add.stderr, /runs but cannot be reached.*loopfs umount or loopfs gc stops it/);
       // umount without -l: the kernel refuses while a device is open, and nothing changes.
       const busy = sb.run(['umount', a.dir]);
       assert.is(busy.status, 1);
