@@ -340,40 +340,41 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
     return { how: 'reaped' };
   }
   const { pid, id, mountpoint } = rec.state;
+  // The instance's own mount, found by its FUSE connection: what is unmounted, wherever its path leads now.
   const mount = instanceMount(rec);
-  // The recorded path must still lead to the instance's own mount before the daemon is asked to unmount it by that path.
-  const pathIsOurs = !!mount && mount.mountpoint === mountpoint;
   let how: Stopped['how'] = 'daemon';
   let orphaned = rec.orphaned;
-  if (!orphaned && pathIsOurs) {
+  if (!orphaned) {
+    // Asked first: an answer shows the daemon is not wedged, and says whether a device is open.
     try {
-      await ask(rec, 'umount', { lazy });
+      const st = await ask(rec, 'status', {});
+      if (!lazy && st.open > 0) throw new LoopfsError('EBUSY', mountpoint, `${st.open} device(s) open`);
     } catch (e) {
       if (!(e instanceof LoopfsError)) throw e;
       if (e.errno === 'ETIMEDOUT') return forceStop(rec, e.reason);
       if (e.errno !== 'ESRCH' && e.errno !== 'EPIPE') throw e;
-      if (!daemonAlive(pid, id)) orphaned = 'its control socket is gone';
-      else orphaned = e.reason ?? e.errno;
+      orphaned = 'its control socket is gone';
     }
   }
-  if (orphaned || !pathIsOurs) {
+  if (orphaned) {
     how = 'unmounted';
     // Unmounted, a stopped daemon would never see its session end.
     if (processStopped(pid)) return forceStop(rec, 'the daemon is stopped');
-    if (mount) {
-      try {
-        detachExactMount(mount, lazy);
-      } catch (e) {
-        const err = fromSystemError(e, mountpoint);
-        if (err.errno === 'EBUSY') throw new LoopfsError('EBUSY', mountpoint, 'a device is open (loopfs umount -l detaches now)');
-        throw err;
-      }
-    } else {
-      // Not mounted any more (unmounted lazily before): the daemon finishes when its last opener closes.
-      if (lazy) return { how };
-      if (!(await waitUntil(() => !daemonAlive(pid, id), 1000, `waiting for the instance daemon of ${mountpoint} to finish`))) {
-        throw new LoopfsError('EBUSY', mountpoint, 'already unmounted; its daemon finishes when the last open device closes');
-      }
+  }
+  if (mount) {
+    // The daemon sees its session end when the mount goes, and removes its state itself.
+    try {
+      detachExactMount(mount, lazy);
+    } catch (e) {
+      const err = fromSystemError(e, mountpoint);
+      if (err.errno === 'EBUSY') throw new LoopfsError('EBUSY', mountpoint, `${err.reason} (loopfs umount -l detaches now)`);
+      throw err;
+    }
+  } else {
+    // Not mounted any more (unmounted lazily before): the daemon finishes when its last opener closes.
+    if (lazy) return { how };
+    if (!(await waitUntil(() => !daemonAlive(pid, id), 1000, `waiting for the instance daemon of ${mountpoint} to finish`))) {
+      throw new LoopfsError('EBUSY', mountpoint, 'already unmounted; its daemon finishes when the last open device closes');
     }
   }
   if (lazy && !rec.orphaned) return { how };
