@@ -377,7 +377,20 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
       throw new LoopfsError('EBUSY', mountpoint, 'already unmounted; its daemon finishes when the last open device closes');
     }
   }
-  if (lazy && !rec.orphaned) return { how };
+  if (lazy && !rec.orphaned) {
+    // Inside a sandbox the bind under the mountpoint (sandboxMountpoint) goes too, lazily like the mount.
+    if (rec.state.boundMountpoint) {
+      const top = readMountinfo().filter((m) => m.mountpoint === mountpoint).pop();
+      if (top && top.fstype !== 'fuse.loopfs') {
+        try {
+          detachExactMount(top, true);
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+    }
+    return { how };
+  }
   // Done means done: the state is removed and the daemon process has exited.
   const gone = (): boolean => !fs.existsSync(rec.stateDir) && !daemonAlive(pid, id);
   const finished = await waitUntil(gone, lazy ? ANSWER_DEADLINE_MS : 10_000, `waiting for the instance daemon of ${mountpoint} to finish`);

@@ -305,6 +305,32 @@ test('a directory on the way moved and replaced by a symlink to another mount: u
   }
 });
 
+test('inside loopfs run: umount, and umount -l with a device open, leave nothing mounted at the directory', () => {
+  const x = sb.dir('x');
+  const count = `grep -c " ${x} " /proc/self/mountinfo`;
+  const script = [
+    `loopfs mount ${x} >/dev/null && loopfs --instance ${x} ctl add 0 >/dev/null`,
+    `echo "mounted $(${count})"`,
+    `loopfs umount ${x} && echo "umount $(${count})"`,
+    `loopfs mount ${x} >/dev/null && loopfs --instance ${x} ctl add 0 >/dev/null`,
+    `exec 3<${x}/loop0`,
+    `loopfs umount -l ${x} && echo "lazy $(${count})"`,
+    'loopfs list --json | grep -c \'"unmounted"\' | sed "s/^/detached /"',
+    'exec 3<&-',
+    'for i in $(seq 50); do loopfs list --json | grep -q \'"unmounted"\' || break; sleep 0.1; done',
+    'loopfs list --json | grep -c \'"mountpoint"\' | sed "s/^/left /"',
+  ].join('\n');
+  const r = sb.run(['run', '--', 'sh', '-c', script]);
+  assert.is(r.status, 0, r.stderr);
+  // Mounted: the bind of the directory onto itself, and the instance on it.
+  assert.match(r.stdout, /^mounted 2$/m);
+  assert.match(r.stdout, /^umount 0$/m);
+  assert.match(r.stdout, /^lazy 0$/m);
+  assert.match(r.stdout, /^detached 1$/m);
+  // Only the default instance of the sandbox is left.
+  assert.match(r.stdout, /^left 1$/m);
+});
+
 test('symlink swap: an ordinary user repoints the mountpoint symlink at another mount; root\'s umount DIR unmounts only the instance', () => {
   const user = 'loopfs-e2e-adm';
   let made = false;
