@@ -73,11 +73,15 @@ export function findDaemons(runDir: string): DaemonProcess[] {
     return out;
   }
   const uid = process.getuid?.() ?? 0;
+  // Reading a command line takes the process's memory lock, which a process stuck in a page fault on a wedged
+  // FUSE mount can hold: only programs that can be a daemon (by name, which needs no lock) are read.
+  const names = new Set(['node', 'nodejs', 'loopfs', path.basename(process.execPath).slice(0, 15)]);
   for (const p of pids) {
     let cmd: string[];
     try {
       // Only our own processes: anyone can run a program whose command line says "__daemon --run-dir OURS".
       if (fs.statSync(`/proc/${p}`).uid !== uid) continue;
+      if (!names.has(fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim())) continue;
       cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
     } catch {
       continue;
