@@ -4,15 +4,32 @@ import { errorLine } from './report';
 
 export function register(cli: CAC): void {
   cli
-    .command('gc', 'Remove the state of instances whose daemon is gone and unmount their dead mounts')
+    .command('gc', 'Remove the state of instances whose daemon is gone and unmount their dead mounts; stop orphaned and unresponsive ones')
     .example('loopfs gc')
     .example('loopfs gc --run-dir /srv/ci/loopfs')
     .action(async (flags: GlobalFlags) => {
       const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
-      const { reap } = await import('../core/instance');
+      const { reap, probeInstance, stopInstance, forceStop } = await import('../core/instance');
       let status = 0;
-      for (const r of listInstances(ensureRunDir(selector(flags).runDir))) {
+      const all = listInstances(ensureRunDir(selector(flags).runDir));
+      // Live daemons are asked all at once: a wedged one costs its deadline once.
+      const probes = await Promise.all(all.map((r) => (r.alive && r.state ? probeInstance(r).catch(() => ({ health: 'answers' as const, why: undefined })) : undefined)));
+      for (const [i, r] of all.entries()) {
+        if (r.alive && r.state) {
+          // A live daemon stays, unless nothing can manage it: no control socket or state (orphaned), or no answer.
+          const probe = probes[i]!;
+          if (probe.health === 'answers') continue;
+          try {
+            const done = probe.health === 'unresponsive' ? await forceStop(r, probe.why ?? 'the daemon does not answer') : await stopInstance({ ...r, orphaned: probe.why ?? 'no control socket' }, true);
+            const what = done.how === 'aborted' ? `aborted ${r.id} (${r.state.mountpoint}): ${done.why}` : `stopped ${r.id} (${r.state.mountpoint}): orphaned, ${probe.why}`;
+            process.stdout.write(`${what}\n`);
+          } catch (e) {
+            errorLine('loopfs gc', (e as Error).message, (e as { errno?: string }).errno ?? 'EIO');
+            status = 1;
+          }
+          continue;
+        }
         if (r.alive) continue;
         if (!r.state) {
           // Never trusted, never removed: a person should look at it.

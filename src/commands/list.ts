@@ -10,7 +10,7 @@ export interface ListedInstance {
   open: number | null;
   max: number | null;
   pid: number | null;
-  health: 'alive' | 'dead' | 'unmounted' | 'broken';
+  health: 'alive' | 'dead' | 'unmounted' | 'broken' | 'orphaned' | 'unresponsive';
   problem?: string;
 }
 
@@ -23,27 +23,33 @@ export function register(cli: CAC): void {
     .action(async (flags: GlobalFlags & { json?: boolean }) => {
       const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
-      const { request } = await import('../core/client');
-      const out: ListedInstance[] = [];
-      for (const r of listInstances(ensureRunDir(selector(flags).runDir))) {
+      const { requestWithin } = await import('../core/client');
+      const { ANSWER_DEADLINE_MS } = await import('../core/instance');
+      // Asked all at once: a wedged instance costs its deadline once, not once per instance before it.
+      const out: ListedInstance[] = await Promise.all(listInstances(ensureRunDir(selector(flags).runDir)).map(async (r) => {
         const s = r.state;
         const item: ListedInstance = {
           id: r.id, mountpoint: s?.mountpoint ?? null, owner: s ? `${s.uid}:${s.gid}` : null, devices: null, bound: null, open: null,
           max: s?.max ?? null, pid: s?.pid ?? null, health: !s ? 'broken' : r.alive ? 'alive' : 'dead',
           ...(r.problem ? { problem: r.problem } : {}),
         };
-        if (r.alive) {
+        if (r.alive && r.orphaned) {
+          // Alive, but out of reach of its control socket: loopfs umount and gc still stop it.
+          item.health = 'orphaned';
+          item.problem = r.orphaned;
+        } else if (r.alive) {
           try {
-            const st = await request(r.stateDir, 'status', {});
+            const st = await requestWithin(r.stateDir, 'status', {}, ANSWER_DEADLINE_MS);
             Object.assign(item, { devices: st.devices, bound: st.bound, open: st.open, max: st.max });
             if (!r.mounted) item.health = 'unmounted';
           } catch (e) {
-            item.health = 'dead';
+            const errno = (e as { errno?: string }).errno;
+            item.health = errno === 'ETIMEDOUT' ? 'unresponsive' : errno === 'ESRCH' || errno === 'EPIPE' ? 'orphaned' : 'dead';
             item.problem = (e as Error).message;
           }
         }
-        out.push(item);
-      }
+        return item;
+      }));
       if (flags.json) {
         process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
         return 0;
@@ -51,7 +57,7 @@ export function register(cli: CAC): void {
       const { table } = await import('./table');
       const { paint } = await import('./ui');
       const c = paint(process.stdout);
-      const health = { alive: c.green, dead: c.red, unmounted: c.yellow, broken: c.red };
+      const health = { alive: c.green, dead: c.red, unmounted: c.yellow, broken: c.red, orphaned: c.yellow, unresponsive: c.red };
       const rows = out.map((i) => [i.id, i.mountpoint ?? '-', i.owner ?? '-', i.devices === null ? '-' : `${i.devices}/${i.bound}/${i.open}`, String(i.max ?? '-'), String(i.pid ?? '-'), health[i.health](i.health) + (i.problem ? ` (${i.problem})` : '')]);
       process.stdout.write(table(['ID', 'MOUNTPOINT', 'OWNER', 'DEVICES/BOUND/OPEN', 'MAX', 'PID', 'HEALTH'], rows));
       return 0;

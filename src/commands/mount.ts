@@ -37,9 +37,8 @@ export function register(cli: CAC): void {
     .example('loopfs mount -o remount,max=8 /mnt/loops')
     .action(async (dir: string, flags: GlobalFlags & { options?: unknown }) => {
       const opts = parseMountOptions(str(flags.options));
-      const { startInstance, selectInstance } = await import('../core/instance');
+      const { mountPinned, selectInstance } = await import('../core/instance');
       const { request } = await import('../core/client');
-      const path = await import('node:path');
       if (opts.remount) {
         if (opts.uid !== undefined || opts.gid !== undefined) throw usageError('EINVAL', 'remount', 'only max=N can change on remount');
         if (opts.max === undefined) throw usageError('EINVAL', 'remount', 'nothing to change (give max=N)');
@@ -49,7 +48,7 @@ export function register(cli: CAC): void {
       }
       const uid = process.getuid?.() ?? 0;
       if (uid !== 0 && (opts.uid !== undefined || opts.gid !== undefined)) throw new LoopfsError('EPERM', 'uid=/gid=', 'only root may mount an instance for another owner');
-      const rec = await startInstance(selector(flags).runDir, path.resolve(dir), { ...(opts.max !== undefined ? { max: opts.max } : {}), ...(opts.uid !== undefined ? { uid: opts.uid } : {}), ...(opts.gid !== undefined ? { gid: opts.gid } : {}) });
+      const rec = await mountPinned(selector(flags).runDir, dir, { ...(opts.max !== undefined ? { max: opts.max } : {}), ...(opts.uid !== undefined ? { uid: opts.uid } : {}), ...(opts.gid !== undefined ? { gid: opts.gid } : {}) });
       process.stdout.write(`${rec.state!.mountpoint}\n`);
       return 0;
     });

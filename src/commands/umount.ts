@@ -14,7 +14,8 @@ export function register(cli: CAC): void {
       const { stopInstance } = await import('../core/instance');
       const rec = findInstance(ensureRunDir(selector(flags).runDir), dir);
       if (!rec) throw new LoopfsError('EINVAL', dir, 'not a loopfs instance');
-      await stopInstance(rec, !!flags.lazy);
+      const done = await stopInstance(rec, !!flags.lazy);
+      if (done.how === 'aborted') process.stderr.write(`loopfs umount: ${rec.state?.mountpoint ?? dir}: ${done.why}; its FUSE connection was aborted and the daemon killed\n`);
       return 0;
     });
 }

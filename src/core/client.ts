@@ -32,6 +32,63 @@ export async function request<K extends Op>(stateDir: string, op: K, args: Reque
   }
 }
 
+/**
+ * One request that must be answered within `ms`: a stopped or deadlocked
+ * daemon accepts the connection (the kernel does, into the backlog) but never
+ * answers. Then the connection is closed and ETIMEDOUT thrown, so an admin
+ * command never waits on the instance it manages. `worthWaiting(elapsedMs)`,
+ * asked every 100 ms, may give up sooner (the daemon is stopped, say).
+ */
+export async function requestWithin<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], ms: number, worthWaiting?: (elapsedMs: number) => boolean): Promise<Requests[K]['result']> {
+  const sock = path.join(stateDir, SOCKET_FILE);
+  const who = path.basename(stateDir);
+  let conn: Awaited<ReturnType<typeof connect>> | undefined;
+  let late = false;
+  let timer: NodeJS.Timeout | undefined;
+  const t0 = Date.now();
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      const elapsed = Date.now() - t0;
+      if (elapsed < ms && (!worthWaiting || worthWaiting(elapsed))) return;
+      late = true;
+      conn?.close();
+      reject(new LoopfsError('ETIMEDOUT', who, `the daemon did not answer within ${Math.round(elapsed / 1000)} s`));
+    }, Math.min(100, ms));
+  });
+  const exchange = async (): Promise<Requests[K]['result']> => {
+    try {
+      conn = await connect(sock);
+    } catch (e) {
+      if (e instanceof LoopfsError && (e.errno === 'ECONNREFUSED' || e.errno === 'ENOENT')) {
+        throw new LoopfsError('ESRCH', who, 'the instance daemon is not running (see loopfs list, loopfs gc)');
+      }
+      throw e;
+    }
+    if (late) {
+      conn.close();
+      throw new LoopfsError('ETIMEDOUT', who);
+    }
+    try {
+      await conn.send(Buffer.from(`${JSON.stringify({ v: PROTOCOL_VERSION, op, args })}\n`), []);
+      const r = await readLine(conn);
+      closeFds(r.fds);
+      if (r.line === null) throw new LoopfsError('EPIPE', who, 'the daemon closed the connection without answering');
+      const res = JSON.parse(r.line) as Response<K>;
+      if (!res.ok) throw new LoopfsError(res.errno, res.what, res.reason);
+      return res.result;
+    } finally {
+      conn.close();
+    }
+  };
+  const work = exchange();
+  work.catch(() => {});
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 /** InstanceClient over the control socket. Backing files are opened here, with the caller's rights. */
 export class ControlClient implements InstanceClient {
   constructor(readonly id: string, readonly mountpoint: string, private readonly stateDir: string) {}

@@ -2,15 +2,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
-import { LoopfsError, type Errno } from './errors';
+import { LoopfsError, fromSystemError, type Errno } from './errors';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
-import { daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
-import { ControlClient, request } from './client';
+import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
+import { ControlClient, requestWithin } from './client';
+import type { Op, Requests } from './protocol';
 import { LOG_FILE } from './state';
 import { waiting } from './progress';
 import { PARENTS_FILE } from './limits';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
-import { isMounted, unmountFuse } from '../fuse/mount';
+import { isMounted, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
 import type { DeviceRef, InstanceClient, InstanceSelector } from './api';
 
 /** Finding, starting and stopping instances: what every command stands on. */
@@ -22,6 +23,8 @@ export interface StartOptions {
   max?: number;
   uid?: number;
   gid?: number;
+  /** The mountpoint as named on the command line, when it resolved to another path (kept for `loopfs umount NAME`). */
+  alias?: string;
 }
 
 /** Serializes instance creation in a run directory (two `losetup -f` starting the default instance at once). */
@@ -66,6 +69,7 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     const instId = id ?? randomBytes(4).toString('hex');
     const stateDir = path.join(instancesDir(runDir), instId);
     ensurePrivateDir(stateDir);
+    if (opts.alias) writeAlias(stateDir, opts.alias);
     const uid = opts.uid ?? process.getuid?.() ?? 0;
     const gid = opts.gid ?? process.getgid?.() ?? 0;
     const log = fs.openSync(path.join(stateDir, LOG_FILE), 'a', 0o600);
@@ -103,6 +107,53 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     if (isDefault) rmdirQuiet(mountpoint);
     throw err;
   });
+}
+
+function writeAlias(stateDir: string, alias: string): void {
+  const fd = fs.openSync(path.join(stateDir, ALIAS_FILE), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);
+  try {
+    fs.writeSync(fd, `${alias}\n`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * `loopfs mount DIR`: DIR is resolved once — opened O_PATH|O_DIRECTORY, its
+ * symlinks followed that one time — and the instance is mounted at the path
+ * the kernel gives for that directory (/proc/self/fd/N), never at DIR again.
+ * Once the daemon is ready the pinned directory is checked to be the one
+ * the mount covers (same place, the mount's parent); if someone moved a
+ * directory on the way meanwhile, the instance is stopped and EBUSY
+ * returned. DIR itself is kept as an alias, so `loopfs umount DIR` finds
+ * the instance by the name it was mounted with, wherever DIR points later.
+ */
+export async function mountPinned(runDirOpt: string | undefined, dir: string, opts: StartOptions): Promise<InstanceRecord> {
+  const abs = path.resolve(dir);
+  let fd: number;
+  try {
+    fd = fs.openSync(abs, O_PATH | fs.constants.O_DIRECTORY);
+  } catch (e) {
+    const err = fromSystemError(e, dir);
+    throw new LoopfsError(err.errno, dir, err.errno === 'ENOENT' ? 'mountpoint does not exist' : err.errno === 'ENOTDIR' ? 'mountpoint is not a directory' : err.reason);
+  }
+  try {
+    const real = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    const rec = await startInstance(runDirOpt, real, { ...opts, ...(real !== abs ? { alias: abs } : {}) });
+    const mount = instanceMount(rec);
+    const parentMount = /^mnt_id:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+    const pinnedAt = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    // Inside a sandbox the mountpoint was first bound onto itself (sandboxMountpoint): then that bind is the parent.
+    const bind = readMountinfo().find((m) => m.id === mount?.parent && m.mountpoint === real);
+    const parentOk = String(mount?.parent) === parentMount || (!!bind && String(bind.parent) === parentMount);
+    if (!mount || mount.mountpoint !== real || pinnedAt !== real || !parentOk) {
+      await stopInstance(rec, true).catch(() => undefined);
+      throw new LoopfsError('EBUSY', dir, 'the mountpoint was moved while it was being mounted; nothing is left mounted');
+    }
+    return rec;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /**
@@ -173,6 +224,7 @@ export async function selectInstance(sel: InstanceSelector, startDefault = true)
   const runDir = ensureRunDir(sel.runDir);
   const name = sel.instance ?? process.env.LOOPFS ?? DEFAULT_ID;
   const rec = findInstance(runDir, name);
+  if (rec?.alive && rec.orphaned) throw new LoopfsError('ESRCH', name, `the instance daemon runs but cannot be reached: ${rec.orphaned} (loopfs umount or loopfs gc stops it)`);
   if (rec?.alive && rec.state) return rec;
   if (name === DEFAULT_ID || (rec?.id === DEFAULT_ID)) {
     if (!startDefault) throw new LoopfsError('ENOENT', DEFAULT_ID, 'the default instance is not running');
@@ -223,27 +275,214 @@ export async function resolveDevice(arg: string, sel: InstanceSelector): Promise
   return { client, index: dev.index };
 }
 
-/** Unmounts an instance through its daemon and waits until the daemon and its state are gone. */
-export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<void> {
-  if (!rec.alive || !rec.state) return reap(rec);
-  await request(rec.stateDir, 'umount', { lazy });
-  if (lazy) return;
-  // Done means done: the state is removed and the daemon process has exited.
-  const { pid, id } = rec.state;
-  const gone = (): boolean => !fs.existsSync(rec.stateDir) && !daemonAlive(pid, id);
-  const deadline = Date.now() + 10_000;
-  await waiting(`waiting for the instance daemon of ${rec.state.mountpoint} to finish`, async () => {
-    while (!gone() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+/**
+ * How long a daemon may take to answer its control socket before an admin
+ * command gives up on it: a stopped one (SIGSTOP, a debugger) is given up
+ * after ANSWER_DEADLINE_MS, a running one that does not answer (deadlocked,
+ * or only very busy) after ANSWER_LIMIT_MS.
+ */
+export const ANSWER_DEADLINE_MS = 3000;
+export const ANSWER_LIMIT_MS = 8000;
+
+/** A control request under those deadlines; ETIMEDOUT says why it gave up. */
+function ask<K extends Op>(rec: InstanceRecord, op: K, args: Requests[K]['args']): Promise<Requests[K]['result']> {
+  const pid = rec.state?.pid ?? 0;
+  return requestWithin(rec.stateDir, op, args, ANSWER_LIMIT_MS, (t) => t < ANSWER_DEADLINE_MS || !processStopped(pid)).catch((e: unknown) => {
+    if (e instanceof LoopfsError && e.errno === 'ETIMEDOUT' && processStopped(pid)) throw new LoopfsError('ETIMEDOUT', e.what, `${e.reason} (it is stopped)`);
+    throw e;
   });
-  if (!gone()) throw new LoopfsError('ETIMEDOUT', rec.state.mountpoint, 'the daemon did not finish within 10 s');
-  if (rec.state.boundMountpoint) spawnSync('umount', ['-n', rec.state.mountpoint]);
+}
+
+/** How an instance was stopped: by its daemon, by us through its mount, or by force (`why` says why). */
+export interface Stopped {
+  how: 'daemon' | 'unmounted' | 'reaped' | 'aborted';
+  why?: string;
+}
+
+/**
+ * The instance's FUSE mount as this process sees it, identified by its
+ * connection: the kernel names the connection of the daemon's /dev/fuse
+ * descriptor (or, on kernels that do not, the daemon's own mount table says
+ * which connection is mounted at its mountpoint); ours says where that
+ * connection is mounted here, wherever that is now. Without a live daemon:
+ * the loopfs mount at the recorded path.
+ */
+export function instanceMount(rec: InstanceRecord): MountInfo | undefined {
+  if (!rec.state) return undefined;
+  const ours = readMountinfo().filter((m) => m.fstype === 'fuse.loopfs');
+  const conns = rec.alive ? fuseConnectionsOf(rec.state.pid) : [];
+  if (conns.length > 0) {
+    const served = ours.filter((m) => conns.includes(fuseConnection(m) ?? -1));
+    return served.find((m) => m.mountpoint === rec.state!.mountpoint) ?? served[served.length - 1];
+  }
+  const table = rec.alive ? readMountinfo(rec.state.pid) : [];
+  if (table.length > 0) {
+    const theirs = table.find((m) => m.fstype === 'fuse.loopfs' && m.mountpoint === rec.state!.mountpoint);
+    if (!theirs) return undefined;
+    const same = ours.filter((m) => m.dev === theirs.dev);
+    return same.find((m) => m.mountpoint === rec.state!.mountpoint) ?? same[same.length - 1];
+  }
+  const at = ours.filter((m) => m.mountpoint === rec.state!.mountpoint);
+  return at[at.length - 1];
+}
+
+/**
+ * Stops an instance and waits until its daemon and its state are gone. A
+ * daemon that answers unmounts itself (EBUSY while a device is open, unless
+ * lazy). An orphaned one (no control socket, no state) is unmounted by us
+ * through its mount, after which it exits by itself. A daemon that does not
+ * answer within ANSWER_DEADLINE_MS, or does not finish, is aborted (forceStop).
+ * Nothing here touches the mount through FUSE.
+ */
+export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<Stopped> {
+  if (!rec.alive || !rec.state) {
+    await reap(rec);
+    return { how: 'reaped' };
+  }
+  const { pid, id, mountpoint } = rec.state;
+  // The instance's own mount, found by its FUSE connection: what is unmounted, wherever its path leads now.
+  const mount = instanceMount(rec);
+  let how: Stopped['how'] = 'daemon';
+  let orphaned = rec.orphaned;
+  if (!orphaned) {
+    // Asked first: an answer shows the daemon is not wedged, and says whether a device is open.
+    try {
+      const st = await ask(rec, 'status', {});
+      if (!lazy && st.open > 0) throw new LoopfsError('EBUSY', mountpoint, `${st.open} device(s) open`);
+    } catch (e) {
+      if (!(e instanceof LoopfsError)) throw e;
+      if (e.errno === 'ETIMEDOUT') return forceStop(rec, e.reason);
+      if (e.errno !== 'ESRCH' && e.errno !== 'EPIPE') throw e;
+      orphaned = 'its control socket is gone';
+    }
+  }
+  if (orphaned) {
+    how = 'unmounted';
+    // Unmounted, a stopped daemon would never see its session end.
+    if (processStopped(pid)) return forceStop(rec, 'the daemon is stopped');
+  }
+  if (mount) {
+    // The daemon sees its session end when the mount goes, and removes its state itself.
+    try {
+      detachExactMount(mount, lazy);
+    } catch (e) {
+      const err = fromSystemError(e, mountpoint);
+      if (err.errno === 'EBUSY') throw new LoopfsError('EBUSY', mountpoint, `${err.reason} (loopfs umount -l detaches now)`);
+      throw err;
+    }
+  } else {
+    // Not mounted any more (unmounted lazily before): the daemon finishes when its last opener closes.
+    if (lazy) return { how };
+    if (!(await waitUntil(() => !daemonAlive(pid, id), 1000, `waiting for the instance daemon of ${mountpoint} to finish`))) {
+      throw new LoopfsError('EBUSY', mountpoint, 'already unmounted; its daemon finishes when the last open device closes');
+    }
+  }
+  if (lazy && !rec.orphaned) {
+    // Inside a sandbox the bind under the mountpoint (sandboxMountpoint) goes too, lazily like the mount.
+    if (rec.state.boundMountpoint) {
+      const top = readMountinfo().filter((m) => m.mountpoint === mountpoint).pop();
+      if (top && top.fstype !== 'fuse.loopfs') {
+        try {
+          detachExactMount(top, true);
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+    }
+    return { how };
+  }
+  // Done means done: the state is removed and the daemon process has exited.
+  const gone = (): boolean => !fs.existsSync(rec.stateDir) && !daemonAlive(pid, id);
+  const finished = await waitUntil(gone, lazy ? ANSWER_DEADLINE_MS : 10_000, `waiting for the instance daemon of ${mountpoint} to finish`);
+  if (finished) {
+    if (rec.state.boundMountpoint) spawnSync('umount', ['-n', mountpoint], { timeout: 5000 });
+    return { how };
+  }
+  if (lazy) return { how }; // detached; an orphan finishes when its last opener closes
+  if (processStopped(pid) || !daemonAlive(pid, id) || how === 'daemon') return forceStop(rec, 'the daemon did not finish within 10 s');
+  throw new LoopfsError('ETIMEDOUT', mountpoint, 'the daemon did not finish within 10 s');
+}
+
+async function waitUntil(cond: () => boolean, ms: number, what: string): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  await waiting(what, async () => {
+    while (!cond() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  });
+  return cond();
+}
+
+/** The process is stopped (SIGSTOP, a debugger): state T or t in /proc/PID/stat. */
+function processStopped(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return /^[Tt]$/.test(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0] ?? '');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The way out of a wedged daemon: abort its FUSE connection (every waiter,
+ * and every later request, gets ENOTCONN), kill it (SIGKILL ends a stopped
+ * process too), lazily unmount its mount wherever this namespace has it,
+ * and remove its state.
+ */
+export async function forceStop(rec: InstanceRecord, why: string): Promise<Stopped> {
+  const st = rec.state!;
+  const mount = instanceMount(rec);
+  const conn = mount ? fuseConnection(mount) : undefined;
+  if (conn !== undefined) abortFuseConnection(conn);
+  if (daemonAlive(st.pid, st.id)) {
+    try {
+      process.kill(st.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+    await waitUntil(() => !daemonAlive(st.pid, st.id), 5000, `waiting for the instance daemon of ${st.mountpoint} to die`);
+  }
+  const mounts = mount ? readMountinfo().filter((m) => m.fstype === 'fuse.loopfs' && m.dev === mount.dev).reverse() : [];
+  for (const m of mounts) {
+    try {
+      detachExactMount(m, true);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  if (st.boundMountpoint) spawnSync('umount', ['-n', st.mountpoint], { timeout: 5000 });
+  fs.rmSync(rec.stateDir, { recursive: true, force: true });
+  if (st.removeMountpoint) rmdirQuiet(st.mountpoint);
+  return { how: 'aborted', why };
 }
 
 /** Removes what a dead daemon left: its (dead) mount and its state. */
 export async function reap(rec: InstanceRecord): Promise<void> {
   if (rec.alive) throw new LoopfsError('EBUSY', rec.id, 'the daemon is alive');
-  if (rec.state && isMounted(rec.state.mountpoint)) await unmountFuse(rec.state.mountpoint, true);
-  if (rec.state?.boundMountpoint) spawnSync('umount', ['-n', rec.state.mountpoint]);
+  const mount = rec.state ? instanceMount(rec) : undefined;
+  if (mount) {
+    // The kernel aborted the connection when the dead daemon's /dev/fuse closed; only the mount is left.
+    try {
+      detachExactMount(mount, true);
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  if (rec.state?.boundMountpoint) spawnSync('umount', ['-n', rec.state.mountpoint], { timeout: 5000 });
   fs.rmSync(rec.stateDir, { recursive: true, force: true });
   if (rec.state?.removeMountpoint) rmdirQuiet(rec.state.mountpoint);
+}
+
+/**
+ * Whether a live instance answers its control socket within the deadline;
+ * an orphan (no socket) is reported as such, not probed.
+ */
+export async function probeInstance(rec: InstanceRecord): Promise<{ health: 'answers' | 'orphaned' | 'unresponsive'; why?: string }> {
+  if (rec.orphaned) return { health: 'orphaned', why: rec.orphaned };
+  try {
+    await ask(rec, 'status', {});
+    return { health: 'answers' };
+  } catch (e) {
+    if (e instanceof LoopfsError && e.errno === 'ETIMEDOUT') return { health: 'unresponsive', why: e.reason };
+    if (e instanceof LoopfsError && (e.errno === 'ESRCH' || e.errno === 'EPIPE')) return { health: 'orphaned', why: e.reason };
+    throw e;
+  }
 }
