@@ -331,14 +331,16 @@ export function fuseConnectionsOf(pid: number): number[] {
  */
 export function abortFuseConnection(conn: number): boolean {
   const file = `${FUSECTL}/${conn}/abort`;
-  if (!fs.existsSync(file) && !readMountinfo().some((m) => m.fstype === 'fusectl')) {
-    spawnSync('mount', ['-n', '-t', 'fusectl', 'fusectl', FUSECTL], { stdio: 'ignore', timeout: 5000 });
-  }
+  // Mounted only for this write, and unmounted after it: the host's mount table is left as it was.
+  const mounted = !fs.existsSync(file) && !readMountinfo().some((m) => m.fstype === 'fusectl')
+    && spawnSync('mount', ['-n', '-t', 'fusectl', 'fusectl', FUSECTL], { stdio: 'ignore', timeout: 5000 }).status === 0;
   try {
     fs.writeFileSync(file, '1');
     return true;
   } catch {
     return false;
+  } finally {
+    if (mounted) spawnSync('umount', ['-n', FUSECTL], { stdio: 'ignore', timeout: 5000 });
   }
 }
 
