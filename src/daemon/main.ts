@@ -76,7 +76,8 @@ export async function runDaemon(argv: string[]): Promise<number> {
     inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, { reserve: (n) => budget.reserve(n), release: (n) => budget.release(n) });
     const fsys = new LoopFilesystem(inst);
     const mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: true });
-    session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined });
+    // No passthrough: a device's size is fixed at attach, the backing file's is not (see LoopFilesystem.open).
+    session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined, passthrough: false });
     inst.session = session;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),
