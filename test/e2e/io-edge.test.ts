@@ -80,7 +80,6 @@ def fallocate(fd, mode, off, n):
 function same(code: string, p: Pair, label: string, suffix = '', extra: (dev: string, kernel: boolean) => string[] = () => []): Record<string, unknown> {
   const k = probe(code, p.kernel + suffix, p.kFile, ...extra(p.kernel + suffix, true));
   const l = probe(code, p.loopfs + suffix, p.lFile, ...extra(p.loopfs + suffix, false));
-  if (process.env.IOE_DEBUG) console.log(label, JSON.stringify(k));
   assert.equal(l, k, `${label}: loopfs (left) against the kernel (right)`);
   return k;
 }
