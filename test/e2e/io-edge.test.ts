@@ -120,6 +120,13 @@ out['ftruncate.0'] = err(lambda: os.ftruncate(fd, 0))
 out['ftruncate.size'] = err(lambda: os.ftruncate(fd, size))
 out['truncate.path'] = err(lambda: os.truncate(dev, size // 2))
 out['size.after'] = size_of(fd)
+def mapped():
+    m = mmap.mmap(d, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    m[4096:4100] = b'MMAP'
+    m.flush()
+    m.close()
+    return os.pread(fd, 4, 4096) == b'MMAP'
+out['direct.mmap.shared'] = err(mapped)
 os.fsync(fd)
 print(json.dumps(out))
 `.replace('MIB', String(MiB));
