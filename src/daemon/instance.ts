@@ -234,7 +234,8 @@ export class Instance {
     const dev = this.mustGet(index);
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     await dev.binding.device.refreshCapacity();
-    void this.session?.invalidateNode(deviceIno(dev.index));
+    // Done when it returns, as LOOP_SET_CAPACITY is: a descriptor open all along sees the new size at once.
+    await this.session?.invalidateNode(deviceIno(dev.index));
     return this.infoOf(dev);
   }
 
@@ -258,7 +259,7 @@ export class Instance {
     const d = dev.binding?.device;
     if (!d) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     d.setSectorSize(size);
-    void this.session?.invalidateNode(deviceIno(dev.index));
+    await this.session?.invalidateNode(deviceIno(dev.index));
     await this.rescanPartitions(dev);
     return this.infoOf(dev);
   }
