@@ -58,6 +58,8 @@ export interface LoopInfo {
   offset: bigint;
   sizelimit: bigint;
   number: number;
+  encryptType: number;
+  keySize: number;
   flags: number;
   /** lo_file_name, LO_NAME_SIZE bytes, NUL-terminated by whoever stores it. */
   fileName: Buffer;
@@ -72,14 +74,14 @@ export const LOOP_CONFIG_SIZE = 8 + LOOP_INFO64_SIZE + 64;
 
 /**
  * The checks the kernel's loop_set_status_from_info() makes on what a
- * caller sends: no encryption (EINVAL), a key size within LO_KEY_SIZE
- * (EINVAL), offsets that fit a loff_t (EOVERFLOW).
+ * caller sends: a key size within LO_KEY_SIZE and no encryption (EINVAL),
+ * offsets that fit a loff_t (EOVERFLOW).
  */
-function checkInfo(encryptType: number, keySize: number, offset: bigint, sizelimit: bigint, what: string): void {
-  if (keySize > LO_KEY_SIZE) throw new LoopfsError('EINVAL', what, `lo_encrypt_key_size ${keySize} is larger than ${LO_KEY_SIZE}`);
-  if (encryptType !== LO_CRYPT_NONE) throw new LoopfsError('EINVAL', what, `lo_encrypt_type ${encryptType}: encryption is not supported`);
+export function checkInfo(i: LoopInfo, what: string): void {
+  if (i.keySize > LO_KEY_SIZE) throw new LoopfsError('EINVAL', what, `lo_encrypt_key_size ${i.keySize} is larger than ${LO_KEY_SIZE}`);
+  if (i.encryptType !== LO_CRYPT_NONE) throw new LoopfsError('EINVAL', what, `lo_encrypt_type ${i.encryptType}: encryption is not supported`);
   const max = (1n << 63n) - 1n;
-  if (offset > max || sizelimit > max) throw new LoopfsError('EOVERFLOW', what, 'lo_offset or lo_sizelimit does not fit a signed 64-bit offset');
+  if (i.offset > max || i.sizelimit > max) throw new LoopfsError('EOVERFLOW', what, 'lo_offset or lo_sizelimit does not fit a signed 64-bit offset');
 }
 
 function nameField(src: Buffer): Buffer {
@@ -88,8 +90,7 @@ function nameField(src: Buffer): Buffer {
   return b;
 }
 
-export function decodeInfo64(b: Buffer, what: string): LoopInfo {
-  checkInfo(b.readUInt32LE(44), b.readUInt32LE(48), b.readBigUInt64LE(24), b.readBigUInt64LE(32), what);
+export function decodeInfo64(b: Buffer): LoopInfo {
   return {
     device: b.readBigUInt64LE(0),
     inode: b.readBigUInt64LE(8),
@@ -97,6 +98,8 @@ export function decodeInfo64(b: Buffer, what: string): LoopInfo {
     offset: b.readBigUInt64LE(24),
     sizelimit: b.readBigUInt64LE(32),
     number: b.readUInt32LE(40),
+    encryptType: b.readUInt32LE(44),
+    keySize: b.readUInt32LE(48),
     flags: b.readUInt32LE(52),
     fileName: nameField(b.subarray(56, 56 + LO_NAME_SIZE)),
   };
@@ -122,17 +125,17 @@ export function encodeInfo64(i: LoopInfo): Buffer {
  * unsigned char lo_encrypt_key[32]; unsigned long lo_init[2]; char reserved[4].
  * As loop_info64_from_old(): lo_sizelimit becomes 0.
  */
-export function decodeInfoOld(b: Buffer, what: string): LoopInfo {
-  const offset = BigInt(b.readInt32LE(32));
-  // A negative int offset becomes a huge u64 in the kernel, which loff_t cannot hold.
-  checkInfo(b.readUInt32LE(36), b.readUInt32LE(40), BigInt.asUintN(64, offset), 0n, what);
+export function decodeInfoOld(b: Buffer): LoopInfo {
   return {
     device: b.readBigUInt64LE(8),
     inode: b.readBigUInt64LE(16),
     rdevice: b.readBigUInt64LE(24),
-    offset,
+    // The int is sign-extended, as in the kernel: a negative one is past loff_t (EOVERFLOW).
+    offset: BigInt.asUintN(64, BigInt(b.readInt32LE(32))),
     sizelimit: 0n,
     number: b.readInt32LE(0),
+    encryptType: b.readUInt32LE(36),
+    keySize: b.readUInt32LE(40),
     flags: b.readInt32LE(44),
     fileName: nameField(b.subarray(48, 48 + LO_NAME_SIZE)),
   };
@@ -158,8 +161,8 @@ export interface LoopConfig {
   info: LoopInfo;
 }
 
-export function decodeConfig(b: Buffer, what: string): LoopConfig {
-  return { fd: b.readUInt32LE(0), blockSize: b.readUInt32LE(4), info: decodeInfo64(b.subarray(8, 8 + LOOP_INFO64_SIZE), what) };
+export function decodeConfig(b: Buffer): LoopConfig {
+  return { fd: b.readUInt32LE(0), blockSize: b.readUInt32LE(4), info: decodeInfo64(b.subarray(8, 8 + LOOP_INFO64_SIZE)) };
 }
 
 /** A Linux dev_t as Node's stat gives it (glibc's encoding) → the kernel's huge_encode_dev(). */

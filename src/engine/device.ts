@@ -146,6 +146,11 @@ export class Device extends Window implements BlockIO {
     }
   }
 
+  /** fstat(2) of the backing file now, bigint (LOOP_GET_STATUS's lo_device, lo_inode, lo_rdevice). */
+  stat(): fs.BigIntStats {
+    return fs.fstatSync(this.file.fd, { bigint: true });
+  }
+
   /**
    * The backing file's descriptor when this device is exactly that whole
    * regular file, read-write and buffered: the bytes of the device are the

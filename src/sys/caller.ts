@@ -1,6 +1,8 @@
 import * as fs from 'node:fs';
 import { LoopfsError } from '../core/errors';
-import { PIDFD_THREAD, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite } from './libc';
+import { PIDFD_THREAD, fileStatusFlags, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite } from './libc';
+
+const O_PATH = 0o10000000;
 
 /**
  * The process behind a request, reached from outside it: its memory (for
@@ -35,9 +37,22 @@ export class Caller {
 
   /**
    * A duplicate of the caller's descriptor `fd` (close-on-exec; ours to
-   * close). EBADF when the caller has no such descriptor.
+   * close) and its status flags (F_GETFL). EBADF when the caller has no such
+   * descriptor, or only an O_PATH one: what the kernel's fget() refuses.
    */
-  takeFd(fd: number): number {
+  takeFd(fd: number): { fd: number; flags: number } {
+    const dup = this.dupFd(fd);
+    try {
+      const flags = fileStatusFlags(dup);
+      if (flags & O_PATH) throw new LoopfsError('EBADF', `descriptor ${fd}`, 'an O_PATH descriptor gives no access to the file');
+      return { fd: dup, flags };
+    } catch (e) {
+      fs.closeSync(dup);
+      throw e;
+    }
+  }
+
+  private dupFd(fd: number): number {
     if (this.tid <= 0) throw new LoopfsError('EPERM', `descriptor ${fd}`, 'the caller is not visible in the daemon\'s pid namespace');
     if (!Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) throw new LoopfsError('EBADF', `descriptor ${fd}`, 'not a descriptor number');
     const pidfd = this.pidfd();

@@ -21,6 +21,7 @@ function libc(): Record<string, Fn> {
     flock: l.func('int flock(int fd, int op)') as Fn,
     umount2: l.func('int umount2(const char *target, int flags)') as Fn,
     fcntl_ptr: l.func('int fcntl(int fd, int cmd, _Inout_ uint8_t *arg)') as Fn,
+    fcntl_int: l.func('int fcntl(int fd, int cmd, int arg)') as Fn,
     ...vmCalls(k, l),
     syscall: l.func('long syscall(long, ...)') as Fn,
   };
@@ -96,6 +97,13 @@ export const MNT_DETACH = 2;
 
 export function umount2(target: string, flags: number): void {
   check(libc().umount2!(target, flags), `umount ${target}`);
+}
+
+const F_GETFL = 3;
+
+/** fcntl(F_GETFL): the open file's status flags (access mode, O_PATH, O_DIRECT, …). */
+export function fileStatusFlags(fd: number): number {
+  return check(libc().fcntl_int!(fd, F_GETFL, 0), 'fcntl(F_GETFL)');
 }
 
 // Open file description locks (<fcntl.h>): owned by the open file, not the
