@@ -183,8 +183,8 @@ export class DeviceIoctls {
 
   /**
    * LOOP_CONFIGURE (and LOOP_SET_FD: a zeroed config with only the fd): the
-   * kernel's checks in its order — the fd (EBADF), the device free (EBUSY),
-   * the file a regular file or block device (EINVAL), the flags, the struct,
+   * kernel's checks in its order — the fd (EBADF), the file a regular file
+   * or block device (EINVAL), the device free (EBUSY), the flags, the struct,
    * the block size (EINVAL) — then Instance.attach, the one attach there is.
    */
   private async configure(t: IoctlTarget, caller: Caller, fd: number, blockSize: number, info: abi.LoopInfo | undefined): Promise<IoctlResult> {
@@ -192,10 +192,10 @@ export class DeviceIoctls {
     const taken = caller.takeFd(fd);
     let owned = true;
     try {
-      if (t.dev.bound) throw new LoopfsError('EBUSY', name, 'device is already bound');
       const st = fs.fstatSync(taken.fd);
       const type = st.mode & S_IFMT;
       if (type !== S_IFREG && type !== S_IFBLK) throw new LoopfsError('EINVAL', name, 'the descriptor is not a regular file or block device');
+      if (t.dev.bound) throw new LoopfsError('EBUSY', name, 'device is already bound');
       const flags = info?.flags ?? 0;
       if (flags & ~abi.LOOP_CONFIGURE_SETTABLE_FLAGS) throw new LoopfsError('EINVAL', name, `lo_flags 0x${flags.toString(16)} has bits LOOP_CONFIGURE does not set`);
       if (info) abi.checkInfo(info, name);
