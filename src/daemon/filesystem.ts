@@ -218,7 +218,9 @@ export class LoopFilesystem implements FileSystem {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
     const h = this.handles.get(fh)!;
-    if (this.roSet(h.node)) fail('EPERM', name);
+    // A read-only block device refuses writes with EPERM (blkdev_write_iter): a
+    // descriptor opened before the device was bound read-only, or BLKROSET.
+    if (this.roSet(h.node) || io.readOnly) fail('EPERM', name);
     h.wrote = true;
     return io.write(data, data.length, offset);
   }

@@ -259,9 +259,11 @@ export class DeviceIoctls {
     };
   }
 
-  /** blk_ioctl_discard(): EBADF, EPERM, EFAULT, EINVAL in that order; then the range is punched. */
+  /** blk_ioctl_discard(): EBADF, EOPNOTSUPP, EPERM, EFAULT, EINVAL in that order; then the range is punched. */
   private async discard(t: IoctlTarget, caller: Caller, arg: bigint, name: string): Promise<void> {
     if (!t.writable) throw new LoopfsError('EBADF', name, 'not open for writing');
+    // A loop device never bound has no discard limit yet; one bound keeps it after.
+    if (!t.dev.boundOnce) throw new LoopfsError('EOPNOTSUPP', name, 'the device was never bound: no discard');
     if (this.readOnly(t)) throw new LoopfsError('EPERM', name, 'the device is read-only');
     const [start, len] = range(caller.read(arg, 16));
     const lbs = BigInt(this.sectorSize(t.dev));

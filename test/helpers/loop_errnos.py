@@ -35,7 +35,7 @@ dead = 900  # a descriptor number nothing here opens
 os.dup2(img, dead)
 os.close(dead)
 
-n, fd = free_device(ctl_path, dev_dir)
+n, fd = own_device(ctl_path, dev_dir)
 try:
     # Unbound.
     for name, cmd, arg in [('GET_STATUS64', LOOP_GET_STATUS64, bytes(232)), ('GET_STATUS', LOOP_GET_STATUS, bytes(168)),
@@ -170,4 +170,5 @@ try:
 finally:
     os.close(fd)
 step('unbound at the end', lambda: wait_unbound(path))
+step('LOOP_CTL_REMOVE', lambda: remove_device(ctl_path, n))
 print(json.dumps(out))

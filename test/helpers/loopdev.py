@@ -89,6 +89,45 @@ def free_device(ctl_path, dev_dir, bind=None):
         os.close(ctl)
 
 
+def own_device(ctl_path, dev_dir):
+    """A device of our own: LOOP_CTL_ADD of an unused number from 100 on, so
+    that other programs' LOOP_CTL_GET_FREE (which takes the lowest) leave it
+    alone. Returns (n, fd); remove_device(ctl_path, n) gives it back."""
+    ctl = os.open(ctl_path, os.O_RDWR)
+    try:
+        for n in range(100 + os.getpid() % 50, 1000):
+            try:
+                fcntl.ioctl(ctl, LOOP_CTL_ADD, n)
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    continue
+                raise
+            path = os.path.join(dev_dir, 'loop%d' % n)
+            deadline = time.time() + 10
+            while not os.path.exists(path) and time.time() < deadline:
+                time.sleep(0.02)  # devtmpfs makes the node a moment later
+            return n, os.open(path, os.O_RDWR)
+        raise RuntimeError('no unused device number')
+    finally:
+        os.close(ctl)
+
+
+def remove_device(ctl_path, n):
+    ctl = os.open(ctl_path, os.O_RDWR)
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                return fcntl.ioctl(ctl, LOOP_CTL_REMOVE, n)
+            except OSError as e:
+                # EBUSY while the last close's autoclear is still on its way.
+                if e.errno != errno.EBUSY or time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        os.close(ctl)
+
+
 def wait_unbound(path, seconds=10):
     """Polls LOOP_GET_STATUS64 on a fresh descriptor until ENXIO (autoclear works at
     the last close, which reaches a FUSE server a moment after close(2) returns)."""
