@@ -190,9 +190,12 @@ export class DeviceIoctls {
   private async configure(t: IoctlTarget, caller: Caller, fd: number, blockSize: number, info: abi.LoopInfo | undefined): Promise<IoctlResult> {
     const name = t.dev.name;
     const taken = caller.takeFd(fd);
+    const path = fdPath(taken.fd);
+    // Closes the fd when it throws (EBADF for a file of this instance).
+    await this.inst.notOwnEntry({ fd: taken.fd, path });
     let owned = true;
     try {
-      const st = fs.fstatSync(taken.fd);
+      const st = await fstat(taken.fd);
       const type = st.mode & S_IFMT;
       if (type !== S_IFREG && type !== S_IFBLK) throw new LoopfsError('EINVAL', name, 'the descriptor is not a regular file or block device');
       if (t.dev.bound) throw new LoopfsError('EBUSY', name, 'device is already bound');
@@ -202,7 +205,6 @@ export class DeviceIoctls {
       if (blockSize !== 0 && !(blockSize >= 512 && blockSize <= MAX_SECTOR && (blockSize & (blockSize - 1)) === 0)) {
         throw new LoopfsError('EINVAL', name, `block size ${blockSize} is not a power of two from 512 to ${MAX_SECTOR}`);
       }
-      const path = fdPath(taken.fd);
       // A device opened read-only, or a file open read-only, makes a read-only device.
       const writable = (taken.flags & O_ACCMODE) !== O_RDONLY && t.writable;
       owned = false;
@@ -323,6 +325,11 @@ export class DeviceIoctls {
 
 function range(b: Buffer): [bigint, bigint] {
   return [b.readBigUInt64LE(0), b.readBigUInt64LE(8)];
+}
+
+/** fstat on the libuv pool: the file may be on a FUSE mount this thread serves. */
+function fstat(fd: number): Promise<fs.Stats> {
+  return new Promise((res, rej) => fs.fstat(fd, (e, st) => (e ? rej(e) : res(st))));
 }
 
 function fdPath(fd: number): string {

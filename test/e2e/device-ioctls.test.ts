@@ -174,6 +174,32 @@ test('an owner given with -o uid=U binds, lists and detaches through ioctls with
   daemonServes(inst);
 });
 
+test('an entry of the instance itself cannot back one of its devices (EBADF), by ioctl or losetup, and nothing hangs', () => {
+  const inst = mount();
+  sb.ok(['--instance', inst, 'ctl', 'add', '0']);
+  sb.ok(['--instance', inst, 'ctl', 'add', '1']);
+  const img = image('own.img', 4 << 20);
+  const out = execFileSync('timeout', ['-s', 'KILL', '30', 'python3', '-c', `
+import sys, os, json, fcntl
+sys.path.insert(0, ${JSON.stringify(HELPERS)})
+from loopdev import *
+inst = ${JSON.stringify(inst)}
+fd = os.open(inst + '/loop0', os.O_RDWR)
+fd1 = os.open(inst + '/loop1', os.O_RDWR)
+r = {'self': try_(lambda: fcntl.ioctl(fd, LOOP_SET_FD, fd)), 'other unbound': try_(lambda: fcntl.ioctl(fd, LOOP_SET_FD, fd1))}
+fcntl.ioctl(fd1, LOOP_SET_FD, os.open(${JSON.stringify(img)}, os.O_RDWR))
+r['other bound'] = try_(lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(fd1)))
+r['status'] = try_(lambda: get64(fd))
+fcntl.ioctl(fd1, LOOP_CLR_FD)
+print(json.dumps(r))
+`], { encoding: 'utf8' });
+  assert.equal(JSON.parse(out), { self: 'EBADF', 'other unbound': 'EBADF', 'other bound': 'EBADF', status: 'ENXIO' });
+  const r = sb.run(['--instance', inst, 'losetup', '-f', '--show', path.join(inst, 'loop1')]);
+  assert.is(r.status, 1);
+  assert.match(r.stderr, /cannot back one of its devices \(EBADF\)\n$/);
+  daemonServes(inst);
+});
+
 test('PARTSCAN makes loopNpM appear; on a partition the loop ioctls act on the device, BLKRRPART is EINVAL', () => {
   const inst = mount();
   const img = image('parts.img', 16 << 20);

@@ -58,6 +58,7 @@ try:
     step('SET_FD socket', lambda: fcntl.ioctl(fd, LOOP_SET_FD, s.fileno()))
     step('SET_FD /dev/zero', lambda: fcntl.ioctl(fd, LOOP_SET_FD, zero))
     step('SET_FD O_PATH', lambda: fcntl.ioctl(fd, LOOP_SET_FD, opath))
+    step('SET_FD the device itself', lambda: fcntl.ioctl(fd, LOOP_SET_FD, fd))
     # Bad LOOP_CONFIGURE structs.
     step('CONFIGURE garbage pointer', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, BAD))
     step('CONFIGURE dead fd', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(dead)))
