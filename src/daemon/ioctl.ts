@@ -24,8 +24,8 @@ export interface IoctlTarget {
   part?: number;
   /** The entry was opened for writing (the kernel's BLK_OPEN_WRITE). */
   writable: boolean;
-  /** Some partition entry of the device is open (BLKRRPART: EBUSY). */
-  partitionOpen: boolean;
+  /** Whether some partition entry of the device is open now (BLKRRPART: EBUSY). */
+  partitionOpen(): boolean;
 }
 
 const S_IFMT = 0o170000;
@@ -140,7 +140,10 @@ export class DeviceIoctls {
         if (t.part !== undefined) throw new LoopfsError('EINVAL', name, 'a partition has no partition table to re-read');
         const b = t.dev.binding;
         if (!b?.partscan) throw new LoopfsError('EINVAL', name, 'the device does not scan partitions (no partscan)');
-        if (t.partitionOpen) throw new LoopfsError('EBUSY', name, 'a partition is open');
+        // The last close of a partition reaches us a moment after close(2)
+        // returned (FUSE sends RELEASE without waiting): give it that moment.
+        for (let i = 0; i < 25 && t.partitionOpen(); i++) await new Promise((r) => setTimeout(r, 10));
+        if (t.partitionOpen()) throw new LoopfsError('EBUSY', name, 'a partition is open');
         await this.inst.rescanPartitions(t.dev);
         return ok;
       }

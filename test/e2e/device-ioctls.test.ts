@@ -295,6 +295,38 @@ print(n)
   assert.is(sb.ok(['--instance', inst, 'losetup', '-a']), '');
 });
 
+test('an ordinary user inside an unprivileged `loopfs run` (a user namespace) drives the instance by ioctl', () => {
+  const uid = 47313;
+  fs.chmodSync(sb.root, 0o755);
+  const home = sb.dir('home');
+  for (const f of ['loopdev.py', 'loop_flow.py']) fs.copyFileSync(path.join(HELPERS, f), path.join(home, f));
+  const img = image('home/user.img', 16 << 20);
+  execFileSync('chown', ['-R', `${uid}:${uid}`, home]);
+  const fuseMode = fs.statSync('/dev/fuse').mode & 0o777;
+  try {
+    fs.chmodSync('/dev/fuse', 0o666);
+    const script = `
+import sys, os, json, fcntl
+sys.path.insert(0, os.environ['HOME'])
+from loopdev import *
+inst = os.environ['LOOPFS']
+n, fd = free_device(inst + '/loop-control', inst, lambda fd: fcntl.ioctl(fd, LOOP_SET_FD, os.open(${JSON.stringify(img)}, os.O_RDWR)))
+r = {'flags': get64(fd)['flags'], 'flsbuf': try_(lambda: fcntl.ioctl(fd, BLKFLSBUF)), 'clr': try_(lambda: fcntl.ioctl(fd, LOOP_CLR_FD)), 'after': try_(lambda: get64(fd))}
+print(json.dumps(r))
+`;
+    const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'env', `HOME=${home}`, `XDG_RUNTIME_DIR=${home}`, 'PATH=/usr/sbin:/usr/bin:/sbin:/bin', ...sb.bin, 'run', '--', 'sh', '-c',
+      `/usr/bin/python3 "$HOME/loop_flow.py" configure "$LOOPFS/loop-control" "$LOOPFS" ${img} && /usr/bin/python3 -c "$0"`, script], { encoding: 'utf8', cwd: home, timeout: 120_000 });
+    assert.is(r.status, 0, r.stderr);
+    const [flow, more] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.is(flow.in_file_at_offset, true);
+    assert.is(flow.after_close, 'ENXIO');
+    // Root of the sandbox's user namespace is the administrator of its instance.
+    assert.equal(more, { flags: 0, flsbuf: 0, clr: 0, after: 'ENXIO' });
+  } finally {
+    fs.chmodSync('/dev/fuse', fuseMode);
+  }
+});
+
 test('inside `loopfs run`, the flow works; a caller the daemon cannot see gets clean errnos, never a hang', () => {
   const img = image('run.img', 16 << 20);
   const script = `python3 ${path.join(HELPERS, 'loop_flow.py')} configure "$LOOPFS/loop-control" "$LOOPFS" ${img} && ls "$LOOPFS"`;
