@@ -3,7 +3,7 @@ either a kernel loop-control (/dev/loop-control /dev) or a loopfs instance
 (DIR/loop-control DIR). Prints one JSON list of [step, result]: the same
 sequence on both must print the same list.
 usage: loop_errnos.py CONTROL DEVDIR WORKDIR"""
-import json, os, socket, struct, sys, fcntl
+import ctypes, json, mmap, os, socket, struct, sys, fcntl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loopdev import *
 
@@ -26,6 +26,18 @@ def step(label, f):
 
 
 BAD = 8  # an address no process maps
+# Memory with edges: a struct running off the end of a mapping, a read-only page.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+PAGE = mmap.PAGESIZE
+base = libc.mmap(None, 3 * PAGE, 3, 0x22, -1, 0)  # PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+libc.munmap(base + PAGE, PAGE)
+EDGE = base + PAGE - 100
+READONLY = base + 2 * PAGE
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect(READONLY, PAGE, 1)
 img = os.open(img_path, os.O_RDWR)
 d = os.open(work, os.O_RDONLY)
 s = socket.socket(socket.AF_UNIX)
@@ -69,6 +81,8 @@ try:
     step('CONFIGURE encryption', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(img, enc=1)))
     step('CONFIGURE key size 33', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(img, keysz=33)))
     step('CONFIGURE offset 2^63', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(img, offset=1 << 63)))
+    ctypes.memmove(EDGE, config(img)[:100], 100)
+    step('CONFIGURE struct across the end of a mapping', lambda: raw_ioctl(fd, LOOP_CONFIGURE, EDGE))
     step('GET_STATUS64 after failures', lambda: get64(fd))
     # Bound.
     step('SET_FD', lambda: fcntl.ioctl(fd, LOOP_SET_FD, img))
@@ -79,6 +93,12 @@ try:
     step('GET_STATUS64 garbage pointer', lambda: fcntl.ioctl(fd, LOOP_GET_STATUS64, BAD))
     step('GET_STATUS64 NULL', lambda: fcntl.ioctl(fd, LOOP_GET_STATUS64, 0))
     step('SET_STATUS64 garbage pointer', lambda: fcntl.ioctl(fd, LOOP_SET_STATUS64, BAD))
+    step('GET_STATUS64 into a read-only page', lambda: raw_ioctl(fd, LOOP_GET_STATUS64, READONLY))
+    step('GET_STATUS64 across the end of a mapping', lambda: raw_ioctl(fd, LOOP_GET_STATUS64, EDGE))
+    step('BLKSSZGET into a read-only page', lambda: raw_ioctl(fd, BLKSSZGET, READONLY))
+    step('SET_DIRECT_IO 1', lambda: fcntl.ioctl(fd, LOOP_SET_DIRECT_IO, 1))
+    step('flags with direct I/O', lambda: get64(fd)['flags'])
+    step('SET_DIRECT_IO 0', lambda: fcntl.ioctl(fd, LOOP_SET_DIRECT_IO, 0))
     st = os.stat(img_path)
 
     def status():
