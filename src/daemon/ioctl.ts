@@ -118,6 +118,7 @@ export class DeviceIoctls {
         const d = this.bound(t.dev).device;
         if (BigInt(d.sectorSize) === arg) return ok;
         await this.inst.setSectorSize(t.dev.index, arg > BigInt(MAX_SECTOR) ? 0 : Number(arg));
+        await this.inst.refresh(t.dev);
         return ok;
       }
 

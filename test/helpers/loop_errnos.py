@@ -131,6 +131,16 @@ try:
     for bs in (1000, 4096, 131072, 65536, 512):
         step('SET_BLOCK_SIZE %d' % bs, lambda: fcntl.ioctl(fd, LOOP_SET_BLOCK_SIZE, bs))
     step('SET_CAPACITY', lambda: fcntl.ioctl(fd, LOOP_SET_CAPACITY))
+    os.truncate(img_path, 12 << 20)
+    step('size before SET_CAPACITY of a grown file', lambda: u64(fd, BLKGETSIZE64))
+    step('SET_CAPACITY of a grown file', lambda: fcntl.ioctl(fd, LOOP_SET_CAPACITY))
+    step('size after', lambda: u64(fd, BLKGETSIZE64))
+    step('end seen through the same descriptor', lambda: os.lseek(fd, 0, os.SEEK_END))
+    step('read in the grown part', lambda: len(os.pread(fd, 4096, (12 << 20) - 4096)))
+    os.truncate(img_path, 8 << 20)
+    step('SET_CAPACITY of a shrunk file', lambda: fcntl.ioctl(fd, LOOP_SET_CAPACITY))
+    step('size shrunk', lambda: u64(fd, BLKGETSIZE64))
+    step('read past the new end', lambda: len(os.pread(fd, 4096, (12 << 20) - 4096)))
     for name, cmd, size in [('BLKGETSIZE64', BLKGETSIZE64, 8), ('BLKGETSIZE', BLKGETSIZE, 8), ('BLKSSZGET', BLKSSZGET, 4),
                             ('BLKPBSZGET', BLKPBSZGET, 4), ('BLKBSZGET', BLKBSZGET, 8), ('BLKROGET', BLKROGET, 4),
                             ('BLKIOMIN', BLKIOMIN, 4), ('BLKIOOPT', BLKIOOPT, 4)]:
