@@ -275,6 +275,7 @@ export class LoopFilesystem implements FileSystem {
       return await this.anyIoctl(ctx, ino, fh, cmd, arg);
     } catch (e) {
       if (e instanceof LoopfsError && e.errno === 'ENOSYS') throw new LoopfsError('ENOTTY', e.what, e.reason);
+      if ((e as { code?: unknown } | null)?.code === 'ENOSYS') throw new LoopfsError('ENOTTY', `inode ${ino}`, String((e as Error).message));
       throw e;
     }
   }
