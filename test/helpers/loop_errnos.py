@@ -200,6 +200,20 @@ try:
     step('CLR_FD', lambda: fcntl.ioctl(fd, LOOP_CLR_FD))
 finally:
     os.close(fd)
+step('unbound again', lambda: wait_unbound(path))
+# BLKROSET is the block device's flag: it outlives bindings.
+fd = os.open(path, os.O_RDWR)
+try:
+    step('BLKROSET 1 unbound', lambda: fcntl.ioctl(fd, BLKROSET, struct.pack('i', 1)))
+    step('SET_FD after BLKROSET', lambda: fcntl.ioctl(fd, LOOP_SET_FD, img))
+    step('BLKROGET bound', lambda: u32(fd, BLKROGET))
+    step('flags bound', lambda: get64(fd)['flags'])
+    step('write bound', lambda: os.pwrite(fd, b'x' * 512, 0))
+    step('CLR_FD', lambda: fcntl.ioctl(fd, LOOP_CLR_FD))
+    step('BLKROGET unbound again', lambda: u32(fd, BLKROGET))
+    step('BLKROSET 0', lambda: fcntl.ioctl(fd, BLKROSET, struct.pack('i', 0)))
+finally:
+    os.close(fd)
 step('unbound at the end', lambda: wait_unbound(path))
 step('LOOP_CTL_REMOVE', lambda: remove_device(ctl_path, n))
 print(json.dumps(out))
