@@ -160,6 +160,9 @@ export class DeviceIoctls {
         caller.write(arg, int32(this.sectorSize(t.dev)));
         return ok;
       case abi.BLKIOOPT:
+      case abi.BLKALIGNOFF:
+      case abi.BLKDISCARDZEROES:
+        // No optimal I/O size, no alignment offset, discarded data is not promised as zeros.
         caller.write(arg, int32(0));
         return ok;
       case abi.BLKBSZGET:
