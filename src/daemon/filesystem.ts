@@ -5,6 +5,8 @@ import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult
 import type { BlockIO } from '../engine/device';
 import type { LoopDevice } from './devices';
 import type { Instance } from './instance';
+import { DeviceIoctls } from './ioctl';
+import { Caller } from '../sys/caller';
 
 /**
  * The instance filesystem of SPEC §2: `/` (inode 1), `loop-control`
@@ -56,8 +58,16 @@ export class LoopFilesystem implements FileSystem {
   private readonly handles = new Map<number, Handle>();
   private nextFh = 1;
   private readonly created = Date.now();
+  private readonly ioctls: DeviceIoctls;
 
-  constructor(private readonly inst: Instance) {}
+  constructor(private readonly inst: Instance) {
+    this.ioctls = new DeviceIoctls(inst);
+  }
+
+  /** BLKROSET on this entry: writes through it are EPERM, as on a block device so flagged. */
+  private roSet(n: Node): boolean {
+    return n.kind === 'device' ? n.dev.roSet : n.kind === 'partition' ? n.dev.partRo.has(n.part) : false;
+  }
 
   private node(ino: NodeId): Node {
     if (ino === FUSE_ROOT_ID) return { kind: 'root' };
@@ -173,7 +183,10 @@ export class LoopFilesystem implements FileSystem {
     }
     const fh = this.nextFh++;
     this.handles.set(fh, { node: n, writable });
-    return { fh, backing: io?.fileRange?.(), directIo: io !== undefined && writable && (flags & O_DIRECT) !== 0 };
+    const directIo = io !== undefined && writable && (flags & O_DIRECT) !== 0;
+    // A BLKROSET entry: every write comes here, to be refused.
+    if (this.roSet(n)) return { fh, directIo };
+    return { fh, backing: io?.fileRange?.(), directIo };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
@@ -203,9 +216,11 @@ export class LoopFilesystem implements FileSystem {
   async write(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, data: Buffer): Promise<number> {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
-    // A read-only block device refuses each write with EPERM.
-    if (io.readOnly) fail('EPERM', name);
-    this.handles.get(fh)!.wrote = true;
+    const h = this.handles.get(fh)!;
+    // A read-only block device refuses each write with EPERM (blkdev_write_iter):
+    // bound read-only, or flagged by BLKROSET.
+    if (this.roSet(h.node) || io.readOnly) fail('EPERM', name);
+    h.wrote = true;
     return io.write(data, data.length, offset);
   }
 
@@ -251,13 +266,41 @@ export class LoopFilesystem implements FileSystem {
       length = size - offset;
     }
     if (offset % io.sectorSize !== 0 || length % io.sectorSize !== 0) fail('EINVAL', `${name}: fallocate not on sector boundaries`);
-    if (io.readOnly) fail('EPERM', name);
+    if (io.readOnly || this.roSet(this.handles.get(fh)!.node)) fail('EPERM', name);
     return io.discard(offset, length);
   }
 
-  /** LOOP_CTL_* on loop-control, with the kernel's results: ADD → index, REMOVE → 0, GET_FREE → index. */
-  ioctl(_ctx: RequestContext, ino: NodeId, _fh: number, cmd: number, arg: bigint): IoctlResult {
-    if (ino !== CONTROL_INO) fail('ENOTTY', `inode ${ino}`);
+  /**
+   * LOOP_CTL_* on loop-control, with the kernel's results: ADD → index,
+   * REMOVE → 0, GET_FREE → index. On a device or partition entry: the loop
+   * and block ioctls (ioctl.ts).
+   *
+   * Never ENOSYS: the kernel's FUSE takes an ENOSYS answer to an ioctl for
+   * "this filesystem has no ioctls", answers ENOTTY and sends no ioctl of
+   * the mount again. So where /dev/loop-control says ENOSYS (an unknown
+   * code), loop-control says ENOTTY.
+   */
+  async ioctl(ctx: RequestContext, ino: NodeId, fh: number, cmd: number, arg: bigint): Promise<IoctlResult> {
+    try {
+      return await this.anyIoctl(ctx, ino, fh, cmd, arg);
+    } catch (e) {
+      if (e instanceof LoopfsError && e.errno === 'ENOSYS') throw new LoopfsError('ENOTTY', e.what, e.reason);
+      if ((e as { code?: unknown } | null)?.code === 'ENOSYS') throw new LoopfsError('ENOTTY', `inode ${ino}`, String((e as Error).message));
+      throw e;
+    }
+  }
+
+  private async anyIoctl(ctx: RequestContext, ino: NodeId, fh: number, cmd: number, arg: bigint): Promise<IoctlResult> {
+    if (ino === CONTROL_INO) return this.controlIoctl(cmd, arg);
+    const h = this.handles.get(fh);
+    const n = h?.node;
+    if (!h || !n || (n.kind !== 'device' && n.kind !== 'partition')) fail('ENOTTY', `inode ${ino}`);
+    const dev = n.dev;
+    const partitionOpen = (): boolean => [...this.handles.values()].some((o) => o.node.kind === 'partition' && o.node.dev === dev);
+    return this.ioctls.ioctl({ dev, part: n.kind === 'partition' ? n.part : undefined, writable: h.writable, partitionOpen }, new Caller(ctx.pid), cmd, arg);
+  }
+
+  private controlIoctl(cmd: number, arg: bigint): IoctlResult {
     // The kernel passes the argument as an int: -1 means "any number" for ADD.
     const n = Number(BigInt.asIntN(32, arg));
     switch (cmd) {
