@@ -1,4 +1,3 @@
-import * as fs from 'node:fs';
 import { constants } from 'node:os';
 import { LoopfsError, type Errno } from '../core/errors';
 import { PROTOCOL_VERSION, type InstanceStatus, type Op, type Request, type Requests, type Response } from '../core/protocol';
@@ -35,8 +34,8 @@ export class ControlServer {
       attach: (a, fds) => {
         const fd = fds.shift();
         if (fd === undefined) throw new LoopfsError('EBADF', a.path, 'no backing file descriptor came with the request');
-        // How the fd may be used is read from the fd itself, not taken from the client's word.
-        return inst.attach(a.req, { fd, path: a.path, writable: fdWritable(fd) });
+        // How the fd may be used is read from the fd itself (Instance.attach), not taken from the client's word.
+        return inst.attach(a.req, { fd, path: a.path, writable: true });
       },
       detach: async (a) => (await inst.detach(a.index), null),
       detachAll: async () => (await inst.detachAll(), null),
@@ -109,10 +108,4 @@ function errorReply(e: unknown): Response {
   const n = e as NodeJS.ErrnoException;
   const errno: Errno = typeof n?.code === 'string' && n.code in constants.errno ? (n.code as Errno) : 'EIO';
   return { v: PROTOCOL_VERSION, ok: false, errno, what: n?.path ?? 'daemon', reason: (n?.message ?? String(e)).replace(/^E[A-Z]+: /, '') };
-}
-
-/** Whether an fd was opened for writing: the access mode in /proc/self/fdinfo ("flags: 0100002"). */
-function fdWritable(fd: number): boolean {
-  const m = /^flags:\s*([0-7]+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
-  return m ? (parseInt(m[1]!, 8) & 3) !== 0 : false;
 }
