@@ -21,6 +21,7 @@ function libc(): Record<string, Fn> {
     flock: l.func('int flock(int fd, int op)') as Fn,
     umount2: l.func('int umount2(const char *target, int flags)') as Fn,
     fcntl_ptr: l.func('int fcntl(int fd, int cmd, _Inout_ uint8_t *arg)') as Fn,
+    fcntl_int: l.func('int fcntl(int fd, int cmd, int arg)') as Fn,
   };
   return lib;
 }
@@ -115,4 +116,13 @@ export function ofdGetLock(fd: number, start: number, len: number): { start: num
   check(libc().fcntl_ptr!(fd, F_OFD_GETLK, b), 'fcntl(F_OFD_GETLK)');
   if (b.readInt16LE(0) === F_UNLCK) return undefined;
   return { start: Number(b.readBigInt64LE(8)), len: Number(b.readBigInt64LE(16)) };
+}
+
+// <fcntl.h>
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+
+/** Marks an inherited fd close-on-exec (Node opens its own so, but not those it inherits). */
+export function setCloexec(fd: number): void {
+  check(libc().fcntl_int!(fd, F_SETFD, FD_CLOEXEC), 'fcntl(F_SETFD)');
 }
