@@ -72,6 +72,7 @@ export class ControlServer {
     let failures = 0;
     let dropped = false;
     for (;;) {
+      if (this.closing) return;
       if (this.waiting.size >= MAX_WAITING && !this.dropOldest()) {
         // All are young: wait until the oldest may be pushed out.
         const oldest = this.waiting.values().next().value ?? 0;

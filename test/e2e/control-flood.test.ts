@@ -158,8 +158,8 @@ test('out of descriptors, accept backs off instead of spinning, logs it once, an
     const r = spawnSync('prlimit', ['--pid', String(d.pid), `--nofile=${soft}:`], { encoding: 'utf8' });
     assert.is(r.status, 0, r.stderr);
   };
-  // (One less than open now: the connection of `list` above may not be closed yet.)
-  limit(fdCount(d.pid) - 1);
+  // (Below the count open now: the connection of `list` above, and the like, may close meanwhile.)
+  limit(fdCount(d.pid) - 4);
   const [cmd, ...pre] = sb.bin;
   const waiting = spawn(cmd!, [...pre, '--instance', a, 'ctl', 'get-free'], { env: { ...process.env, LOOPFS_RUNDIR: sb.runDir }, stdio: ['ignore', 'pipe', 'pipe'] });
   kids.push(waiting);
@@ -181,6 +181,29 @@ test('out of descriptors, accept backs off instead of spinning, logs it once, an
   assert.is(out.trim(), '0');
   assert.match(fs.readFileSync(d.log, 'utf8').slice(logBefore), /works again after \d+ failed attempt/);
   sb.ok(['umount', a]);
+});
+
+test('a silent client does not keep the daemon of an unmounted instance alive', async () => {
+  const a = sb.dir('a');
+  sb.ok(['mount', a]);
+  const d = daemonOf(a);
+  await new Promise((r) => setTimeout(r, 100)); // the connection of `list` closed
+  const base = fdCount(d.pid);
+  const silent = flood(d.sock, 'silent', 3, '30');
+  assert.ok(await waitFor(() => fdCount(d.pid) === base + 3, 5000), 'the daemon holds the three connections');
+  const t0 = Date.now();
+  sb.ok(['umount', a]);
+  // Well before the silent clients' request timeout (5 s) would close them.
+  const gone = (): boolean => {
+    try {
+      return /^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${d.pid}/stat`, 'utf8'));
+    } catch {
+      return true;
+    }
+  };
+  assert.ok(await waitFor(gone, 2500), 'the daemon is still running');
+  assert.ok(Date.now() - t0 < 2500);
+  assert.is(await silent.done, '3', 'the daemon closed the silent connections on its way out');
 });
 
 test.run();
