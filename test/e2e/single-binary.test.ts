@@ -95,6 +95,11 @@ test('root and an unprivileged `loopfs run` share a TMPDIR squatted by a third u
     { encoding: 'utf8', cwd: home, env: {} });
     assert.is(r.status, 0, r.stderr);
     assert.match(r.stdout.trim(), /^1\n.*\/loop0$/);
+    // And with the host's own /tmp, whatever root's loopfs (of any version) left there.
+    const plain = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'env', `HOME=${home}`, `XDG_RUNTIME_DIR=${home}`,
+      'PATH=/usr/sbin:/usr/bin:/sbin:/bin', ...sb.bin, 'run', '--', 'loopfs', 'ctl', 'get-free'], { encoding: 'utf8', cwd: home, env: {} });
+    assert.is(plain.status, 0, plain.stderr);
+    assert.is(plain.stdout.trim(), '0');
     sb.ok(['umount', a], { env: { TMPDIR: tmp } });
     assert.equal(fs.readdirSync(tmp).sort(), squatted, 'nothing added to the shared TMPDIR');
     assert.equal(fs.readdirSync(bait), [], 'no symlink was followed');
