@@ -158,4 +158,38 @@ test('inside an unprivileged `loopfs run`, an O_PATH fd of a file the user canno
   }
 });
 
+test('a user\'s own daemon on the host (mounted through fusermount3) refuses an O_PATH fd of a file the user cannot read', () => {
+  const uid = user();
+  const fuseMode = fs.statSync('/dev/fuse').mode & 0o777;
+  const xdg = sb.dir('xdg');
+  const inst = sb.dir('uinst');
+  try {
+    const f = secret();
+    fs.chownSync(xdg, uid, uid);
+    fs.chmodSync(xdg, 0o700);
+    fs.chownSync(inst, uid, uid);
+    const mine = path.join(xdg, 'mine.img');
+    fs.writeFileSync(mine, Buffer.alloc(1 << 20, 0x4d));
+    fs.chownSync(mine, uid, uid);
+    fs.chmodSync('/dev/fuse', 0o666);
+    const env = { HOME: xdg, XDG_RUNTIME_DIR: xdg, PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+    asUser(uid, [...sb.bin, 'mount', inst], env);
+    const sock = path.join(xdg, 'loopfs', 'instances', fs.readdirSync(path.join(xdg, 'loopfs', 'instances'))[0]!, 'ctl.sock');
+    const ask = (file: string, mode: string, direct: string): Reply => JSON.parse(asUser(uid, ['python3', '-c', CLIENT, sock, file, mode, direct], env)) as Reply;
+    for (const direct of ['0', '1']) {
+      const r = ask(f, 'path', direct);
+      assert.equal([r.ok, r.errno], [false, 'EBADF'], `direct=${direct}: ${JSON.stringify(r)}`);
+    }
+    const ok = ask(mine, 'rdonly', '0');
+    assert.is(ok.ok, true, JSON.stringify(ok));
+    assert.match(asUser(uid, [...sb.bin, '--instance', inst, 'losetup', '-a'], env), new RegExp(`^${inst}/loop0: .*${mine}`));
+    asUser(uid, [...sb.bin, '--instance', inst, 'losetup', '-D'], env);
+    asUser(uid, [...sb.bin, 'umount', inst], env);
+  } finally {
+    fs.chmodSync('/dev/fuse', fuseMode);
+    spawnSync('umount', ['-l', inst]);
+    spawnSync('userdel', [USER]);
+  }
+});
+
 test.run();
