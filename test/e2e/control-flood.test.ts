@@ -158,8 +158,13 @@ test('out of descriptors, accept backs off instead of spinning, logs it once, an
     const r = spawnSync('prlimit', ['--pid', String(d.pid), `--nofile=${soft}:`], { encoding: 'utf8' });
     assert.is(r.status, 0, r.stderr);
   };
-  // (Below the count open now: the connection of `list` above, and the like, may close meanwhile.)
-  limit(fdCount(d.pid) - 4);
+  // A new fd takes the lowest free number, which must be below the limit: with the limit at
+  // the lowest free number there is none (once the connection of `list` above is closed).
+  await new Promise((r) => setTimeout(r, 300));
+  const open = new Set(fs.readdirSync(`/proc/${d.pid}/fd`).map(Number));
+  let lowestFree = 0;
+  while (open.has(lowestFree)) lowestFree++;
+  limit(lowestFree);
   const [cmd, ...pre] = sb.bin;
   const waiting = spawn(cmd!, [...pre, '--instance', a, 'ctl', 'get-free'], { env: { ...process.env, LOOPFS_RUNDIR: sb.runDir }, stdio: ['ignore', 'pipe', 'pipe'] });
   kids.push(waiting);
