@@ -8,6 +8,7 @@ import type { BlockIO } from '../engine/window';
 import { DeviceTable, type Binding, type LoopDevice, type TableHooks } from './devices';
 import { deviceIno, partitionIno } from './filesystem';
 import { FUSE_ROOT_ID } from '../fuse/kernel';
+import { backingAccess } from './backing';
 import type { Session } from '../fuse/session';
 
 /**
@@ -109,11 +110,14 @@ export class Instance {
    * reserved synchronously so concurrent attaches never share it), builds
    * the engine device, scans partitions, binds. On any failure nothing is
    * left: the backing fd is closed and a device created here is removed.
+   * An fd not open for reading (O_PATH, O_WRONLY) is EBADF.
    */
   async attach(req: AttachRequest, backing: BackingFd, fileName?: Buffer): Promise<AttachResult> {
     let created = false;
     let dev: LoopDevice;
     try {
+      // Whoever handed the fd over, it must be open for reading (and writing, to be writable).
+      if (!backingAccess(backing.fd, backing.path).writable) backing = { ...backing, writable: false };
       if (req.index === undefined) {
         const before = this.table.count;
         dev = this.freeDevice();
