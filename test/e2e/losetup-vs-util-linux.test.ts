@@ -423,4 +423,28 @@ test('every option and error case: stdout, stderr and exit status equal util-lin
   assert.is(diffs.length, 0, `${diffs.length} differences:\n\n${diffs.join('\n\n')}`);
 });
 
+test('the windows util-linux accepts and loopfs refused before: the device size is the kernel loop device\'s', () => {
+  const files = sb.dir('files');
+  fs.writeFileSync(path.join(files, 'd.img'), Buffer.alloc(5 << 20, 1));
+  const cases = [['--sizelimit', '1000'], ['--sizelimit', '100'], ['-o', '100M'], ['-o', '5M'], ['-o', '1000', '--sizelimit', '5000'], ['-o', '5242000']];
+  for (const args of cases) {
+    const k = spawnSync('losetup', [...args, '-f', '--show', 'd.img'], { cwd: files, encoding: 'utf8', timeout: 30_000 });
+    assert.is(k.status, 0, k.stderr);
+    const kdev = k.stdout.trim();
+    let ksize: string;
+    try {
+      ksize = spawnSync('blockdev', ['--getsize64', kdev], { encoding: 'utf8', timeout: 30_000 }).stdout.trim();
+    } finally {
+      spawnSync('losetup', ['-d', kdev], { timeout: 30_000 });
+    }
+    const m = sb.run(['losetup', ...args, '-f', '--show', 'd.img'], { cwd: files });
+    assert.is(m.status, 0, m.stderr);
+    assert.is(m.stderr, k.stderr.replace(/^losetup: /gm, 'loopfs losetup: '), `${args.join(' ')}: the same warning`);
+    const mdev = m.stdout.trim();
+    assert.is(String(fs.statSync(mdev).size), ksize, `${args.join(' ')}: size`);
+    assert.is(fs.readFileSync(mdev).length, Number(ksize), `${args.join(' ')}: bytes read`);
+    sb.ok(['losetup', '-d', mdev]);
+  }
+});
+
 test.run();
