@@ -222,6 +222,11 @@ const STEPS: Step[] = [
   S('-b 4096 DEV: LOG-SEC', '-n -O LOG-SEC $B'),
   S('-b 1000 DEV', '-b 1000 $B'),
   S('detach all of them', '-d $A $B $C $D $E $FREE'),
+  // A file that cannot be opened for writing is attached read-only.
+  S('read-only fallback', '-f --show ro/r.img', { save: 'A' }),
+  S('read-only fallback: RO', '-n -O RO,BACK-FILE $A'),
+  S('read-only fallback, DEV FILE', '$FREE ro/r.img'),
+  S('read-only fallback: detach', '-d $A $FREE'),
   // util-linux's tests/ts/losetup/losetup-loop (-L), on a file instead of scsi_debug.
   S('find-re-use', '--find --nooverlap --show d.img', { save: 'A' }),
   S('find-re-use: again', '--find --nooverlap --show d.img'),
@@ -270,6 +275,9 @@ const KNOWN: Record<string, string> = {
   '-l --output-all': 'MAJ:MIN is empty: a loopfs device is a file in a FUSE mount, no block device with a major:minor number',
   '-J -l --output-all': 'the same: "maj:min" is null',
   '-l -O MAJ:MIN': 'the same',
+  'read-only fallback':
+    "loopfs warns 'Warning: file is not writable; attached read-only.' (SPEC §3 asks for a warning 'as losetup does'); util-linux 2.38 falls back to read-only silently",
+  'read-only fallback, DEV FILE': 'the same warning',
 };
 
 interface Side {
@@ -315,6 +323,12 @@ test('every option and error case: stdout, stderr and exit status equal util-lin
   mk('tiny.img', 100);
   mk('empty.img', 0);
   fs.mkdirSync(path.join(files, 'dir'));
+  // ro/: a read-only bind mount of rw/ (unmounted by releaseKernelState).
+  fs.mkdirSync(path.join(files, 'rw'));
+  fs.mkdirSync(path.join(files, 'ro'));
+  fs.writeFileSync(path.join(files, 'rw', 'r.img'), Buffer.alloc(1 << 20));
+  assert.is(spawnSync('mount', ['--bind', path.join(files, 'rw'), path.join(files, 'ro')]).status, 0);
+  assert.is(spawnSync('mount', ['-o', 'remount,bind,ro', path.join(files, 'ro')]).status, 0);
   const env = { LC_ALL: 'C', COLUMNS: '200' };
 
   // loopfs: the default instance, started by its first use; FREE and NEW
