@@ -1,6 +1,7 @@
 import { cac } from 'cac';
 import { reportError } from './commands/report';
 import { registerCommands } from './commands/index';
+import { losetupCommandArgv, losetupMain } from './commands/losetup';
 import { runArgv } from './commands/run';
 import { installSpinner } from './commands/ui';
 import { VERSION } from './version';
@@ -30,6 +31,9 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   installSpinner();
+  // `loopfs losetup` is util-linux's losetup, --help and error lines included: cac never sees it.
+  const lo = losetupCommandArgv(argv);
+  if (lo) return losetupMain(lo);
   const cli = cac('loopfs');
   registerCommands(cli);
   cli.help();

@@ -1,8 +1,9 @@
-import { LoopfsError } from '../core/errors';
+import { LoopfsError, type Errno } from '../core/errors';
 import type { InstanceSelector } from '../core/api';
-import { getoptLong, type LongOpt } from './losetup-getopt';
+import { GetoptError, getoptLong, type LongOpt } from './losetup-getopt';
 import { COLUMNS, DEFAULT_COLUMNS, columnByName, type ColumnInfo, type TableFormat } from './losetup-output';
 import { sizeOrError } from './losetup-size';
+import { strerror } from './losetup-strerror';
 
 /**
  * The command line of util-linux 2.38.1 `losetup` (sys-utils/losetup.c
@@ -11,7 +12,29 @@ import { sizeOrError } from './losetup-size';
  */
 
 export const PROG = 'loopfs losetup';
-const TRY_HELP = `try '${PROG} --help'`;
+
+/**
+ * Errors are worded as util-linux words them, and printed by losetupErrorText
+ * as `PROG: what` (util-linux's errx(), an empty reason) or `PROG: what:
+ * strerror` (its err() and warn(), the reason), with no "(ERRNO)": a script
+ * reading losetup's stderr sees util-linux's lines. The errno stays on the
+ * error for callers (and decides nothing else: losetup exits 1).
+ */
+export const errx = (what: string, errno: Errno = 'EINVAL'): LoopfsError => new LoopfsError(errno, what, '');
+export const errWith = (errno: Errno, what: string): LoopfsError => new LoopfsError(errno, what, strerror(errno));
+
+/** The text losetup prints on stderr for an error: one line, and util-linux's "Try" line after a usage error. */
+export function losetupErrorText(err: unknown): string {
+  let line: string;
+  if (err instanceof LoopfsError) line = err.reason ? `${err.what}: ${err.reason}` : err.what;
+  else {
+    const e = err as NodeJS.ErrnoException;
+    const code = e && typeof e.code === 'string' && /^E[A-Z0-9]+$/.test(e.code) ? (e.code as Errno) : undefined;
+    line = code ? `${e.path ?? e.syscall ?? 'error'}: ${strerror(code)}` : err instanceof Error ? err.message : String(err);
+  }
+  const tryHelp = err instanceof GetoptError ? `Try '${PROG} --help' for more information.\n` : '';
+  return `${PROG}: ${line}\n${tryHelp}`;
+}
 
 const OPT_SIZELIMIT = 128;
 const OPT_SHOW = 129;
@@ -108,7 +131,7 @@ export interface LosetupArgs {
   nooverlap: boolean;
 }
 
-const usage = (what: string): LoopfsError => new LoopfsError('EINVAL', what);
+const usage = (what: string): LoopfsError => errx(what);
 
 export function parseLosetupArgs(argv: readonly string[], env: Record<string, string | undefined> = {}): LosetupArgs {
   const excl = EXCL.map(() => 0);
@@ -147,7 +170,7 @@ export function parseLosetupArgs(argv: readonly string[], env: Record<string, st
             const l = LONGOPTS.find((x) => x.val === o);
             return l ? `--${l.name}` : `-${String.fromCharCode(o)}`;
           });
-          throw new LoopfsError('EINVAL', 'mutually exclusive arguments', names.join(' '));
+          throw errx(`mutually exclusive arguments: ${names.join(' ')}`);
         }
         break;
       }
@@ -185,7 +208,7 @@ export function parseLosetupArgs(argv: readonly string[], env: Record<string, st
         if (optarg !== undefined) {
           if (optarg === 'on') useDio = true;
           else if (optarg === 'off') useDio = false;
-          else throw new LoopfsError('EINVAL', 'argument error', `'${optarg}'`);
+          else throw errx(`argument error: '${optarg}'`);
         }
         if (useDio) dioFlag = true;
         break;
@@ -199,7 +222,7 @@ export function parseLosetupArgs(argv: readonly string[], env: Record<string, st
     return false;
   };
 
-  const args = getoptLong(argv, SHORTOPTS, LONGOPTS, env.POSIXLY_CORRECT !== undefined, onOpt, TRY_HELP);
+  const args = getoptLong(argv, SHORTOPTS, LONGOPTS, env.POSIXLY_CORRECT !== undefined, onOpt);
   const format: TableFormat = json ? 'json' : raw ? 'raw' : 'human';
   const result = (action: Action, deferred?: LoopfsError): LosetupArgs => ({
     action, checkDevices, deferred, selector, list, columns, format, noHeadings, offset, sizelimit, sectorSize,
@@ -274,7 +297,7 @@ export function parseColumns(outarg: string, current: readonly ColumnInfo[]): Co
   const append = outarg.startsWith('+');
   const list = append ? outarg.slice(1) : outarg;
   const out = append ? [...current] : [];
-  const bad = (reason: string): LoopfsError => new LoopfsError('EINVAL', 'failed to parse columns', reason);
+  const bad = (reason: string): LoopfsError => errx(`failed to parse columns: ${reason}`);
   if (list === '') return bad(`'${outarg}': empty column list`);
   let begin = 0;
   for (let p = 0; p < list.length; p++) {
@@ -285,7 +308,7 @@ export function parseColumns(outarg: string, current: readonly ColumnInfo[]): Co
     if (end < 0) continue;
     if (end <= begin) return bad(`'${outarg}': empty column name`);
     const col = columnByName(list.slice(begin, end));
-    if (!col) return new LoopfsError('EINVAL', 'unknown column', list.slice(begin));
+    if (!col) return errx(`unknown column: ${list.slice(begin)}`);
     out.push(col);
     begin = p + 1;
   }

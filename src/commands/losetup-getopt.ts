@@ -4,8 +4,17 @@ import { LoopfsError } from '../core/errors';
  * GNU getopt_long as util-linux's losetup calls it: clustered short options,
  * attached or separate arguments, `--name=value`, unambiguous abbreviations
  * of long options, permutation of non-options (unless POSIXLY_CORRECT is
- * set), `--` ending the options. Error texts are glibc's.
+ * set), `--` ending the options. Error texts are glibc's, thrown as
+ * GetoptError, which losetup prints with util-linux's second line, "Try '…
+ * --help' for more information.".
  */
+
+/** A command-line error found by getopt itself (EINVAL; the message is glibc's, with no strerror). */
+export class GetoptError extends LoopfsError {
+  constructor(message: string) {
+    super('EINVAL', message, '');
+  }
+}
 
 export type ArgKind = 'none' | 'required' | 'optional';
 
@@ -33,11 +42,10 @@ export function getoptLong(
   longopts: readonly LongOpt[],
   posixlyCorrect: boolean,
   onOpt: OnOption,
-  tryHelp: string,
 ): string[] {
   const args: string[] = [];
   const fail = (msg: string): never => {
-    throw new LoopfsError('EINVAL', msg, tryHelp);
+    throw new GetoptError(msg);
   };
   let i = 0;
   while (i < argv.length) {

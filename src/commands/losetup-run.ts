@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import type { AttachRequest, DeviceRef, InstanceClient, InstanceSelector } from '../core/api';
 import type { DeviceIndex, DeviceInfo } from '../core/types';
-import { LoopfsError, fromSystemError } from '../core/errors';
+import { LoopfsError, fromSystemError, type Errno } from '../core/errors';
 import { VERSION } from '../version';
-import { PROG, parseLosetupArgs, type LosetupArgs } from './losetup-args';
+import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type LosetupArgs } from './losetup-args';
 import { COLUMNS, cellValue, formatOldLine, formatTable } from './losetup-output';
 import { isUtf8Locale } from './losetup-text';
 
@@ -53,16 +53,25 @@ interface UsedDevice {
   info?: DeviceInfo;
 }
 
-/** Re-labels an error from below with util-linux's words, keeping its errno and reason. */
-function relabel(err: unknown, what: string): unknown {
-  if (err instanceof LoopfsError) return new LoopfsError(err.errno, what, err.reason);
-  const e = err as NodeJS.ErrnoException;
-  if (e && typeof e.code === 'string' && /^E[A-Z0-9]+$/.test(e.code)) return fromSystemError(err, what);
-  return err;
+/**
+ * Re-labels an error from below with util-linux's words: `what` and
+ * strerror(errno), as util-linux's err() prints the errno the kernel gave
+ * (`errno` replaces it where util-linux would see another one).
+ */
+function relabel(err: unknown, what: string, errno?: (e: Errno) => Errno): unknown {
+  let e: LoopfsError | undefined;
+  if (err instanceof LoopfsError) e = err;
+  else {
+    const x = err as NodeJS.ErrnoException;
+    if (x && typeof x.code === 'string' && /^E[A-Z0-9]+$/.test(x.code)) e = fromSystemError(err, what);
+  }
+  if (!e) return err;
+  return errWith(errno ? errno(e.errno) : e.errno, what);
 }
 
-export function errorLine(e: LoopfsError): string {
-  return `${PROG}: ${e.what}: ${e.reason} (${e.errno})\n`;
+/** What util-linux prints for an error (see losetupErrorText). */
+export function errorLine(e: unknown): string {
+  return losetupErrorText(e);
 }
 
 export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Promise<number> {
@@ -94,10 +103,11 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
     try {
       ref = await deps.resolveDevice(arg, sel);
     } catch (err) {
-      throw relabel(err, what);
+      // util-linux's is_loopdev(): whatever is not a loop device (no such path, not in an instance) is ENODEV.
+      throw relabel(err, what, (e) => (e === 'EINVAL' || e === 'ENOENT' || e === 'ENOTDIR' ? 'ENODEV' : e));
     }
     // A partition (loopNpM) is not a loop device, as for the kernel's.
-    if (ref.partition !== undefined) throw new LoopfsError('ENODEV', what);
+    if (ref.partition !== undefined) throw errWith('ENODEV', what);
     let info: DeviceInfo | undefined;
     if (mustExist) {
       try {
@@ -105,7 +115,7 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
       } catch (err) {
         throw relabel(err, what);
       }
-      if (!info) throw new LoopfsError('ENODEV', what);
+      if (!info) throw errWith('ENODEV', what);
     }
     return { client: ref.client, index: ref.index, path: info?.path ?? join(ref.client.mountpoint, `loop${ref.index}`), info };
   };
@@ -139,7 +149,7 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
       const info = u.info as DeviceInfo;
       if (a.list) table([info]);
       // util-linux fails here on reading the unbound device's backing file from sysfs.
-      else if (!info.bound) throw new LoopfsError('ENOENT', u.path);
+      else if (!info.bound) throw errWith('ENOENT', u.path);
       else deps.stdout(formatOldLine(info));
       return 0;
     }
@@ -154,21 +164,40 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
       deps.stdout(`${join(client.mountpoint, `loop${n}`)}\n`);
       return 0;
     }
-    case 'create':
-      return create(a, act.file, act.device === undefined ? undefined : await useDevice(act.device, false), deps, bound);
+    case 'create': {
+      let dev: UsedDevice | undefined;
+      if (act.device !== undefined) {
+        try {
+          dev = await useDevice(act.device, false);
+        } catch (err) {
+          // util-linux takes DEV as given (a name without a leading "/" as /dev/NAME): it fails to open
+          // it, or, for a file that is no device, the loop ioctls fail on it. A block device that is not
+          // loopfs's (a kernel loop device) stays "failed to use device": loopfs cannot set it up.
+          if (!(err instanceof LoopfsError) || err.errno !== 'ENODEV') throw err;
+          const p = act.device.startsWith('/') ? act.device : `/dev/${act.device}`;
+          const st = await deps.stat(p);
+          if (!st) throw errWith('ENOENT', `${p}: failed to set up loop device`);
+          if (!st.isBlockDevice) throw errWith('ENOTTY', `${act.file}: failed to set up loop device`);
+          throw err;
+        }
+      }
+      return create(a, act.file, dev, deps, bound);
+    }
     case 'detach': {
       let failed = 0;
+      let prev: UsedDevice | undefined;
       for (let i = 0; i < act.devices.length; i++) {
         let u: UsedDevice;
         try {
           u = i === 0 ? (checked.get(act.devices[0]) as UsedDevice) : await useDevice(act.devices[i], true);
         } catch (err) {
-          if (!(err instanceof LoopfsError)) throw err;
+          if (!(err instanceof LoopfsError) || !prev) throw err;
           deps.stderr(errorLine(err));
-          failed++;
-          continue;
+          // util-linux's A_DELETE loop detaches again the device it still holds (prints "detach failed").
+          u = prev;
         }
         failed += await detachOne(u.client, u.index, u.path, deps);
+        prev = u;
       }
       return failed ? 1 : 0;
     }
@@ -195,7 +224,7 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
       try {
         if (act.kind === 'set-direct-io' && x.setDirectIo) await x.setDirectIo(u.index, act.on);
         else if (act.kind === 'set-sector-size' && x.setSectorSize) await x.setSectorSize(u.index, act.size);
-        else throw new LoopfsError('EOPNOTSUPP', what, 'Operation not supported');
+        else throw errWith('EOPNOTSUPP', what);
       } catch (err) {
         throw relabel(err, what);
       }
@@ -250,24 +279,18 @@ async function create(
   deps: LosetupDeps,
   bound: (c: InstanceClient) => Promise<DeviceInfo[]>,
 ): Promise<number> {
+  // Like util-linux: a size limit that is no multiple of 512 and an offset
+  // past the end are accepted (the size is rounded down; a device of size
+  // 0); a bad sector size is the kernel's EINVAL, from the engine.
   const setupFailed = `${file}: failed to set up loop device`;
-  // Checks loopfs makes itself where the kernel would silently round or accept (SPEC §3).
-  if (a.sizelimit !== undefined && a.sizelimit % 512 !== 0) {
-    throw new LoopfsError('EINVAL', setupFailed, `size limit ${a.sizelimit} is not a multiple of 512`);
-  }
-  if (a.sectorSize && !(a.sectorSize >= 512 && a.sectorSize <= 65536 && (a.sectorSize & (a.sectorSize - 1)) === 0)) {
-    throw new LoopfsError('EINVAL', setupFailed, `sector size ${a.sectorSize} is not a power of 2 from 512 to 65536`);
-  }
   const st = await deps.stat(file);
-  const offset = a.offset ?? 0;
-  if (st && !st.isBlockDevice && offset > st.size) {
-    throw new LoopfsError('EINVAL', setupFailed, `offset ${offset} is beyond the end of the file (${st.size} bytes)`);
-  }
 
   const client = dev ? dev.client : await deps.openInstance(a.selector);
   let device: DeviceInfo | undefined;
   if (a.nooverlap) device = await overlap(client, dev !== undefined, a, file, st, bound);
   if (!device) {
+    // A bound DEV is busy (LOOP_CONFIGURE's EBUSY), found here before the daemon is handed the file.
+    if (dev && (await bound(client)).some((d) => d.index === dev.index)) throw errWith('EBUSY', setupFailed);
     const req: AttachRequest = { file };
     if (dev) req.index = dev.index;
     if (a.offset !== undefined) req.offset = a.offset;
@@ -310,13 +333,13 @@ async function overlap(
   for (const d of await bound(client)) {
     if (!isUsed(d, st, file, undefined)) continue;
     if (d.sizelimit === sizelimit && d.offset === offset && !hasDev) {
-      if (d.readOnly && !a.readOnly) throw new LoopfsError('EBUSY', `${file}: overlapping read-only loop device exists`);
+      if (d.readOnly && !a.readOnly) throw errx(`${file}: overlapping read-only loop device exists`, 'EBUSY');
       // util-linux also clears the reused device's autoclear flag; InstanceClient has no call for that.
       return d;
     }
     if (d.sizelimit !== 0 && offset >= d.offset + d.sizelimit) continue;
     if (sizelimit !== 0 && offset + sizelimit <= d.offset) continue;
-    throw new LoopfsError('EBUSY', `${file}: overlapping loop device exists`);
+    throw errx(`${file}: overlapping loop device exists`, 'EBUSY');
   }
   return undefined;
 }
@@ -336,6 +359,11 @@ function warnSize(file: string, a: LosetupArgs, st: FileStat | undefined, deps: 
   }
 }
 
+/**
+ * util-linux 2.38's `losetup --help`, word for word, with the program name
+ * and man page that are loopfs's, and loopfs's own options under a heading
+ * of their own ("loopfs additions:").
+ */
 export function usageText(): string {
   const cols = COLUMNS.map((c) => ` ${c.name.padStart(12)}  ${c.help}\n`).join('');
   return `
@@ -343,7 +371,7 @@ Usage:
  ${PROG} [options] [<loopdev>]
  ${PROG} [options] -f | <loopdev> <file>
 
-Set up and control loop devices of a loopfs instance.
+Set up and control loop devices.
 
 Options:
  -a, --all                     list all used devices
@@ -370,14 +398,18 @@ Options:
      --output-all              output all columns
      --raw                     use raw --list output format
 
-     --instance <dir|id>       the loopfs instance (default: $LOOPFS, else "default")
-     --run-dir <dir>           the run directory of the instances
-
  -h, --help                    display this help
  -V, --version                 display version
 
+${LOOPFS_ADDITIONS}
 Available output columns:
 ${cols}
 For more details see loopfs-losetup(8).
 `;
 }
+
+/** The part of usageText() that util-linux does not have. */
+export const LOOPFS_ADDITIONS = `loopfs additions:
+     --instance <dir|id>       the loopfs instance (default: $LOOPFS, else "default")
+     --run-dir <dir>           the run directory of the instances
+`;

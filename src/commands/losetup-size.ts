@@ -1,4 +1,5 @@
 import { LoopfsError, type Errno } from '../core/errors';
+import { strerror } from './losetup-strerror';
 
 /**
  * util-linux's strtosize() (lib/strutils.c parse_size): a number in C's
@@ -116,7 +117,7 @@ function strtoumax(str: string, from: number): { value: bigint; end: number; ove
  */
 export function sizeOrError(arg: string, msg: string): number {
   const r = parseSize(arg);
-  if (typeof r === 'string') throw new LoopfsError(r, `${msg}: '${arg}'`);
-  if (r > BigInt(Number.MAX_SAFE_INTEGER)) throw new LoopfsError('ERANGE', `${msg}: '${arg}'`);
+  if (typeof r === 'string') throw new LoopfsError(r, `${msg}: '${arg}'`, strerror(r));
+  if (r > BigInt(Number.MAX_SAFE_INTEGER)) throw new LoopfsError('ERANGE', `${msg}: '${arg}'`, strerror('ERANGE'));
   return Number(r);
 }

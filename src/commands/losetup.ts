@@ -1,13 +1,16 @@
 import type { CAC } from 'cac';
 import { runLosetup, type FileStat, type LosetupDeps } from './losetup-run';
+import { losetupErrorText } from './losetup-args';
 
 export { runLosetup, type LosetupDeps } from './losetup-run';
 
 /**
  * `loopfs losetup`: util-linux 2.38 losetup, device paths inside the
- * instance. cac only routes here and prints --help: the options are parsed
- * from the raw argv the way losetup's getopt_long does (clusters like -rf,
- * -o1024, abbreviations like --sizel), which cac's parser cannot do.
+ * instance. Registered with cac for `loopfs --help`; main.ts hands the
+ * command line straight to losetupMain: the options are parsed from the raw
+ * argv the way losetup's getopt_long does (clusters like -rf, -o1024,
+ * abbreviations like --sizel), which cac's parser cannot do, and --help is
+ * util-linux's usage text.
  */
 export function register(cli: CAC): void {
   cli
@@ -38,20 +41,46 @@ export function register(cli: CAC): void {
     .option('--output-all', 'Output all columns')
     .option('--raw', 'Use raw --list output format')
     .option('-V', 'Display version')
-    .action(async () => {
-      const { openInstance, resolveDevice } = await import('../core/instance');
-      return runLosetup(losetupArgv(cli.rawArgs), processDeps(openInstance, resolveDevice));
-    });
+    .action(() => losetupMain(losetupArgv(cli.rawArgs)));
 }
 
 /**
- * losetup's own argv out of loopfs's: what follows the subcommand, plus the
- * global options (--instance, --run-dir) that may precede it, which the
- * losetup parser understands and does not count as arguments.
+ * losetup's own argv out of loopfs's (process.argv, node and script first):
+ * what follows the subcommand, plus the global options (--instance,
+ * --run-dir) that may precede it, which the losetup parser understands and
+ * does not count as arguments.
  */
 export function losetupArgv(rawArgs: readonly string[]): string[] {
-  const at = rawArgs.indexOf('losetup', 2);
-  return [...rawArgs.slice(2, at), ...rawArgs.slice(at + 1)];
+  return losetupCommandArgv(rawArgs.slice(2)) ?? [];
+}
+
+/** losetupArgv of loopfs's arguments (without node and script); undefined when the command is not `losetup`. */
+export function losetupCommandArgv(argv: readonly string[]): string[] | undefined {
+  let i = 0;
+  while (i < argv.length) {
+    const a = argv[i];
+    if (a === '--instance' || a === '--run-dir') i += 2;
+    else if (a.startsWith('--instance=') || a.startsWith('--run-dir=')) i++;
+    else break;
+  }
+  return argv[i] === 'losetup' ? [...argv.slice(0, i), ...argv.slice(i + 1)] : undefined;
+}
+
+/**
+ * `loopfs losetup ARGS`, which main.ts calls before cac parses anything
+ * (cac would answer -h, --help and -v itself): util-linux's options, words
+ * and exit status (0, or 1 for any failure), errors printed as util-linux
+ * prints them (losetupErrorText), not as SPEC §4's `(ERRNO)` lines.
+ */
+export async function losetupMain(argv: string[]): Promise<number> {
+  try {
+    const { openInstance, resolveDevice } = await import('../core/instance');
+    return await runLosetup(argv, processDeps(openInstance, resolveDevice));
+  } catch (e) {
+    if (process.env.LOOPFS_DEBUG === '1' && e instanceof Error) process.stderr.write(`${e.stack}\n`);
+    process.stderr.write(losetupErrorText(e));
+    return 1;
+  }
 }
 
 function processDeps(

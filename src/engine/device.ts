@@ -10,7 +10,7 @@ export type { BlockIO } from './window';
 export interface AttachOptions {
   /** Start of the window in the backing file; default 0; integer in [0, file size]. */
   offset?: ByteOffset;
-  /** Window length cap; default 0 = none; a multiple of 512. */
+  /** Window length cap; default 0 = none; the device size is rounded down to the sector size. */
   sizelimit?: ByteOffset;
   /** Logical sector size; default 512; a power of two in [512, 65536]. */
   sectorSize?: number;
@@ -80,12 +80,10 @@ export class Device extends Window implements BlockIO {
       if (!Number.isSafeInteger(sizelimit) || sizelimit < 0) {
         throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a non-negative integer');
       }
-      // The kernel's rules: any size limit (the size is rounded down to the
-      // sector), an offset past the end (a device of size 0). `losetup` refuses
-      // both itself, before asking (SPEC §3).
       checkSectorSize(sectorSize);
       const st = await fstat(backing);
       const fileSize = backingSize(backing, st);
+      // As the kernel's loop: a size limit that is no multiple of the sector and an offset past the end are fine (windowSize).
       const readOnly = !!opts.readOnly || !backing.writable;
       dev = new Device(new FileIO(backing.fd, backing.path), st, fileSize, offset, sizelimit, sectorSize, readOnly, backing.writable);
       if (!opts.readOnly && !backing.writable) dev.warnings.push(`${backing.path}: Warning: file is not writable; attached read-only.`);

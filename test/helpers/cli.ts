@@ -2,6 +2,7 @@ import { spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { STRERROR } from '../../src/commands/losetup-strerror';
 
 /**
  * Running the real CLI in tests. LOOPFS_BIN picks the program (the single
@@ -118,7 +119,15 @@ export function python(code: string): string {
   return execFileSync('python3', ['-c', code], { encoding: 'utf8' });
 }
 
-/** The errno name an errored command's line ends with: "(EBUSY)". */
+/**
+ * The errno name an errored command's last line gives: "(EBUSY)" at its end
+ * (SPEC §4), or — for `loopfs losetup`, which prints util-linux's lines —
+ * the strerror text it ends with ("…: Device or resource busy" → EBUSY).
+ */
 export function errnoOf(r: Result): string | undefined {
-  return /\((E[A-Z0-9]+)\)\s*$/.exec(r.stderr.trim())?.[1];
+  const last = r.stderr.trim().split('\n').pop() ?? '';
+  const named = /\((E[A-Z0-9]+)\)\s*$/.exec(last)?.[1];
+  if (named) return named;
+  for (const [name, text] of Object.entries(STRERROR)) if (last.endsWith(`: ${text}`)) return name;
+  return undefined;
 }

@@ -99,22 +99,17 @@ test('bad input: LoopfsError, exit 1, util-linux words', async () => {
     [['-o', '9007199254740992', '-f', 'disk.img'], "failed to parse offset: '9007199254740992'", /out of range/],
     [['--sizelimit', '', '-f', 'disk.img'], "failed to parse size: ''"],
     [['-b', '4x', '-f', 'disk.img'], "failed to parse logical block size: '4x'"],
-    [['-b', '1000', '-f', 'disk.img'], 'disk.img: failed to set up loop device', /power of 2/],
-    [['-b', '256', '-f', 'disk.img'], 'disk.img: failed to set up loop device', /power of 2/],
-    [['-b', '128K', '-f', 'disk.img'], 'disk.img: failed to set up loop device', /power of 2/],
-    [['--sizelimit', '1000', '-f', 'disk.img'], 'disk.img: failed to set up loop device', /multiple of 512/],
-    [['-o', '2M', '-f', 'disk.img'], 'disk.img: failed to set up loop device', /beyond the end/],
-    [['-O', 'NAME,BOGUS'], 'unknown column', /^BOGUS$/],
-    [['-O', ''], 'failed to parse columns'],
-    [['-J', '--raw'], 'mutually exclusive arguments', /^--json --raw$/],
-    [['-d', 'loop0', '-f'], 'mutually exclusive arguments', /^--detach-all --all --set-capacity --detach --find --associated$/],
-    [['--direct-io=yes', '-f', 'x'], 'argument error', /^'yes'$/],
+    [['-O', 'NAME,BOGUS'], 'unknown column: BOGUS', /^$/],
+    [['-O', ''], "failed to parse columns: '': empty column list", /^$/],
+    [['-J', '--raw'], 'mutually exclusive arguments: --json --raw', /^$/],
+    [['-d', 'loop0', '-f'], 'mutually exclusive arguments: --detach-all --all --set-capacity --detach --find --associated', /^$/],
+    [['--direct-io=yes', '-f', 'x'], "argument error: 'yes'", /^$/],
     [['--s'], "option '--s' is ambiguous; possibilities: '--set-capacity' '--sector-size' '--sizelimit' '--show'"],
     [['--all=1'], "option '--all' doesn't allow an argument"],
     [['--offset'], "option '--offset' requires an argument"],
     [['-f', 'a', 'b'], 'unexpected arguments'],
     [['-o', '512', '-a'], 'the option --offset is not allowed in this context'],
-    [['-d', '/dev/loop0'], '/dev/loop0: failed to use device', /not a loopfs device/],
+    [['-d', '/dev/loop0'], '/dev/loop0: failed to use device', /^No such device$/],
     [['-d', 'loop3p1'], 'loop3p1: failed to use device'],
   ];
   for (const [args, what, reason] of cases) {
@@ -150,6 +145,11 @@ test('every setup option reaches the request', async () => {
   const w4 = world();
   await runLosetup(['-f', '--', '-odd.img'], w4.deps);
   assert.equal(w4.attached, [{ file: '-odd.img' }]);
+
+  // What util-linux hands to the kernel unchecked reaches the instance unchecked (the engine decides, as the kernel does).
+  const w5 = world();
+  for (const args of [['--sizelimit', '1000'], ['-o', '2M'], ['-b', '1000']]) await runLosetup([...args, '-f', 'disk.img'], w5.deps);
+  assert.equal(w5.attached, [{ file: 'disk.img', sizelimit: 1000 }, { file: 'disk.img', offset: 2 << 20 }, { file: 'disk.img', sectorSize: 1000 }]);
 });
 
 test('options after the file are options, unless POSIXLY_CORRECT', async () => {
@@ -201,13 +201,14 @@ test('which action: util-linux main()', () => {
   assert.equal(parseLosetupArgs(['-O', 'name,ro']).columns.map((c) => c.name), ['NAME', 'RO']);
 });
 
-test('-d DEV…: detaches each, reports each failure, exits 1 if any failed', async () => {
+test('-d DEV…: detaches each, reports each failure, exits 1 if any failed; a device it cannot use makes it detach the previous one again, as util-linux', async () => {
   const w = world([dev(0), dev(1, { bound: false }), dev(2)]);
   assert.is(await runLosetup(['-d', 'loop0', 'loop1', 'loop9', `${MNT}/loop2`], w.deps), 1);
-  assert.equal(w.detached, [0, 1, 2]);
+  assert.equal(w.detached, [0, 1, 1, 2]);
   assert.equal(w.err, [
-    `loopfs losetup: ${MNT}/loop1: detach failed: No such device or address (ENXIO)\n`,
-    'loopfs losetup: loop9: failed to use device: No such device (ENODEV)\n',
+    `loopfs losetup: ${MNT}/loop1: detach failed: No such device or address\n`,
+    'loopfs losetup: loop9: failed to use device: No such device\n',
+    `loopfs losetup: ${MNT}/loop1: detach failed: No such device or address\n`,
   ]);
   const w2 = world([dev(0)]);
   assert.is(await runLosetup(['--detach', 'loop0'], w2.deps), 0);
