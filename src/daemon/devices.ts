@@ -20,13 +20,21 @@ export interface Binding {
   partitions: PartitionInfo[];
   /** One window per partition, by partition number. */
   windows: Map<number, BlockIO>;
+  /** lo_file_name as LOOP_GET_STATUS returns it (LO_NAME_SIZE bytes); by default the path, as losetup sets it. */
+  fileName?: Buffer;
 }
 
 export class LoopDevice {
   name: string;
   binding: Binding | undefined;
   openCount = 0;
-  /** Detach asked while open: unbind at last close (LOOP_CLR_FD semantics). */
+  /**
+   * BLKROSET on the device entry (`partRo`: on partition entries): writes
+   * through it fail EPERM. Like the kernel's block device flag, it outlives
+   * a binding; a partition's goes with the partition.
+   */
+  roSet = false;
+  partRo = new Set<number>();
   constructor(readonly index: DeviceIndex) {
     this.name = `loop${index}`;
   }

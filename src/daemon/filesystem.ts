@@ -4,6 +4,8 @@ import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult
 import type { BlockIO } from '../engine/device';
 import type { LoopDevice } from './devices';
 import type { Instance } from './instance';
+import { DeviceIoctls } from './ioctl';
+import { Caller } from '../sys/caller';
 
 /**
  * The instance filesystem of SPEC §2: `/` (inode 1), `loop-control`
@@ -54,8 +56,16 @@ export class LoopFilesystem implements FileSystem {
   private readonly handles = new Map<number, Handle>();
   private nextFh = 1;
   private readonly created = Date.now();
+  private readonly ioctls: DeviceIoctls;
 
-  constructor(private readonly inst: Instance) {}
+  constructor(private readonly inst: Instance) {
+    this.ioctls = new DeviceIoctls(inst);
+  }
+
+  /** BLKROSET on this entry: writes through it are EPERM, as on a block device so flagged. */
+  private roSet(n: Node): boolean {
+    return n.kind === 'device' ? n.dev.roSet : n.kind === 'partition' ? n.dev.partRo.has(n.part) : false;
+  }
 
   private node(ino: NodeId): Node {
     if (ino === FUSE_ROOT_ID) return { kind: 'root' };
@@ -153,6 +163,8 @@ export class LoopFilesystem implements FileSystem {
     this.handles.set(fh, { node: n, writable });
     // A bound window of a plain descriptor: the session's threads serve READ/WRITE themselves.
     // A whole-file read-write device: the kernel reads the file itself (passthrough).
+    // A BLKROSET entry: every write comes here, to be refused.
+    if (this.roSet(n)) return { fh };
     const whole = n.kind === 'device' ? n.dev.binding?.device.wholeFileFd() : undefined;
     return { fh, backing: io?.fileRange?.(), passthrough: whole === undefined ? undefined : { fd: whole } };
   }
@@ -184,7 +196,9 @@ export class LoopFilesystem implements FileSystem {
   async write(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, data: Buffer): Promise<number> {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
-    this.handles.get(fh)!.wrote = true;
+    const h = this.handles.get(fh)!;
+    if (this.roSet(h.node)) fail('EPERM', name);
+    h.wrote = true;
     return io.write(data, data.length, offset);
   }
 
@@ -213,6 +227,7 @@ export class LoopFilesystem implements FileSystem {
   async fallocate(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
+    if (this.roSet(this.handles.get(fh)!.node)) fail('EPERM', name);
     if (mode === (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) || (mode & FALLOC_FL_ZERO_RANGE) !== 0) return io.discard(offset, length);
     // Plain allocation inside the device: the space is already the device's.
     if (mode === 0 || mode === FALLOC_FL_KEEP_SIZE) {
@@ -222,9 +237,36 @@ export class LoopFilesystem implements FileSystem {
     fail('EOPNOTSUPP', name);
   }
 
-  /** LOOP_CTL_* on loop-control, with the kernel's results: ADD → index, REMOVE → 0, GET_FREE → index. */
-  ioctl(_ctx: RequestContext, ino: NodeId, _fh: number, cmd: number, arg: bigint): IoctlResult {
-    if (ino !== CONTROL_INO) fail('ENOTTY', `inode ${ino}`);
+  /**
+   * LOOP_CTL_* on loop-control, with the kernel's results: ADD → index,
+   * REMOVE → 0, GET_FREE → index. On a device or partition entry: the loop
+   * and block ioctls (ioctl.ts).
+   *
+   * Never ENOSYS: the kernel's FUSE takes an ENOSYS answer to an ioctl for
+   * "this filesystem has no ioctls", answers ENOTTY and sends no ioctl of
+   * the mount again. So where /dev/loop-control says ENOSYS (an unknown
+   * code), loop-control says ENOTTY.
+   */
+  async ioctl(ctx: RequestContext, ino: NodeId, fh: number, cmd: number, arg: bigint): Promise<IoctlResult> {
+    try {
+      return await this.anyIoctl(ctx, ino, fh, cmd, arg);
+    } catch (e) {
+      if (e instanceof LoopfsError && e.errno === 'ENOSYS') throw new LoopfsError('ENOTTY', e.what, e.reason);
+      throw e;
+    }
+  }
+
+  private async anyIoctl(ctx: RequestContext, ino: NodeId, fh: number, cmd: number, arg: bigint): Promise<IoctlResult> {
+    if (ino === CONTROL_INO) return this.controlIoctl(cmd, arg);
+    const h = this.handles.get(fh);
+    const n = h?.node;
+    if (!h || !n || (n.kind !== 'device' && n.kind !== 'partition')) fail('ENOTTY', `inode ${ino}`);
+    let partitionOpen = false;
+    for (const o of this.handles.values()) if (o.node.kind === 'partition' && o.node.dev === n.dev) partitionOpen = true;
+    return this.ioctls.ioctl({ dev: n.dev, part: n.kind === 'partition' ? n.part : undefined, writable: h.writable, partitionOpen }, new Caller(ctx.pid), cmd, arg);
+  }
+
+  private controlIoctl(cmd: number, arg: bigint): IoctlResult {
     // The kernel passes the argument as an int: -1 means "any number" for ADD.
     const n = Number(BigInt.asIntN(32, arg));
     switch (cmd) {

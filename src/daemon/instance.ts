@@ -28,6 +28,16 @@ export interface BackingFd {
   writable: boolean;
 }
 
+/** What LOOP_SET_STATUS may change on a bound device. */
+export interface StatusChange {
+  offset: number;
+  sizelimit: number;
+  autoclear: boolean;
+  /** Set only: a device that scans partitions keeps doing so. */
+  partscan: boolean;
+  fileName: Buffer;
+}
+
 export class Instance {
   readonly table: DeviceTable;
   session: Session | undefined;
@@ -99,7 +109,7 @@ export class Instance {
    * the engine device, scans partitions, binds. On any failure nothing is
    * left: the backing fd is closed and a device created here is removed.
    */
-  async attach(req: AttachRequest, backing: BackingFd): Promise<AttachResult> {
+  async attach(req: AttachRequest, backing: BackingFd, fileName?: Buffer): Promise<AttachResult> {
     let created = false;
     let dev: LoopDevice;
     try {
@@ -139,7 +149,7 @@ export class Instance {
       // The size warning is left to the client: losetup prints util-linux's own, once.
       const sizeWarning = device.sizeWarning;
       const warnings = device.warnings.filter((w) => w !== sizeWarning);
-      const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map() };
+      const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map(), fileName };
       if (req.partscan) {
         const table = await scanPartitions(device);
         if (table.warning) warnings.push(table.warning);
@@ -176,11 +186,15 @@ export class Instance {
     return undefined;
   }
 
-  /** LOOP_CLR_FD: unbinds now, or — while open — marks autoclear and unbinds at last close. */
-  async detach(index: DeviceIndex): Promise<void> {
+  /**
+   * LOOP_CLR_FD: unbinds now, or — while open by others than the caller
+   * (`callerOpens`: the caller's own opens, 1 for an ioctl) — marks
+   * autoclear and unbinds at last close.
+   */
+  async detach(index: DeviceIndex, callerOpens = 0): Promise<void> {
     const dev = this.mustGet(index);
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
-    if (dev.openCount > 0) {
+    if (dev.openCount > callerOpens) {
       dev.binding.autoclear = true;
       return;
     }
@@ -230,6 +244,60 @@ export class Instance {
     }
   }
 
+  /**
+   * LOOP_SET_STATUS: a new window (the size figured anew, partitions read
+   * anew), autoclear set or cleared, partscan set (never cleared), the file
+   * name. The caller has checked the struct (loop-abi.ts).
+   */
+  async setStatus(index: DeviceIndex, st: StatusChange): Promise<DeviceInfo> {
+    const dev = this.mustGet(index);
+    const b = dev.binding;
+    if (!b) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+    const d = b.device;
+    const moved = d.offset !== st.offset || d.sizelimit !== st.sizelimit;
+    if (moved) d.setWindow(st.offset, st.sizelimit);
+    b.fileName = st.fileName;
+    b.autoclear = st.autoclear;
+    const scan = st.partscan && !b.partscan;
+    if (st.partscan) b.partscan = true;
+    if (moved) await this.session?.invalidateNode(deviceIno(dev.index));
+    if (scan || (moved && b.partscan)) await this.rescanPartitions(dev);
+    return this.infoOf(dev);
+  }
+
+  /**
+   * LOOP_CHANGE_FD: a read-only device moves to another file of the same
+   * size (EINVAL otherwise); the engine's old file is closed. Owns `backing`.
+   */
+  async changeFd(index: DeviceIndex, backing: BackingFd): Promise<DeviceInfo> {
+    let dev: LoopDevice;
+    try {
+      dev = this.mustGet(index);
+      if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+      if (!dev.binding.device.readOnly) throw new LoopfsError('EINVAL', dev.name, 'only a read-only device can change its backing file');
+    } catch (e) {
+      closeQuietly(backing.fd);
+      throw e;
+    }
+    const b = dev.binding;
+    const old = b.device;
+    const next = await Device.attach(
+      { fd: backing.fd, path: backing.path, writable: false },
+      { offset: old.offset, sizelimit: old.sizelimit, sectorSize: old.sectorSize, readOnly: true, directIo: old.directIo },
+    );
+    if (next.size !== old.size || dev.binding !== b) {
+      await next.close();
+      throw new LoopfsError('EINVAL', dev.name, `the new backing file gives ${next.size} bytes, not ${old.size}`);
+    }
+    b.device = next;
+    b.windows.clear();
+    for (const p of b.partitions) b.windows.set(p.number, new PartitionWindow(next, p));
+    await this.session?.invalidateNode(deviceIno(dev.index));
+    await old.close();
+    if (b.partscan) await this.rescanPartitions(dev);
+    return this.infoOf(dev);
+  }
+
   async setCapacity(index: DeviceIndex): Promise<DeviceInfo> {
     const dev = this.mustGet(index);
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
@@ -261,6 +329,15 @@ export class Instance {
     void this.session?.invalidateNode(deviceIno(dev.index));
     await this.rescanPartitions(dev);
     return this.infoOf(dev);
+  }
+
+  /**
+   * Tells the kernel a device (or one partition) entry changed behind its
+   * back: cached size and pages dropped, handles served outside the
+   * FileSystem sent back to it. Resolves once the kernel has it.
+   */
+  async refresh(dev: LoopDevice, part?: number): Promise<void> {
+    await this.session?.invalidateNode(part === undefined ? deviceIno(dev.index) : partitionIno(dev.index, part));
   }
 
   opened(dev: LoopDevice): void {
