@@ -35,6 +35,8 @@ export class LoopDevice {
    */
   roSet = false;
   partRo = new Set<number>();
+  /** Bound at least once: the kernel's queue keeps the discard limit a binding gave it. */
+  boundOnce = false;
   constructor(readonly index: DeviceIndex) {
     this.name = `loop${index}`;
   }
@@ -217,6 +219,7 @@ export class DeviceTable {
   bind(dev: LoopDevice, binding: Binding): void {
     if (dev.bound) throw new LoopfsError('EBUSY', dev.name, 'device is bound');
     dev.binding = binding;
+    dev.boundOnce = true;
     this.refreshFree(dev);
     this.hooks.changed?.(dev, 'bound');
   }

@@ -46,10 +46,18 @@ interface Handle {
   writable: boolean;
   /** Written through since it was opened or last flushed. */
   wrote?: boolean;
+  /** Offered to the kernel as a passthrough handle. */
+  passthrough?: boolean;
 }
 
 function fail(errno: 'ENOENT' | 'EPERM' | 'EBUSY' | 'EROFS' | 'ENXIO' | 'EEXIST' | 'EINVAL' | 'ENOTTY' | 'EOPNOTSUPP' | 'EISDIR', what: string): never {
   throw new LoopfsError(errno, what);
+}
+
+function sameNode(a: Node, b: Node): boolean {
+  if (a.kind === 'device' && b.kind === 'device') return a.dev === b.dev;
+  if (a.kind === 'partition' && b.kind === 'partition') return a.dev === b.dev && a.part === b.part;
+  return false;
 }
 
 export class LoopFilesystem implements FileSystem {
@@ -160,13 +168,26 @@ export class LoopFilesystem implements FileSystem {
       this.inst.opened(n.dev);
     }
     const fh = this.nextFh++;
-    this.handles.set(fh, { node: n, writable });
+    // The kernel refuses (EIO) a passthrough open of an inode open through its
+    // page cache, and a cached open of one open passthrough: the handles of a
+    // node that changed (bound, moved by LOOP_SET_STATUS) between opens must
+    // not mix the two. A direct-I/O handle mixes with either.
+    let cached = false;
+    let through = false;
+    for (const o of this.handles.values()) {
+      if (!sameNode(o.node, n)) continue;
+      if (o.passthrough) through = true;
+      else cached = true;
+    }
+    const h: Handle = { node: n, writable };
+    this.handles.set(fh, h);
+    // A BLKROSET entry: every write comes here, to be refused.
+    if (this.roSet(n)) return { fh, directIo: through || undefined };
     // A bound window of a plain descriptor: the session's threads serve READ/WRITE themselves.
     // A whole-file read-write device: the kernel reads the file itself (passthrough).
-    // A BLKROSET entry: every write comes here, to be refused.
-    if (this.roSet(n)) return { fh };
-    const whole = n.kind === 'device' ? n.dev.binding?.device.wholeFileFd() : undefined;
-    return { fh, backing: io?.fileRange?.(), passthrough: whole === undefined ? undefined : { fd: whole } };
+    const whole = n.kind === 'device' && !cached ? n.dev.binding?.device.wholeFileFd() : undefined;
+    h.passthrough = whole !== undefined;
+    return { fh, backing: io?.fileRange?.(), passthrough: whole === undefined ? undefined : { fd: whole }, directIo: (whole === undefined && through) || undefined };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
@@ -197,7 +218,9 @@ export class LoopFilesystem implements FileSystem {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
     const h = this.handles.get(fh)!;
-    if (this.roSet(h.node)) fail('EPERM', name);
+    // A read-only block device refuses writes with EPERM (blkdev_write_iter): a
+    // descriptor opened before the device was bound read-only, or BLKROSET.
+    if (this.roSet(h.node) || io.readOnly) fail('EPERM', name);
     h.wrote = true;
     return io.write(data, data.length, offset);
   }

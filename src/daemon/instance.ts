@@ -285,9 +285,10 @@ export class Instance {
       { fd: backing.fd, path: backing.path, writable: false },
       { offset: old.offset, sizelimit: old.sizelimit, sectorSize: old.sectorSize, readOnly: true, directIo: old.directIo },
     );
-    if (next.size !== old.size || dev.binding !== b) {
+    const oldSize = await old.currentSize().catch(() => -1);
+    if (next.size !== oldSize || dev.binding !== b) {
       await next.close();
-      throw new LoopfsError('EINVAL', dev.name, `the new backing file gives ${next.size} bytes, not ${old.size}`);
+      throw new LoopfsError('EINVAL', dev.name, `the new backing file gives ${next.size} bytes, not ${oldSize}`);
     }
     b.device = next;
     b.windows.clear();

@@ -183,8 +183,8 @@ export class DeviceIoctls {
 
   /**
    * LOOP_CONFIGURE (and LOOP_SET_FD: a zeroed config with only the fd): the
-   * kernel's checks in its order — the fd (EBADF), the device free (EBUSY),
-   * the file a regular file or block device (EINVAL), the flags, the struct,
+   * kernel's checks in its order — the fd (EBADF), the file a regular file
+   * or block device (EINVAL), the device free (EBUSY), the flags, the struct,
    * the block size (EINVAL) — then Instance.attach, the one attach there is.
    */
   private async configure(t: IoctlTarget, caller: Caller, fd: number, blockSize: number, info: abi.LoopInfo | undefined): Promise<IoctlResult> {
@@ -192,10 +192,10 @@ export class DeviceIoctls {
     const taken = caller.takeFd(fd);
     let owned = true;
     try {
-      if (t.dev.bound) throw new LoopfsError('EBUSY', name, 'device is already bound');
       const st = fs.fstatSync(taken.fd);
       const type = st.mode & S_IFMT;
       if (type !== S_IFREG && type !== S_IFBLK) throw new LoopfsError('EINVAL', name, 'the descriptor is not a regular file or block device');
+      if (t.dev.bound) throw new LoopfsError('EBUSY', name, 'device is already bound');
       const flags = info?.flags ?? 0;
       if (flags & ~abi.LOOP_CONFIGURE_SETTABLE_FLAGS) throw new LoopfsError('EINVAL', name, `lo_flags 0x${flags.toString(16)} has bits LOOP_CONFIGURE does not set`);
       if (info) abi.checkInfo(info, name);
@@ -259,9 +259,11 @@ export class DeviceIoctls {
     };
   }
 
-  /** blk_ioctl_discard(): EBADF, EPERM, EFAULT, EINVAL in that order; then the range is punched. */
+  /** blk_ioctl_discard(): EBADF, EOPNOTSUPP, EPERM, EFAULT, EINVAL in that order; then the range is punched. */
   private async discard(t: IoctlTarget, caller: Caller, arg: bigint, name: string): Promise<void> {
     if (!t.writable) throw new LoopfsError('EBADF', name, 'not open for writing');
+    // A loop device never bound has no discard limit yet; one bound keeps it after.
+    if (!t.dev.boundOnce) throw new LoopfsError('EOPNOTSUPP', name, 'the device was never bound: no discard');
     if (this.readOnly(t)) throw new LoopfsError('EPERM', name, 'the device is read-only');
     const [start, len] = range(caller.read(arg, 16));
     const lbs = BigInt(this.sectorSize(t.dev));

@@ -203,6 +203,12 @@ export class Device extends Window implements BlockIO {
     return this.length;
   }
 
+  /** The size the device would have now, from the backing file's size now (the kernel's lo_calculate_size). */
+  async currentSize(): Promise<ByteOffset> {
+    const b = { fd: this.file.fd, path: this.path };
+    return windowSize(backingSize(b, await fstat(b)), this.offset, this.sizelimit, this.sectorSize);
+  }
+
   /** Re-reads the backing file's size (losetup -c). Returns the new device size. */
   async refreshCapacity(): Promise<ByteOffset> {
     const st = await fstat({ fd: this.file.fd, path: this.path });
