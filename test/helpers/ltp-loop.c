@@ -400,19 +400,34 @@ static void cleanup(void)
 	}
 }
 
+/* Runs a tool (parted); on failure its output is shown as INFO lines. */
 static int run_cmd(const char *const argv[])
 {
+	char log[] = "/tmp/ltp-loop-cmd-XXXXXX";
+	int out = mkstemp(log);
 	pid_t pid = fork();
 	if (pid == 0) {
-		int null = open("/dev/null", O_WRONLY);
-		dup2(null, 1);
-		dup2(null, 2);
+		dup2(out, 1);
+		dup2(out, 2);
 		execvp(argv[0], (char *const *)argv);
 		_exit(127);
 	}
 	int st;
 	waitpid(pid, &st, 0);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+	int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+	if (rc) {
+		char line[512];
+		FILE *f = fopen(log, "r");
+		info("%s exited %d:", argv[0], rc);
+		while (f && fgets(line, sizeof(line), f))
+			if (!strstr(line, "udevadm"))
+				printf("INFO   %s", line);
+		if (f)
+			fclose(f);
+	}
+	close(out);
+	unlink(log);
+	return rc;
 }
 
 /* LOOP_CONFIGURE with fd -1: EBADF where the kernel knows the ioctl (LTP's probe, here an assertion). */
