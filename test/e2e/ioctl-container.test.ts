@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { e2eSuite } from '../helpers/e2e';
 import { REPO, Sandbox } from '../helpers/cli';
-import { compileC, releaseKernelLoops } from '../helpers/ioctl';
+import { compileC, kernelLoopNames, releaseKernelLoops, removeKernelLoopIfNew } from '../helpers/ioctl';
 import { shOk, q } from './disk-helpers';
 
 /*
@@ -102,7 +102,9 @@ test('inside: the runtime flow by ioctl, mkfs.ext4 and mount -o loop on a device
   // One free kernel loop device for mount -o loop; another program may take it first: then again.
   let r: ReturnType<typeof container> | undefined;
   let k = -1;
+  const kernelBefore = kernelLoopNames();
   for (let i = 0; i < 3; i++) {
+    if (k >= 0) removeKernelLoopIfNew(k, kernelBefore);
     k = Number(/(\d+)$/.exec(shOk('losetup -f').trim())![1]);
     r = container(inst, k, [
       `echo "== flow"; ${q(rf)} flow /dev/loop-control /dev/loopfs ${q(flowImg)} | sed 's/^/flow_/'`,
@@ -117,6 +119,7 @@ test('inside: the runtime flow by ioctl, mkfs.ext4 and mount -o loop on a device
     ].join('\n'));
     if (r.status !== 7) break;
   }
+  removeKernelLoopIfNew(k, kernelBefore);
   const { out, status, text } = r!;
   assert.is(status, 0, text);
   assert.is(out.fuse, 'absent', text);

@@ -2,7 +2,7 @@ import * as assert from 'uvu/assert';
 import * as path from 'node:path';
 import { e2eSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { compileC, kernelReadsMbr, releaseKernelLoops, runLtp, type LtpRun } from '../helpers/ioctl';
+import { compileC, kernelLoopNames, kernelReadsMbr, releaseKernelLoops, removeKernelLoopIfNew, runLtp, type LtpRun } from '../helpers/ioctl';
 
 /*
  * Issue 10: the Linux Test Project's loop tests (ioctl_loop01 … ioctl_loop07,
@@ -47,10 +47,13 @@ function onKernel(kase: string): LtpRun {
   let r: LtpRun | undefined;
   for (let i = 0; i < 5; i++) {
     const work = sb.dir(`kernel-${kase}-${i}`);
+    const before = kernelLoopNames();
     try {
       r = runLtp(prog, kase, '/dev/loop-control', '/dev', kernelMode, work);
     } finally {
       releaseKernelLoops(work);
+      const n = /^INFO found free device (\d+)$/m.exec(r?.text ?? '')?.[1];
+      if (n !== undefined) removeKernelLoopIfNew(Number(n), before);
     }
     if (r.status !== 3) break;
   }

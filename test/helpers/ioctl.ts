@@ -17,6 +17,22 @@ export function compileC(name: string, dir: string): string {
   return out;
 }
 
+/** The kernel's loop devices that exist now (loopN names). */
+export function kernelLoopNames(): Set<string> {
+  return new Set(fs.readdirSync('/sys/block').filter((n) => /^loop\d+$/.test(n)));
+}
+
+/**
+ * LOOP_CTL_GET_FREE adds a kernel device when none is free. A device a test
+ * made that way (absent from `before`) is removed again with LOOP_CTL_REMOVE
+ * when unbound; the kernel refuses (EBUSY) if anyone has it open or bound.
+ */
+export function removeKernelLoopIfNew(n: number, before: Set<string>): void {
+  if (before.has(`loop${n}`) || !fs.existsSync(`/sys/block/loop${n}`)) return;
+  if (fs.existsSync(`/sys/block/loop${n}/loop/backing_file`)) return;
+  spawnSync('python3', ['-c', `import fcntl, os\nfd = os.open('/dev/loop-control', os.O_RDWR)\ntry:\n    fcntl.ioctl(fd, 0x4C81, ${n})\nexcept OSError:\n    pass`], { timeout: 30_000 });
+}
+
 /** Detaches every kernel loop device backed by a file under `prefix` (finally blocks). */
 export function releaseKernelLoops(prefix: string): void {
   for (const d of kernelLoopsUnder(prefix)) spawnSync('losetup', ['-d', d], { timeout: 30_000 });
