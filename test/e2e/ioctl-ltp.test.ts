@@ -1,7 +1,9 @@
 import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { e2eSuite } from '../helpers/e2e';
-import { Sandbox } from '../helpers/cli';
+import { REPO, Sandbox } from '../helpers/cli';
+import { shOk, q } from './disk-helpers';
 import { compileC, kernelLoopNames, kernelReadsMbr, releaseKernelLoops, removeKernelLoopIfNew, runLtp, type LtpRun } from '../helpers/ioctl';
 
 /*
@@ -25,9 +27,16 @@ const test = e2eSuite('LTP loop ioctl tests, kernel then loopfs');
 let sb: Sandbox;
 let prog: string;
 let kernelMode: string;
+/** Where the backing files go: LTP runs ioctl_loop05 (direct I/O) only on a file system over a block device, not tmpfs. */
+let files: string;
 test.before(() => {
   sb = new Sandbox('ioctl-ltp');
   prog = compileC('ltp-loop', sb.root);
+  files = sb.dir('files');
+  if (shOk(`stat -f -c %T ${q(files)}`).trim() === 'tmpfs') {
+    fs.mkdirSync(path.join(REPO, '.build'), { recursive: true });
+    files = fs.mkdtempSync(path.join(REPO, '.build', 'ioctl-ltp-'));
+  }
   const probe = sb.dir('probe');
   try {
     kernelMode = kernelReadsMbr(probe) ? 'sysfs' : 'sysfs,noparts';
@@ -37,7 +46,9 @@ test.before(() => {
 });
 test.after(() => {
   releaseKernelLoops(sb.root);
+  releaseKernelLoops(files);
   sb.cleanup();
+  fs.rmSync(files, { recursive: true, force: true });
 });
 
 const show = (r: LtpRun): string => r.text.split('\n').filter((l) => !l.startsWith('PASS ')).join('\n');
@@ -46,7 +57,7 @@ const show = (r: LtpRun): string => r.text.split('\n').filter((l) => !l.startsWi
 function onKernel(kase: string): LtpRun {
   let r: LtpRun | undefined;
   for (let i = 0; i < 5; i++) {
-    const work = sb.dir(`kernel-${kase}-${i}`);
+    const work = path.join(files, `kernel-${kase}-${i}`);
     const before = kernelLoopNames();
     try {
       r = runLtp(prog, kase, '/dev/loop-control', '/dev', kernelMode, work);
@@ -64,7 +75,7 @@ function onLoopfs(kase: string): LtpRun {
   const dir = sb.dir(`inst-${kase}`);
   sb.ok(['mount', dir]);
   try {
-    return runLtp(prog, kase, path.join(dir, 'loop-control'), dir, 'nosysfs', sb.dir(`loopfs-${kase}`));
+    return runLtp(prog, kase, path.join(dir, 'loop-control'), dir, 'nosysfs', path.join(files, `loopfs-${kase}`));
   } finally {
     sb.run(['umount', '-l', dir]);
   }
