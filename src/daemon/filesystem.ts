@@ -275,6 +275,7 @@ export class LoopFilesystem implements FileSystem {
       return await this.anyIoctl(ctx, ino, fh, cmd, arg);
     } catch (e) {
       if (e instanceof LoopfsError && e.errno === 'ENOSYS') throw new LoopfsError('ENOTTY', e.what, e.reason);
+      if ((e as { code?: unknown } | null)?.code === 'ENOSYS') throw new LoopfsError('ENOTTY', `inode ${ino}`, String((e as Error).message));
       throw e;
     }
   }
@@ -284,9 +285,9 @@ export class LoopFilesystem implements FileSystem {
     const h = this.handles.get(fh);
     const n = h?.node;
     if (!h || !n || (n.kind !== 'device' && n.kind !== 'partition')) fail('ENOTTY', `inode ${ino}`);
-    let partitionOpen = false;
-    for (const o of this.handles.values()) if (o.node.kind === 'partition' && o.node.dev === n.dev) partitionOpen = true;
-    return this.ioctls.ioctl({ dev: n.dev, part: n.kind === 'partition' ? n.part : undefined, writable: h.writable, partitionOpen }, new Caller(ctx.pid), cmd, arg);
+    const dev = n.dev;
+    const partitionOpen = (): boolean => [...this.handles.values()].some((o) => o.node.kind === 'partition' && o.node.dev === dev);
+    return this.ioctls.ioctl({ dev, part: n.kind === 'partition' ? n.part : undefined, writable: h.writable, partitionOpen }, new Caller(ctx.pid), cmd, arg);
   }
 
   private controlIoctl(cmd: number, arg: bigint): IoctlResult {

@@ -1,4 +1,5 @@
-import { LoopfsError } from '../core/errors';
+import * as fs from 'node:fs';
+import { LoopfsError, fromSystemError } from '../core/errors';
 import type { AttachRequest, AttachResult } from '../core/api';
 import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../core/types';
 import { Device } from '../engine/device';
@@ -129,6 +130,7 @@ export class Instance {
     this.table.hold(dev, true);
     let device: Device | undefined;
     try {
+      await this.notOwnEntry(backing);
       // From this call on the engine owns the backing fd (it closes it on failure).
       device = await Device.attach(
         { fd: backing.fd, path: backing.path, writable: backing.writable && !req.readOnly },
@@ -166,6 +168,28 @@ export class Instance {
     } finally {
       this.settingUp.delete(dev.index);
       this.table.hold(dev, false);
+    }
+  }
+
+  /** st_dev of this instance's own filesystem, once known. */
+  private ownDev: bigint | undefined;
+
+  /**
+   * EBADF for a backing file on this instance itself (one of its own
+   * entries), closing it: the daemon would wait on itself, as a loop device
+   * backed by itself would (the kernel's EBADF). Only asynchronous calls
+   * here: a stat of our own mount is answered by this very thread.
+   */
+  async notOwnEntry(backing: { fd: number; path: string }): Promise<void> {
+    try {
+      const st = await new Promise<fs.BigIntStats>((res, rej) => fs.fstat(backing.fd, { bigint: true }, (e, s) => (e ? rej(e) : res(s))));
+      if (this.ownDev === undefined) {
+        this.ownDev = await new Promise<bigint | undefined>((res) => fs.stat(this.mountpoint, { bigint: true }, (e, s) => res(e ? undefined : s.dev)));
+      }
+      if (st.dev === this.ownDev) throw new LoopfsError('EBADF', backing.path, 'a file of this instance cannot back one of its devices');
+    } catch (e) {
+      closeQuietly(backing.fd);
+      throw fromSystemError(e, backing.path);
     }
   }
 
@@ -281,6 +305,7 @@ export class Instance {
     }
     const b = dev.binding;
     const old = b.device;
+    await this.notOwnEntry(backing);
     const next = await Device.attach(
       { fd: backing.fd, path: backing.path, writable: false },
       { offset: old.offset, sizelimit: old.sizelimit, sectorSize: old.sectorSize, readOnly: true, directIo: old.directIo },
@@ -369,10 +394,12 @@ export class Instance {
 
 export type { BlockIO };
 
+/**
+ * Closes on the libuv pool: the file may be on this instance's own mount,
+ * whose FLUSH this thread would have to answer while waiting for it.
+ */
 function closeQuietly(fd: number): void {
-  try {
-    require('node:fs').closeSync(fd);
-  } catch {
-    /* already closed */
-  }
+  fs.close(fd, () => {
+    /* already closed or not: nothing to do */
+  });
 }

@@ -24,8 +24,8 @@ export interface IoctlTarget {
   part?: number;
   /** The entry was opened for writing (the kernel's BLK_OPEN_WRITE). */
   writable: boolean;
-  /** Some partition entry of the device is open (BLKRRPART: EBUSY). */
-  partitionOpen: boolean;
+  /** Whether some partition entry of the device is open now (BLKRRPART: EBUSY). */
+  partitionOpen(): boolean;
 }
 
 const S_IFMT = 0o170000;
@@ -118,6 +118,7 @@ export class DeviceIoctls {
         const d = this.bound(t.dev).device;
         if (BigInt(d.sectorSize) === arg) return ok;
         await this.inst.setSectorSize(t.dev.index, arg > BigInt(MAX_SECTOR) ? 0 : Number(arg));
+        await this.inst.refresh(t.dev);
         return ok;
       }
 
@@ -140,7 +141,10 @@ export class DeviceIoctls {
         if (t.part !== undefined) throw new LoopfsError('EINVAL', name, 'a partition has no partition table to re-read');
         const b = t.dev.binding;
         if (!b?.partscan) throw new LoopfsError('EINVAL', name, 'the device does not scan partitions (no partscan)');
-        if (t.partitionOpen) throw new LoopfsError('EBUSY', name, 'a partition is open');
+        // The last close of a partition reaches us a moment after close(2)
+        // returned (FUSE sends RELEASE without waiting): give it that moment.
+        for (let i = 0; i < 25 && t.partitionOpen(); i++) await new Promise((r) => setTimeout(r, 10));
+        if (t.partitionOpen()) throw new LoopfsError('EBUSY', name, 'a partition is open');
         await this.inst.rescanPartitions(t.dev);
         return ok;
       }
@@ -190,9 +194,12 @@ export class DeviceIoctls {
   private async configure(t: IoctlTarget, caller: Caller, fd: number, blockSize: number, info: abi.LoopInfo | undefined): Promise<IoctlResult> {
     const name = t.dev.name;
     const taken = caller.takeFd(fd);
+    const path = fdPath(taken.fd);
+    // Closes the fd when it throws (EBADF for a file of this instance).
+    await this.inst.notOwnEntry({ fd: taken.fd, path });
     let owned = true;
     try {
-      const st = fs.fstatSync(taken.fd);
+      const st = await fstat(taken.fd);
       const type = st.mode & S_IFMT;
       if (type !== S_IFREG && type !== S_IFBLK) throw new LoopfsError('EINVAL', name, 'the descriptor is not a regular file or block device');
       if (t.dev.bound) throw new LoopfsError('EBUSY', name, 'device is already bound');
@@ -202,7 +209,6 @@ export class DeviceIoctls {
       if (blockSize !== 0 && !(blockSize >= 512 && blockSize <= MAX_SECTOR && (blockSize & (blockSize - 1)) === 0)) {
         throw new LoopfsError('EINVAL', name, `block size ${blockSize} is not a power of two from 512 to ${MAX_SECTOR}`);
       }
-      const path = fdPath(taken.fd);
       // A device opened read-only, or a file open read-only, makes a read-only device.
       const writable = (taken.flags & O_ACCMODE) !== O_RDONLY && t.writable;
       owned = false;
@@ -323,6 +329,11 @@ export class DeviceIoctls {
 
 function range(b: Buffer): [bigint, bigint] {
   return [b.readBigUInt64LE(0), b.readBigUInt64LE(8)];
+}
+
+/** fstat on the libuv pool: the file may be on a FUSE mount this thread serves. */
+function fstat(fd: number): Promise<fs.Stats> {
+  return new Promise((res, rej) => fs.fstat(fd, (e, st) => (e ? rej(e) : res(st))));
 }
 
 function fdPath(fd: number): string {

@@ -174,6 +174,32 @@ test('an owner given with -o uid=U binds, lists and detaches through ioctls with
   daemonServes(inst);
 });
 
+test('an entry of the instance itself cannot back one of its devices (EBADF), by ioctl or losetup, and nothing hangs', () => {
+  const inst = mount();
+  sb.ok(['--instance', inst, 'ctl', 'add', '0']);
+  sb.ok(['--instance', inst, 'ctl', 'add', '1']);
+  const img = image('own.img', 4 << 20);
+  const out = execFileSync('timeout', ['-s', 'KILL', '30', 'python3', '-c', `
+import sys, os, json, fcntl
+sys.path.insert(0, ${JSON.stringify(HELPERS)})
+from loopdev import *
+inst = ${JSON.stringify(inst)}
+fd = os.open(inst + '/loop0', os.O_RDWR)
+fd1 = os.open(inst + '/loop1', os.O_RDWR)
+r = {'self': try_(lambda: fcntl.ioctl(fd, LOOP_SET_FD, fd)), 'other unbound': try_(lambda: fcntl.ioctl(fd, LOOP_SET_FD, fd1))}
+fcntl.ioctl(fd1, LOOP_SET_FD, os.open(${JSON.stringify(img)}, os.O_RDWR))
+r['other bound'] = try_(lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(fd1)))
+r['status'] = try_(lambda: get64(fd))
+fcntl.ioctl(fd1, LOOP_CLR_FD)
+print(json.dumps(r))
+`], { encoding: 'utf8' });
+  assert.equal(JSON.parse(out), { self: 'EBADF', 'other unbound': 'EBADF', 'other bound': 'EBADF', status: 'ENXIO' });
+  const r = sb.run(['--instance', inst, 'losetup', '-f', '--show', path.join(inst, 'loop1')]);
+  assert.is(r.status, 1);
+  assert.match(r.stderr, /cannot back one of its devices \(EBADF\)\n$/);
+  daemonServes(inst);
+});
+
 test('PARTSCAN makes loopNpM appear; on a partition the loop ioctls act on the device, BLKRRPART is EINVAL', () => {
   const inst = mount();
   const img = image('parts.img', 16 << 20);
@@ -267,6 +293,38 @@ print(n)
   assert.equal(listed.split(/\s+/), [path.join(inst, `loop${n}`), String(1 << 20), b]);
   sb.ok(['--instance', inst, 'losetup', '-d', path.join(inst, `loop${n}`), dev]);
   assert.is(sb.ok(['--instance', inst, 'losetup', '-a']), '');
+});
+
+test('an ordinary user inside an unprivileged `loopfs run` (a user namespace) drives the instance by ioctl', () => {
+  const uid = 47313;
+  fs.chmodSync(sb.root, 0o755);
+  const home = sb.dir('home');
+  for (const f of ['loopdev.py', 'loop_flow.py']) fs.copyFileSync(path.join(HELPERS, f), path.join(home, f));
+  const img = image('home/user.img', 16 << 20);
+  execFileSync('chown', ['-R', `${uid}:${uid}`, home]);
+  const fuseMode = fs.statSync('/dev/fuse').mode & 0o777;
+  try {
+    fs.chmodSync('/dev/fuse', 0o666);
+    const script = `
+import sys, os, json, fcntl
+sys.path.insert(0, os.environ['HOME'])
+from loopdev import *
+inst = os.environ['LOOPFS']
+n, fd = free_device(inst + '/loop-control', inst, lambda fd: fcntl.ioctl(fd, LOOP_SET_FD, os.open(${JSON.stringify(img)}, os.O_RDWR)))
+r = {'flags': get64(fd)['flags'], 'flsbuf': try_(lambda: fcntl.ioctl(fd, BLKFLSBUF)), 'clr': try_(lambda: fcntl.ioctl(fd, LOOP_CLR_FD)), 'after': try_(lambda: get64(fd))}
+print(json.dumps(r))
+`;
+    const r = spawnSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'env', `HOME=${home}`, `XDG_RUNTIME_DIR=${home}`, 'PATH=/usr/sbin:/usr/bin:/sbin:/bin', ...sb.bin, 'run', '--', 'sh', '-c',
+      `/usr/bin/python3 "$HOME/loop_flow.py" configure "$LOOPFS/loop-control" "$LOOPFS" ${img} && /usr/bin/python3 -c "$0"`, script], { encoding: 'utf8', cwd: home, timeout: 120_000 });
+    assert.is(r.status, 0, r.stderr);
+    const [flow, more] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.is(flow.in_file_at_offset, true);
+    assert.is(flow.after_close, 'ENXIO');
+    // Root of the sandbox's user namespace is the administrator of its instance.
+    assert.equal(more, { flags: 0, flsbuf: 0, clr: 0, after: 'ENXIO' });
+  } finally {
+    fs.chmodSync('/dev/fuse', fuseMode);
+  }
 });
 
 test('inside `loopfs run`, the flow works; a caller the daemon cannot see gets clean errnos, never a hang', () => {

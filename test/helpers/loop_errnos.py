@@ -3,7 +3,7 @@ either a kernel loop-control (/dev/loop-control /dev) or a loopfs instance
 (DIR/loop-control DIR). Prints one JSON list of [step, result]: the same
 sequence on both must print the same list.
 usage: loop_errnos.py CONTROL DEVDIR WORKDIR"""
-import json, os, socket, struct, sys, fcntl
+import ctypes, json, mmap, os, socket, struct, sys, fcntl
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loopdev import *
 
@@ -26,6 +26,18 @@ def step(label, f):
 
 
 BAD = 8  # an address no process maps
+# Memory with edges: a struct running off the end of a mapping, a read-only page.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+PAGE = mmap.PAGESIZE
+base = libc.mmap(None, 3 * PAGE, 3, 0x22, -1, 0)  # PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+libc.munmap(base + PAGE, PAGE)
+EDGE = base + PAGE - 100
+READONLY = base + 2 * PAGE
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect(READONLY, PAGE, 1)
 img = os.open(img_path, os.O_RDWR)
 d = os.open(work, os.O_RDONLY)
 s = socket.socket(socket.AF_UNIX)
@@ -58,6 +70,7 @@ try:
     step('SET_FD socket', lambda: fcntl.ioctl(fd, LOOP_SET_FD, s.fileno()))
     step('SET_FD /dev/zero', lambda: fcntl.ioctl(fd, LOOP_SET_FD, zero))
     step('SET_FD O_PATH', lambda: fcntl.ioctl(fd, LOOP_SET_FD, opath))
+    step('SET_FD the device itself', lambda: fcntl.ioctl(fd, LOOP_SET_FD, fd))
     # Bad LOOP_CONFIGURE structs.
     step('CONFIGURE garbage pointer', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, BAD))
     step('CONFIGURE dead fd', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(dead)))
@@ -68,6 +81,8 @@ try:
     step('CONFIGURE encryption', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(img, enc=1)))
     step('CONFIGURE key size 33', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(img, keysz=33)))
     step('CONFIGURE offset 2^63', lambda: fcntl.ioctl(fd, LOOP_CONFIGURE, config(img, offset=1 << 63)))
+    ctypes.memmove(EDGE, config(img)[:100], 100)
+    step('CONFIGURE struct across the end of a mapping', lambda: raw_ioctl(fd, LOOP_CONFIGURE, EDGE))
     step('GET_STATUS64 after failures', lambda: get64(fd))
     # Bound.
     step('SET_FD', lambda: fcntl.ioctl(fd, LOOP_SET_FD, img))
@@ -78,6 +93,12 @@ try:
     step('GET_STATUS64 garbage pointer', lambda: fcntl.ioctl(fd, LOOP_GET_STATUS64, BAD))
     step('GET_STATUS64 NULL', lambda: fcntl.ioctl(fd, LOOP_GET_STATUS64, 0))
     step('SET_STATUS64 garbage pointer', lambda: fcntl.ioctl(fd, LOOP_SET_STATUS64, BAD))
+    step('GET_STATUS64 into a read-only page', lambda: raw_ioctl(fd, LOOP_GET_STATUS64, READONLY))
+    step('GET_STATUS64 across the end of a mapping', lambda: raw_ioctl(fd, LOOP_GET_STATUS64, EDGE))
+    step('BLKSSZGET into a read-only page', lambda: raw_ioctl(fd, BLKSSZGET, READONLY))
+    step('SET_DIRECT_IO 1', lambda: fcntl.ioctl(fd, LOOP_SET_DIRECT_IO, 1))
+    step('flags with direct I/O', lambda: get64(fd)['flags'])
+    step('SET_DIRECT_IO 0', lambda: fcntl.ioctl(fd, LOOP_SET_DIRECT_IO, 0))
     st = os.stat(img_path)
 
     def status():
@@ -110,6 +131,16 @@ try:
     for bs in (1000, 4096, 131072, 65536, 512):
         step('SET_BLOCK_SIZE %d' % bs, lambda: fcntl.ioctl(fd, LOOP_SET_BLOCK_SIZE, bs))
     step('SET_CAPACITY', lambda: fcntl.ioctl(fd, LOOP_SET_CAPACITY))
+    os.truncate(img_path, 12 << 20)
+    step('size before SET_CAPACITY of a grown file', lambda: u64(fd, BLKGETSIZE64))
+    step('SET_CAPACITY of a grown file', lambda: fcntl.ioctl(fd, LOOP_SET_CAPACITY))
+    step('size after', lambda: u64(fd, BLKGETSIZE64))
+    step('end seen through the same descriptor', lambda: os.lseek(fd, 0, os.SEEK_END))
+    step('read in the grown part', lambda: len(os.pread(fd, 4096, (12 << 20) - 4096)))
+    os.truncate(img_path, 8 << 20)
+    step('SET_CAPACITY of a shrunk file', lambda: fcntl.ioctl(fd, LOOP_SET_CAPACITY))
+    step('size shrunk', lambda: u64(fd, BLKGETSIZE64))
+    step('read past the new end', lambda: len(os.pread(fd, 4096, (12 << 20) - 4096)))
     for name, cmd, size in [('BLKGETSIZE64', BLKGETSIZE64, 8), ('BLKGETSIZE', BLKGETSIZE, 8), ('BLKSSZGET', BLKSSZGET, 4),
                             ('BLKPBSZGET', BLKPBSZGET, 4), ('BLKBSZGET', BLKBSZGET, 8), ('BLKROGET', BLKROGET, 4),
                             ('BLKIOMIN', BLKIOMIN, 4), ('BLKIOOPT', BLKIOOPT, 4)]:
@@ -167,6 +198,20 @@ try:
     step('CHANGE_FD after both shrank', lambda: fcntl.ioctl(fd, LOOP_CHANGE_FD, os.open(same, os.O_RDONLY)))
     step('CHANGE_FD other size', lambda: fcntl.ioctl(fd, LOOP_CHANGE_FD, os.open(img_path, os.O_RDONLY)))
     step('CLR_FD', lambda: fcntl.ioctl(fd, LOOP_CLR_FD))
+finally:
+    os.close(fd)
+step('unbound again', lambda: wait_unbound(path))
+# BLKROSET is the block device's flag: it outlives bindings.
+fd = os.open(path, os.O_RDWR)
+try:
+    step('BLKROSET 1 unbound', lambda: fcntl.ioctl(fd, BLKROSET, struct.pack('i', 1)))
+    step('SET_FD after BLKROSET', lambda: fcntl.ioctl(fd, LOOP_SET_FD, img))
+    step('BLKROGET bound', lambda: u32(fd, BLKROGET))
+    step('flags bound', lambda: get64(fd)['flags'])
+    step('write bound', lambda: os.pwrite(fd, b'x' * 512, 0))
+    step('CLR_FD', lambda: fcntl.ioctl(fd, LOOP_CLR_FD))
+    step('BLKROGET unbound again', lambda: u32(fd, BLKROGET))
+    step('BLKROSET 0', lambda: fcntl.ioctl(fd, BLKROSET, struct.pack('i', 0)))
 finally:
     os.close(fd)
 step('unbound at the end', lambda: wait_unbound(path))

@@ -16,6 +16,23 @@ INFO64 = '=QQQQQIIII64s64s32sQQ'
 INFO_OLD = '=i4xQQQiiii64s32sQQ4s4x'
 
 
+_libc = None
+
+
+def raw_ioctl(fd, cmd, address):
+    """ioctl(2) with a pointer argument anywhere in the address space
+    (fcntl.ioctl takes only a C int or a buffer of its own)."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+    if _libc.ioctl(fd, cmd, address) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return 0
+
+
 def info64(offset=0, sizelimit=0, flags=0, name=b'', enc=0, keysz=0):
     return struct.pack(INFO64, 0, 0, 0, offset, sizelimit, 0, enc, keysz, flags, name, b'', b'', 0, 0)
 
