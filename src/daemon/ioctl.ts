@@ -112,6 +112,8 @@ export class DeviceIoctls {
       case abi.LOOP_SET_DIRECT_IO:
         this.mayConfigure(t, caller, name);
         this.inst.setDirectIo(t.dev.index, arg !== 0n);
+        // The kernel drops the device's page cache when direct I/O changes: so do we.
+        await this.inst.refresh(t.dev);
         return ok;
       case abi.LOOP_SET_BLOCK_SIZE: {
         this.mayConfigure(t, caller, name);
@@ -160,6 +162,9 @@ export class DeviceIoctls {
         caller.write(arg, int32(this.sectorSize(t.dev)));
         return ok;
       case abi.BLKIOOPT:
+      case abi.BLKALIGNOFF:
+      case abi.BLKDISCARDZEROES:
+        // No optimal I/O size, no alignment offset, discarded data is not promised as zeros.
         caller.write(arg, int32(0));
         return ok;
       case abi.BLKBSZGET:

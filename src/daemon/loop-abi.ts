@@ -45,7 +45,9 @@ export const BLKGETSIZE64 = 0x80081272; // _IOR(0x12, 114, size_t)
 export const BLKDISCARD = 0x1277;
 export const BLKIOMIN = 0x1278;
 export const BLKIOOPT = 0x1279;
+export const BLKALIGNOFF = 0x127a;
 export const BLKPBSZGET = 0x127b;
+export const BLKDISCARDZEROES = 0x127c;
 export const BLKZEROOUT = 0x127f;
 // include/uapi/linux/hdreg.h
 export const HDIO_GETGEO = 0x0301;

@@ -327,7 +327,7 @@ print(json.dumps(r))
   }
 });
 
-test('inside `loopfs run`, the flow works; a caller the daemon cannot see gets clean errnos, never a hang', () => {
+test('inside `loopfs run`, the flow works; a caller the daemon cannot see gets clean errnos, never a hang', async () => {
   const img = image('run.img', 16 << 20);
   const script = `python3 ${path.join(HELPERS, 'loop_flow.py')} configure "$LOOPFS/loop-control" "$LOOPFS" ${img} && ls "$LOOPFS"`;
   const r = sb.run(['run', '--', 'sh', '-c', script]);
@@ -378,7 +378,10 @@ print(json.dumps(r))
     // Unbound: ENXIO comes before the status would be written, as in the kernel.
     assert.equal(out, { set_fd: 'EPERM', get_status: 'ENXIO', configure: 'EFAULT', size: 0, ssz: 'EFAULT', clr: 'ENXIO' });
   } finally {
+    const gone = new Promise<void>((res) => (child.exitCode !== null || child.signalCode !== null ? res() : child.once('exit', () => res())));
     child.kill('SIGTERM');
+    await Promise.race([gone, new Promise((res) => setTimeout(res, 15_000))]);
+    assert.ok(child.exitCode !== null || child.signalCode !== null, 'the sandbox ended');
   }
 });
 

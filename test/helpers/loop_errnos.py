@@ -143,7 +143,8 @@ try:
     step('read past the new end', lambda: len(os.pread(fd, 4096, (12 << 20) - 4096)))
     for name, cmd, size in [('BLKGETSIZE64', BLKGETSIZE64, 8), ('BLKGETSIZE', BLKGETSIZE, 8), ('BLKSSZGET', BLKSSZGET, 4),
                             ('BLKPBSZGET', BLKPBSZGET, 4), ('BLKBSZGET', BLKBSZGET, 8), ('BLKROGET', BLKROGET, 4),
-                            ('BLKIOMIN', BLKIOMIN, 4), ('BLKIOOPT', BLKIOOPT, 4)]:
+                            ('BLKIOMIN', BLKIOMIN, 4), ('BLKIOOPT', BLKIOOPT, 4), ('BLKALIGNOFF', 0x127A, 4),
+                            ('BLKDISCARDZEROES', 0x127C, 4)]:
         step('bound ' + name, lambda: fcntl.ioctl(fd, cmd, bytes(size)).hex())
         step('bound %s garbage pointer' % name, lambda: fcntl.ioctl(fd, cmd, BAD))
     step('BLKRRPART without partscan', lambda: fcntl.ioctl(fd, BLKRRPART))
