@@ -33,7 +33,8 @@ const S_IFREG = 0o100000;
 const S_IFBLK = 0o060000;
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
-const BLKBSZ = 4096;
+/** The page size: where the kernel's initial block size of a block device stops growing. */
+const PAGE_SIZE = 4096;
 const MAX_SECTOR = 65536;
 
 const ok: IoctlResult = { result: 0 };
@@ -169,7 +170,7 @@ export class DeviceIoctls {
         return ok;
       case abi.BLKBSZGET:
         // The block device inode's block size: the kernel writes an int through a size_t-sized code.
-        return { result: 0, out: int32(BLKBSZ) };
+        return { result: 0, out: int32(initialBlockSize(this.sectorSize(t.dev), this.io(t).size)) };
       case abi.BLKFLSBUF:
         this.admin(caller, name);
         await this.io(t).sync(false);
@@ -360,3 +361,15 @@ const EMPTY: BlockIO = {
   sync: async () => {},
   discard: async () => {},
 };
+
+/**
+ * The block size a block device starts with (block/bdev.c set_init_blocksize):
+ * the logical block size, doubled while the size stays a multiple of it, up
+ * to the page size.
+ */
+export function initialBlockSize(sectorSize: number, size: number): number {
+  let b = sectorSize;
+  while (b < PAGE_SIZE && size % (b * 2) === 0) b *= 2;
+  return b;
+}
+
