@@ -35,6 +35,12 @@ export class LoopDevice {
    */
   roSet = false;
   partRo = new Set<number>();
+  /**
+   * Read-ahead in 512-byte sectors (BLKRAGET/BLKRASET, one value for the
+   * disk and its partitions, as the kernel's bdi): the block layer's default
+   * for a queue without an optimal I/O size, 128 KiB.
+   */
+  readAheadSectors = 256;
   /** Bound at least once: the kernel's queue keeps the discard limit a binding gave it. */
   boundOnce = false;
   constructor(readonly index: DeviceIndex) {

@@ -33,6 +33,8 @@ const S_IFREG = 0o100000;
 const S_IFBLK = 0o060000;
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+/** BLK_DEF_MAX_SECTORS_CAP (include/linux/blkdev.h): 1280 KiB in 512-byte sectors. */
+const MAX_SECTORS_PER_REQUEST = 2560;
 /** The page size: where the kernel's initial block size of a block device stops growing. */
 const PAGE_SIZE = 4096;
 const MAX_SECTOR = 65536;
@@ -154,6 +156,24 @@ export class DeviceIoctls {
       case abi.BLKGETSIZE:
         caller.write(arg, u64(Math.floor(this.io(t).size / 512)));
         return ok;
+      case abi.BLKRAGET:
+      case abi.BLKFRAGET:
+        if (arg === 0n) throw new LoopfsError('EINVAL', name, 'no buffer for the read-ahead');
+        caller.write(arg, u64(t.dev.readAheadSectors));
+        return ok;
+      case abi.BLKRASET:
+      case abi.BLKFRASET:
+        this.admin(caller, name);
+        // Kept in whole pages, as the kernel's ra_pages.
+        t.dev.readAheadSectors = Number((BigInt.asUintN(64, arg) * 512n) / BigInt(PAGE_SIZE)) * (PAGE_SIZE / 512);
+        return ok;
+      case abi.BLKSECTGET: {
+        // The request size limit of a queue with no hardware limit (BLK_DEF_MAX_SECTORS_CAP), as a loop device's.
+        const b = Buffer.alloc(2);
+        b.writeUInt16LE(MAX_SECTORS_PER_REQUEST);
+        caller.write(arg, b);
+        return ok;
+      }
       case abi.BLKGETSIZE64:
         return { result: 0, out: u64(this.io(t).size) };
       case abi.BLKSSZGET:

@@ -48,10 +48,13 @@ test.after.each(() => {
   releaseKernelLoops(sb.root);
 });
 
-const QUERIES = ['--getsize64', '--getsz', '--getsize', '--getss', '--getpbsz', '--getbsz', '--getiomin', '--getioopt', '--getro', '--flushbufs', '--rereadpt'];
+const QUERIES = ['--getsize64', '--getsz', '--getsize', '--getss', '--getpbsz', '--getbsz', '--getiomin', '--getioopt', '--getmaxsect', '--getro', '--flushbufs', '--rereadpt'];
 // Run in this order on one device: each step sees the state the previous one left.
 // 'write' is a one-sector dd onto the device: refused (EPERM) while --setro holds, as on the kernel's.
-const STEPS: string[][] = [...QUERIES.map((c) => [c]), ['--setro', '--getro'], ['--getro'], ['write'], ['--setrw', '--getro'], ['--getro'], ['write']];
+const STEPS: string[][] = [...QUERIES.map((c) => [c]), ['--setro', '--getro'], ['--getro'], ['write'], ['--setrw', '--getro'], ['--getro'], ['write'],
+  // Read-ahead: each device starts with its own (the kernel's follows the backing file's I/O size, loopfs's is
+  // the block layer's 128 KiB), so it is compared once set; kept in whole pages (1001 sectors read back as 1000).
+  ['--setra', '1001', '--getra', '--getfra'], ['--setfra', '2048', '--getra'], ['--report']];
 
 /** Every step's exit status, output and messages, the device's path written as DEV. */
 function blockdev(dev: string): string[] {
