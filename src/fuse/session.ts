@@ -19,12 +19,20 @@ import { Passthrough } from './passthrough';
  * served on those threads; every other request is dispatched here, to the
  * FileSystem, each with a request buffer and a (pooled) reply buffer of its
  * own, so a slow request holds nothing but itself. Threads use no libuv
- * pool thread; each costs ~8 MB of memory (its V8 isolate and buffers).
+ * pool thread; each costs ~8 MB of memory (its V8 isolate and buffers), so
+ * they start with the first backed handle: until then the main thread reads
+ * /dev/fuse on one libuv pool thread (SessionOptions.lazyThreads).
  */
 
 export interface SessionOptions {
   /** Threads reading /dev/fuse: backed READ/WRITE requests served at once (default 4). */
   workers?: number;
+  /**
+   * Start the threads only once a handle is backed (default true); until
+   * then the main thread reads /dev/fuse on the libuv pool, and an idle
+   * instance costs no thread's V8 isolate (~7 MB each).
+   */
+  lazyThreads?: boolean;
   /**
    * Largest READ/WRITE payload (max_write, and max_pages for reads), default
    * 128 KiB: the kernel sends a 1 MiB O_DIRECT request of an ordinary handle
@@ -62,6 +70,8 @@ export class Session {
   private readonly wantPassthrough: boolean;
   private readonly passthrough: Passthrough;
   private initialized = false;
+  private readonly lazyThreads: boolean;
+  private wantThreads = (): void => {};
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
@@ -72,6 +82,7 @@ export class Session {
     this.maxWrite = opts.maxWrite ?? 128 * KiB;
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
+    this.lazyThreads = opts.lazyThreads ?? true;
     this.debug = opts.debug;
     this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
     this.passthrough = new Passthrough(fd, opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
@@ -81,14 +92,16 @@ export class Session {
   serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
     const outs: Buffer[] = [];
-    return runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+    const readers = runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
       const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
       try {
         await this.dispatch(w, req.length);
       } finally {
         if (outs.length < 8) outs.push(w.out);
       }
-    });
+    }, this.lazyThreads);
+    this.wantThreads = readers.want;
+    return readers.done;
   }
 
   private async dispatch(w: Worker, n: number): Promise<void> {
@@ -233,7 +246,7 @@ export class Session {
 
   /** Registers what an open returned; the backing id to open the handle with, if passthrough. */
   opened(fh: number, node: number, r: OpenResult, direct: boolean): number | undefined {
-    if (r.backing) this.backed.register(fh, node, r.backing);
+    if (r.backing && this.backed.register(fh, node, r.backing)) this.wantThreads();
     return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd, direct) : undefined;
   }
 
