@@ -83,7 +83,8 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     const child = cp().spawn(argv[0]!, argv.slice(1), {
       detached: true,
       stdio: ['ignore', log, log, 'pipe'],
-      env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },
+      // Two malloc arenas: memory one pool thread frees serves the next (one arena per thread keeps it all).
+      env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' },
     });
     fs.closeSync(log);
     const line = await waiting(`starting the loopfs instance at ${mountpoint}`, () => firstLine(child.stdio[3] as NodeJS.ReadableStream));

@@ -57,6 +57,8 @@ interface Worker {
 type Handler = (s: Session, w: Worker, h: InHeader, b: Body, ctx: RequestContext) => Promise<number | null> | number | null;
 
 const KiB = 1 << 10;
+/** Notifications written at once: the libuv pool less one thread for the main thread's read and one for a socket's poll. */
+const NOTIFY_SLOTS = Math.max(1, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 2);
 
 export class Session {
   readonly fd: number;
@@ -71,6 +73,8 @@ export class Session {
   private readonly passthrough: Passthrough;
   private initialized = false;
   private readonly lazyThreads: boolean;
+  private notifying = 0;
+  private readonly notifyQueue: (() => void)[] = [];
   private wantThreads = (): void => {};
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
@@ -144,13 +148,26 @@ export class Session {
   /**
    * Notifications are written from the libuv pool, never from the loop
    * thread: an invalidation may wait on a page lock that a pending READ holds,
-   * and that READ needs this thread to be answered.
+   * and that READ needs this thread to be answered. At most NOTIFY_SLOTS at
+   * once: until the threads start, that READ is read by the main thread on
+   * the pool too, and a storm of blocked invalidations must leave it a thread.
    */
   private notify(code: number, payload: Buffer): Promise<void> {
     const b = Buffer.alloc(OUT_HEADER_SIZE + payload.length);
     writeOutHeader(b, b.length, code, 0n);
     payload.copy(b, OUT_HEADER_SIZE);
-    return new Promise((resolve) => fs.write(this.fd, b, 0, b.length, null, () => resolve()));
+    return new Promise((resolve) => {
+      const write = (): void => {
+        this.notifying++;
+        fs.write(this.fd, b, 0, b.length, null, () => {
+          this.notifying--;
+          this.notifyQueue.shift()?.();
+          resolve();
+        });
+      };
+      if (this.notifying < NOTIFY_SLOTS) write();
+      else this.notifyQueue.push(write);
+    });
   }
 
   /**
