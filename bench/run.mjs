@@ -582,8 +582,13 @@ function smaps(pid) {
   return { rss: get('Rss'), pss: get('Pss'), anon: get('Anonymous'), privateDirty: get('Private_Dirty') };
 }
 
-/** The daemon's memory once it has settled: V8 gives back heap pages a few seconds after a burst. */
+/**
+ * The daemon's memory once it has settled: V8's memory reducer gives heap
+ * pages back some seconds after a burst of work (a full GC when allocation
+ * has stayed low), so at least 10 s, then until three readings agree.
+ */
 async function settled(pid) {
+  await new Promise((res) => setTimeout(res, 9000));
   let last;
   let same = 0;
   for (let i = 0; i < 30 && same < 3; i++) {
@@ -746,7 +751,9 @@ ${sections.filter(Boolean).join('\n\n')}
   from the page cache before its first run, so its pages are mapped as from disk (just written
   by the build they sit in large folios that a fault maps whole, ~15 MB more RSS). Per device:
   1000 devices attached through the control socket from one process (bench/attach.ts), the
-  growth of the private memory once settled, divided by 1000.
+  growth of the private memory once settled (V8 gives heap pages back some seconds after a burst:
+  every memory figure is read after at least 10 s, once three readings a second apart agree),
+  divided by 1000.
 - **Scale**: one instance, \`max_loop_devices\` raised; devices created with
   \`ioctl(loop-control, LOOP_CTL_ADD, n)\` from python; VmRSS of the daemon from
   /proc/PID/status. get-free "inside the daemon" times \`Instance.getFree()\` (the code the daemon
