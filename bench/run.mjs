@@ -2,7 +2,7 @@
 // Side-by-side benchmark: a loopfs device against a kernel loop device on the
 // same backing file, in the same run, plus the raw file as the ceiling.
 //
-//   npm run bench [-- --runs N] [--size MiB] [--only io,window,ctl,scale] [--match REGEX] [--quick]
+//   npm run bench [-- --runs N] [--size MiB] [--only io,window,ctl,scale,startup,memory] [--match REGEX] [--quick]
 //                    [--cache warm|cold] [--no-results] [--dist DIR (a build to use instead of building)]
 //
 // Root only (FUSE mounts, kernel loop devices, drop_caches). Installs fio if
@@ -33,7 +33,7 @@ const flag = (name) => argv.includes(`--${name}`);
 const quick = flag('quick');
 const RUNS = Number(opt('runs', quick ? 1 : 3));
 const SIZE_MIB = Number(opt('size', quick ? 256 : 1024));
-const ONLY = new Set((opt('only', 'io,window,ctl,scale')).split(','));
+const ONLY = new Set((opt('only', 'io,window,ctl,scale,startup,memory')).split(','));
 const SCALE = quick ? [1000] : [1000, 10_000];
 const CTL_ITER = quick ? 5 : 15;
 const MATCH = new RegExp(opt('match', '.'));
@@ -218,6 +218,8 @@ async function bench() {
     await run(process.execPath, ['build/build.mjs', '--outdir', path.join(work, 'dist')], { cwd: repo });
     loopfs = path.join(work, 'dist', 'loopfs');
   }
+  // Before anything maps it: the binary as read from disk (see memorySuite).
+  if (ONLY.has('memory')) evict(loopfs);
   const runDir = path.join(work, 'run');
   fs.mkdirSync(runDir, { mode: 0o700 });
   const env = { ...process.env, LOOPFS_RUNDIR: runDir, NO_COLOR: '1' };
@@ -273,6 +275,8 @@ async function bench() {
   }
   if (ONLY.has('ctl')) rows.push(...(await ctlSuite(loopfs, lenv, file)));
   if (ONLY.has('scale')) rows.push(...(await scaleSuite(lf, loopfs, env, work, runDir)));
+  if (ONLY.has('startup')) rows.push(...(await startupSuite(loopfs, env, lenv, work)));
+  if (ONLY.has('memory')) rows.push(...(await memorySuite(lf, loopfs, env, work, runDir)));
 
   const table = render(rows);
   console.log(`\n${table}`);
@@ -456,7 +460,7 @@ async function ctlSuite(loopfs, lenv, file) {
   const perCall = trip / 2 / n0;
   return [
     { section: 'control plane', name: '`losetup -f --show` + `-d` round trip', loopfs: ms(trip), kernel: ms(kTrip), ratio: (trip / kTrip).toFixed(1), raw: '', target: '', met: undefined },
-    { section: 'control plane', name: 'per CLI call vs `node -e 0`', loopfs: `${ms(median(attach))} / ${ms(median(detach))}`, kernel: `node -e 0: ${ms(n0)}`, ratio: perCall.toFixed(2), raw: '', target: '≤ 1.5', met: perCall <= 1.5 },
+    { section: 'control plane', name: 'per CLI call vs `node -e 0`', loopfs: `${ms(median(attach))} / ${ms(median(detach))}`, kernel: `node -e 0: ${ms(n0)}`, ratio: perCall.toFixed(2), raw: '', target: '≤ 1.15', met: perCall <= 1.15 },
   ];
 }
 
@@ -506,6 +510,154 @@ async function inDaemonGetFree(n) {
   const esbuild = await import(path.join(repo, 'node_modules', 'esbuild', 'lib', 'main.js'));
   await esbuild.build({ entryPoints: [path.join(here, 'getfree.ts')], bundle: true, platform: 'node', target: 'node20', format: 'cjs', outfile: out, external: ['koffi'], logLevel: 'warning' });
   return JSON.parse((await run(process.execPath, [out, String(n)])).stdout);
+}
+
+// ---------------------------------------------------------------- start-up
+
+/**
+ * Wall time of whole CLI calls against `node -e 0` (the runtime's floor),
+ * each pair back to back: a command, then node. The figure is the median
+ * of the per-pair ratios (the machine's speed drifts less within a pair).
+ */
+async function startupSuite(loopfs, env, lenv, work) {
+  log('bench: start-up');
+  const ITER = quick ? 5 : 11;
+  const img = path.join(work, 'startup.img');
+  fs.writeFileSync(img, Buffer.alloc(MiB));
+  const mnt = path.join(work, 'startup-mnt');
+  fs.mkdirSync(mnt);
+  const cases = [
+    { name: '`loopfs run -- true`', target: 2.5, time: () => timeSync(loopfs, ['run', '--', 'true'], env).seconds },
+    { name: '`loopfs losetup -a`', target: 1.15, time: () => timeSync(loopfs, ['losetup', '-a'], lenv).seconds },
+    {
+      name: '`loopfs losetup -f --show IMG` / `-d DEV`', target: 1.15, pair: true,
+      time: () => {
+        const a = timeSync(loopfs, ['losetup', '-f', '--show', img], lenv);
+        return [a.seconds, timeSync(loopfs, ['losetup', '-d', a.stdout], lenv).seconds];
+      },
+    },
+    {
+      name: 'instance start: `loopfs mount DIR`', target: 1.5,
+      time: () => {
+        const s = timeSync(loopfs, ['mount', mnt], env).seconds;
+        timeSync(loopfs, ['umount', mnt], env);
+        return s;
+      },
+    },
+  ];
+  const rows = [];
+  const ms = (v) => `${(v * 1000).toFixed(1)} ms`;
+  for (const c of cases) {
+    const mine = [];
+    const node = [];
+    const ratios = [];
+    for (let i = 0; i < ITER + 1; i++) {
+      const n = timeSync(process.execPath, ['-e', '0'], env).seconds;
+      const t = [c.time()].flat();
+      if (i === 0) continue; // warm-up
+      node.push(n);
+      mine.push(t);
+      ratios.push(Math.max(...t) / n);
+    }
+    const ratio = median(ratios);
+    const figure = mine[0].map((_, k) => ms(median(mine.map((t) => t[k])))).join(' / ');
+    rows.push({ section: 'start-up (wall time against `node -e 0`)', name: c.name, loopfs: figure, kernel: `node -e 0: ${ms(median(node))}`, ratio: ratio.toFixed(2), raw: '', target: `≤ ${c.target}`, met: ratio <= c.target });
+    log(`  ${c.name}: ${figure}, ${ratio.toFixed(2)} × node -e 0`);
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------- memory
+
+/** Drops a file's pages from the page cache, so the next start maps them as from disk. */
+function evict(file) {
+  const r = spawnSync('python3', ['-c', 'import os,sys\nfd=os.open(sys.argv[1],os.O_RDONLY)\nos.fsync(fd)\nos.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)', file]);
+  if (r.status !== 0) throw new Error(`evicting ${file} from the page cache failed: ${r.stderr}`);
+}
+
+/** kB figures of /proc/PID/smaps_rollup. */
+function smaps(pid) {
+  const text = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const get = (k) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  return { rss: get('Rss'), pss: get('Pss'), anon: get('Anonymous'), privateDirty: get('Private_Dirty') };
+}
+
+/**
+ * The daemon's memory once it has settled: V8's memory reducer gives heap
+ * pages back some seconds after a burst of work (a full GC when allocation
+ * has stayed low), so at least 10 s, then until three readings agree.
+ */
+async function settled(pid) {
+  await new Promise((res) => setTimeout(res, 9000));
+  let last;
+  let same = 0;
+  for (let i = 0; i < 30 && same < 3; i++) {
+    await new Promise((res) => setTimeout(res, 1000));
+    const m = smaps(pid);
+    same = last && m.anon === last.anon ? same + 1 : 0;
+    last = m;
+  }
+  return last;
+}
+
+/**
+ * The daemon of an idle instance (mounted, its control socket used once,
+ * nothing attached): its private (anonymous) memory, RSS and PSS, a fresh
+ * instance each run; then what each bound device adds to its private
+ * memory (DEVICES attached from one process through the control socket,
+ * bench/attach.ts). Figures are taken once the daemon has settled. The
+ * binary was dropped from the page cache before its first run: just written by the build,
+ * its pages sit in large folios that a fault maps whole, so the daemon of a
+ * fresh build counts ~15 MB more of the (shared, clean) binary in its RSS
+ * than one of a binary read from disk.
+ */
+async function memorySuite(lf, loopfs, env, work, runDir) {
+  log('bench: memory');
+  const RUNS_MEM = Math.max(3, RUNS);
+  const DEVICES = quick ? 500 : 1000;
+  const attacher = await bundleBench('attach.ts');
+  const idle = [];
+  const perDevice = [];
+  const img = path.join(work, 'memory.img');
+  fs.writeFileSync(img, Buffer.alloc(MiB));
+  await lf(['sysctl', 'max_loop_devices=100000']);
+  for (let r = 0; r < RUNS_MEM; r++) {
+    const mnt = path.join(work, `memory-${r}`);
+    fs.mkdirSync(mnt);
+    const pid = await mountInstance(lf, mnt, runDir, loopfs, env);
+    const menv = { ...env, LOOPFS: mnt };
+    timeSync(loopfs, ['losetup', '-a'], menv);
+    const before = await settled(pid);
+    idle.push(before);
+    await run(process.execPath, [attacher, mnt, img, String(DEVICES)], { env: menv });
+    const after = await settled(pid);
+    perDevice.push(((after.anon - before.anon) * 1024) / DEVICES);
+    timeSync(loopfs, ['losetup', '-D'], menv);
+    timeSync(loopfs, ['umount', mnt], env);
+    log(`  idle: private ${before.anon} kB, RSS ${before.rss} kB, PSS ${before.pss} kB; ${DEVICES} bound devices: +${after.anon - before.anon} kB`);
+  }
+  const mb = (kb) => `${(kb / 1024).toFixed(1)} MB`;
+  const anon = median(idle.map((m) => m.anon));
+  const rss = median(idle.map((m) => m.rss));
+  const pss = median(idle.map((m) => m.pss));
+  const dev = median(perDevice);
+  const section = 'memory (daemon, /proc/PID/smaps_rollup)';
+  return [
+    { section, name: 'idle instance: private (anonymous)', loopfs: mb(anon), kernel: '', ratio: '', raw: `PSS ${mb(pss)}`, target: '≤ 15 MB', met: anon <= 15 * 1024 },
+    { section, name: 'idle instance: RSS', loopfs: mb(rss), kernel: '', ratio: '', raw: '', target: '≤ 50 MB', met: rss <= 50 * 1024 },
+    { section, name: `each bound device (${DEVICES} attached)`, loopfs: `${(dev / 1024).toFixed(2)} KB`, kernel: '', ratio: '', raw: '', target: '≤ 2 KB', met: dev <= 2048 },
+  ];
+}
+
+/** Bundles bench/NAME (TypeScript using src/) into a private directory; returns the .cjs path. */
+async function bundleBench(name) {
+  const outdir = path.join(repo, '.build', `bench-${process.pid}`);
+  fs.mkdirSync(outdir, { recursive: true });
+  cleanups.push(() => fs.rmSync(outdir, { recursive: true, force: true }));
+  const out = path.join(outdir, name.replace(/\.ts$/, '.cjs'));
+  const esbuild = await import(path.join(repo, 'node_modules', 'esbuild', 'lib', 'main.js'));
+  await esbuild.build({ entryPoints: [path.join(here, name)], bundle: true, platform: 'node', target: 'node20', format: 'cjs', outfile: out, external: ['koffi'], logLevel: 'warning' });
+  return out;
 }
 
 // ---------------------------------------------------------------- output
@@ -588,6 +740,20 @@ ${sections.filter(Boolean).join('\n\n')}
   (the single executable, an instance already running), median of ${CTL_ITER} after 2 warm-ups;
   compared per call with \`node -e 0\` and, as a round trip, with util-linux \`losetup\` on a
   kernel device.
+- **Start-up**: wall time of whole calls of the single executable, each run paired with a
+  \`node -e 0\` right before it; the ratio is the median of the per-pair ratios (11 pairs after
+  a warm-up): \`loopfs run -- true\`, \`loopfs losetup -a\` and \`losetup -f --show\` /
+  \`-d\` (an instance running; the pair's slower call is compared), and instance start,
+  \`loopfs mount DIR\` (unmounted after each, untimed).
+- **Memory**: the daemon of an idle instance (mounted, its control socket used once, nothing
+  attached): \`Anonymous\` (its private memory), \`Rss\` and \`Pss\` of /proc/PID/smaps_rollup,
+  read once they no longer change, a fresh instance in each of 3 runs. The binary is dropped
+  from the page cache before its first run, so its pages are mapped as from disk (just written
+  by the build they sit in large folios that a fault maps whole, ~15 MB more RSS). Per device:
+  1000 devices attached through the control socket from one process (bench/attach.ts), the
+  growth of the private memory once settled (V8 gives heap pages back some seconds after a burst:
+  every memory figure is read after at least 10 s, once three readings a second apart agree),
+  divided by 1000.
 - **Scale**: one instance, \`max_loop_devices\` raised; devices created with
   \`ioctl(loop-control, LOOP_CTL_ADD, n)\` from python; VmRSS of the daemon from
   /proc/PID/status. get-free "inside the daemon" times \`Instance.getFree()\` (the code the daemon

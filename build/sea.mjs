@@ -57,7 +57,7 @@ export function buildSea(bundle = path.join(ROOT, 'dist/loopfs.cjs'), out = path
       main: bundle,
       output: blob,
       disableExperimentalSEAWarning: true,
-      useCodeCache: false,
+      useCodeCache: true,
       assets: { 'koffi.node': koffiNativePath() },
     }));
     run(['--experimental-sea-config', config], 'node --experimental-sea-config');

@@ -1,4 +1,5 @@
 import type { CAC } from 'cac';
+import * as fs from 'node:fs';
 import { runLosetup, type FileStat, type LosetupDeps } from './losetup-run';
 import { losetupErrorText } from './losetup-args';
 
@@ -93,17 +94,15 @@ function processDeps(
     stdout: (s) => void process.stdout.write(s),
     stderr: (s) => void process.stderr.write(s),
     stat: async (p): Promise<FileStat | undefined> => {
-      const { stat } = await import('node:fs/promises');
       try {
-        const st = await stat(p);
+        const st = await fs.promises.stat(p);
         return { dev: st.dev, ino: st.ino, size: st.size, isBlockDevice: st.isBlockDevice() };
       } catch {
         return undefined;
       }
     },
     realpath: async (p) => {
-      const { realpath } = await import('node:fs/promises');
-      return realpath(p).catch(() => undefined);
+      return fs.promises.realpath(p).catch(() => undefined);
     },
     env: process.env,
     isTTY: process.stdout.isTTY === true,

@@ -1,4 +1,6 @@
 import type { CAC } from 'cac';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { usageError } from '../core/errors';
 import { parseCount, selector, type GlobalFlags } from './common';
 
@@ -15,8 +17,6 @@ export function register(cli: CAC): void {
       const newValue = value === undefined ? undefined : parseCount(value, name, 0, (await import('../core/limits')).SYSCTL_MAX);
       const { ensureRunDir } = await import('../core/rundir');
       const { openLimitsFile, readSysctlShared, writeSysctl, LIMITS_FILE } = await import('../core/limits');
-      const path = await import('node:path');
-      const fs = await import('node:fs');
       const fd = openLimitsFile(path.join(ensureRunDir(selector(flags).runDir), LIMITS_FILE));
       try {
         if (newValue !== undefined) writeSysctl(fd, { ...readSysctlShared(fd), max_loop_devices: newValue });

@@ -1,7 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { spawn, spawnSync } from 'node:child_process';
+import type * as ChildProcess from 'node:child_process';
 import { LoopfsError, fromSystemError, type Errno } from './errors';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
 import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
@@ -13,6 +12,9 @@ import { PARENTS_FILE } from './limits';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
 import { isMounted, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
 import type { DeviceRef, InstanceClient, InstanceSelector } from './api';
+
+/** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
+const cp = (): typeof ChildProcess => require('node:child_process') as typeof ChildProcess;
 
 /** Finding, starting and stopping instances: what every command stands on. */
 
@@ -66,7 +68,7 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     } else {
       checkMountpoint(runDir, mountpoint);
     }
-    const instId = id ?? randomBytes(4).toString('hex');
+    const instId = id ?? (require('node:crypto') as typeof import('node:crypto')).randomBytes(4).toString('hex');
     const stateDir = path.join(instancesDir(runDir), instId);
     ensurePrivateDir(stateDir);
     if (opts.alias) writeAlias(stateDir, opts.alias);
@@ -78,10 +80,11 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     const bound = sandboxed ? sandboxMountpoint(runDir, mountpoint) : false;
     const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? DEFAULT_MAX), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : [])];
     const argv = sandboxed ? ['unshare', '--mount', '--propagation', 'unchanged', '--', ...daemonArgv] : daemonArgv;
-    const child = spawn(argv[0]!, argv.slice(1), {
+    const child = cp().spawn(argv[0]!, argv.slice(1), {
       detached: true,
       stdio: ['ignore', log, log, 'pipe'],
-      env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16' },
+      // Two malloc arenas: memory one pool thread frees serves the next (one arena per thread keeps it all).
+      env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' },
     });
     fs.closeSync(log);
     const line = await waiting(`starting the loopfs instance at ${mountpoint}`, () => firstLine(child.stdio[3] as NodeJS.ReadableStream));
@@ -103,7 +106,7 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
       err = new LoopfsError('EIO', mountpoint, `the daemon exited before it was ready${logText ? `: ${logText}` : ''}`);
     }
     fs.rmSync(stateDir, { recursive: true, force: true });
-    if (bound) spawnSync('umount', ['-n', mountpoint]);
+    if (bound) cp().spawnSync('umount', ['-n', mountpoint]);
     if (isDefault) rmdirQuiet(mountpoint);
     throw err;
   });
@@ -170,7 +173,7 @@ export async function mountPinned(runDirOpt: string | undefined, dir: string, op
 function sandboxMountpoint(runDir: string, mountpoint: string): boolean {
   if (path.dirname(mountpoint) === runDir) return false;
   for (const args of [['--bind', mountpoint, mountpoint], ['--make-shared', mountpoint]]) {
-    const r = spawnSync('mount', ['-n', ...args], { encoding: 'utf8' });
+    const r = cp().spawnSync('mount', ['-n', ...args], { encoding: 'utf8' });
     if (r.status !== 0) throw new LoopfsError('EPERM', mountpoint, `cannot prepare the mountpoint: ${(r.stderr ?? '').trim()}`);
   }
   return true;
@@ -395,7 +398,7 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
   const gone = (): boolean => !fs.existsSync(rec.stateDir) && !daemonAlive(pid, id);
   const finished = await waitUntil(gone, lazy ? ANSWER_DEADLINE_MS : 10_000, `waiting for the instance daemon of ${mountpoint} to finish`);
   if (finished) {
-    if (rec.state.boundMountpoint) spawnSync('umount', ['-n', mountpoint], { timeout: 5000 });
+    if (rec.state.boundMountpoint) cp().spawnSync('umount', ['-n', mountpoint], { timeout: 5000 });
     return { how };
   }
   if (lazy) return { how }; // detached; an orphan finishes when its last opener closes
@@ -448,7 +451,7 @@ export async function forceStop(rec: InstanceRecord, why: string): Promise<Stopp
       /* gone meanwhile */
     }
   }
-  if (st.boundMountpoint) spawnSync('umount', ['-n', st.mountpoint], { timeout: 5000 });
+  if (st.boundMountpoint) cp().spawnSync('umount', ['-n', st.mountpoint], { timeout: 5000 });
   fs.rmSync(rec.stateDir, { recursive: true, force: true });
   if (st.removeMountpoint) rmdirQuiet(st.mountpoint);
   return { how: 'aborted', why };
@@ -466,7 +469,7 @@ export async function reap(rec: InstanceRecord): Promise<void> {
       /* gone meanwhile */
     }
   }
-  if (rec.state?.boundMountpoint) spawnSync('umount', ['-n', rec.state.mountpoint], { timeout: 5000 });
+  if (rec.state?.boundMountpoint) cp().spawnSync('umount', ['-n', rec.state.mountpoint], { timeout: 5000 });
   fs.rmSync(rec.stateDir, { recursive: true, force: true });
   if (rec.state?.removeMountpoint) rmdirQuiet(rec.state.mountpoint);
 }

@@ -119,7 +119,11 @@ export function daemonAlive(pid: number, id: string): boolean {
   }
 }
 
-export function listInstances(runDir: string): InstanceRecord[] {
+/**
+ * `orphans`: also look through /proc for live daemons whose state is gone
+ * (a read of every process's name: the costly part on a busy host).
+ */
+export function listInstances(runDir: string, orphans = true): InstanceRecord[] {
   const dir = instancesDir(runDir);
   let names: string[];
   try {
@@ -144,7 +148,7 @@ export function listInstances(runDir: string): InstanceRecord[] {
   });
   // A live daemon whose state directory is gone (or the whole run directory) is still an instance: its command
   // line tells what it serves. (A state directory without state.json is a daemon still starting: left as it is.)
-  for (const d of findDaemons(runDir)) {
+  for (const d of orphans ? findDaemons(runDir) : []) {
     if (d.stateDir !== path.join(dir, d.id) || lexists(d.stateDir) || records.some((r) => r.id === d.id)) continue;
     const state: InstanceState = { version: 1, id: d.id, mountpoint: d.mountpoint, pid: d.pid, uid: d.uid, gid: d.gid, max: d.max, removeMountpoint: d.removeMountpoint, boundMountpoint: d.boundMountpoint, created: '' };
     records.push({ id: d.id, stateDir: d.stateDir, state, alive: true, mounted: isMounted(d.mountpoint), orphaned: 'its state directory is gone' });
@@ -154,7 +158,12 @@ export function listInstances(runDir: string): InstanceRecord[] {
 
 /** By id, or by mountpoint (any path that resolves to it). */
 export function findInstance(runDir: string, what: string): InstanceRecord | undefined {
-  const all = listInstances(runDir);
+  // An instance with its state in place is found without the look through /proc: only the orphans need it.
+  const served = pick(listInstances(runDir, false), what);
+  return served?.alive && !served.orphaned ? served : pick(listInstances(runDir), what);
+}
+
+function pick(all: InstanceRecord[], what: string): InstanceRecord | undefined {
   const byId = all.find((r) => r.id === what);
   if (byId) return byId;
   // As named when it was mounted (a symlink then, wherever it points now), or as recorded.

@@ -1,8 +1,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
+import type * as ChildProcess from 'node:child_process';
 import { socketPair, closeFds } from '../sys/unixsock';
 import { umount2, MNT_DETACH } from '../sys/libc';
+
+/** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
+const cp = (): typeof ChildProcess => require('node:child_process') as typeof ChildProcess;
 
 /**
  * Mounting a FUSE filesystem without libfuse. As root: open /dev/fuse, hand
@@ -77,7 +80,7 @@ function run(cmd: string, args: string[], passFd?: number): Promise<void> {
     const stdio: ('ignore' | 'pipe' | number)[] = ['ignore', 'ignore', 'pipe'];
     if (passFd !== undefined) stdio.push(passFd);
     // argv[0] the bare name, so the tool's messages start with it.
-    const child = spawn(cmd, args, { stdio, argv0: path.basename(cmd) });
+    const child = cp().spawn(cmd, args, { stdio, argv0: path.basename(cmd) });
     let err = '';
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     child.on('error', reject);
@@ -171,7 +174,7 @@ async function mountFuseUser(mountpoint: string, opts: MountOptions): Promise<Mo
   let stderr = '';
   let fd: number;
   try {
-    const child = spawn(fm, ['-o', options, '--', mountpoint], { stdio: ['ignore', 'ignore', 'pipe', theirs], argv0: 'fusermount3', env: { ...process.env, _FUSE_COMMFD: '3' } });
+    const child = cp().spawn(fm, ['-o', options, '--', mountpoint], { stdio: ['ignore', 'ignore', 'pipe', theirs], argv0: 'fusermount3', env: { ...process.env, _FUSE_COMMFD: '3' } });
     closeFds([theirs]);
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const ended = new Promise<number | null>((resolve) => {
@@ -200,7 +203,7 @@ async function mountFuseUser(mountpoint: string, opts: MountOptions): Promise<Mo
   }
   const watch = socketPair();
   try {
-    const watcher = spawn('/bin/sh', ['-c', WATCHER, 'loopfs-watch', fm, mountpoint], { stdio: [watch.theirs, 'ignore', 'ignore'], detached: true });
+    const watcher = cp().spawn('/bin/sh', ['-c', WATCHER, 'loopfs-watch', fm, mountpoint], { stdio: [watch.theirs, 'ignore', 'ignore'], detached: true });
     watcher.on('error', () => {});
     watcher.unref();
   } finally {
@@ -333,14 +336,14 @@ export function abortFuseConnection(conn: number): boolean {
   const file = `${FUSECTL}/${conn}/abort`;
   // Mounted only for this write, and unmounted after it: the host's mount table is left as it was.
   const mounted = !fs.existsSync(file) && !readMountinfo().some((m) => m.fstype === 'fusectl')
-    && spawnSync('mount', ['-n', '-t', 'fusectl', 'fusectl', FUSECTL], { stdio: 'ignore', timeout: 5000 }).status === 0;
+    && cp().spawnSync('mount', ['-n', '-t', 'fusectl', 'fusectl', FUSECTL], { stdio: 'ignore', timeout: 5000 }).status === 0;
   try {
     fs.writeFileSync(file, '1');
     return true;
   } catch {
     return false;
   } finally {
-    if (mounted) spawnSync('umount', ['-n', FUSECTL], { stdio: 'ignore', timeout: 5000 });
+    if (mounted) cp().spawnSync('umount', ['-n', FUSECTL], { stdio: 'ignore', timeout: 5000 });
   }
 }
 
@@ -396,6 +399,6 @@ export function detachMount(mountpoint: string, lazy: boolean): void {
     if (code !== 'EPERM') throw Object.assign(new Error(`cannot unmount ${mountpoint}`), { code });
   }
   const fm = needFusermount();
-  const r = spawnSync(fm, ['-u', ...(lazy ? ['-z'] : []), '--', mountpoint], { encoding: 'utf8', timeout: 5000, argv0: 'fusermount3' });
+  const r = cp().spawnSync(fm, ['-u', ...(lazy ? ['-z'] : []), '--', mountpoint], { encoding: 'utf8', timeout: 5000, argv0: 'fusermount3' });
   if (r.status !== 0) throw toolError(fm, r.stderr ?? '');
 }

@@ -19,12 +19,20 @@ import { Passthrough } from './passthrough';
  * served on those threads; every other request is dispatched here, to the
  * FileSystem, each with a request buffer and a (pooled) reply buffer of its
  * own, so a slow request holds nothing but itself. Threads use no libuv
- * pool thread; each costs ~8 MB of memory (its V8 isolate and buffers).
+ * pool thread; each costs ~8 MB of memory (its V8 isolate and buffers), so
+ * they start with the first backed handle: until then the main thread reads
+ * /dev/fuse on one libuv pool thread (SessionOptions.lazyThreads).
  */
 
 export interface SessionOptions {
   /** Threads reading /dev/fuse: backed READ/WRITE requests served at once (default 4). */
   workers?: number;
+  /**
+   * Start the threads only once a handle is backed (default true); until
+   * then the main thread reads /dev/fuse on the libuv pool, and an idle
+   * instance costs no thread's V8 isolate (~7 MB each).
+   */
+  lazyThreads?: boolean;
   /**
    * Largest READ/WRITE payload (max_write, and max_pages for reads), default
    * 128 KiB: the kernel sends a 1 MiB O_DIRECT request of an ordinary handle
@@ -49,6 +57,8 @@ interface Worker {
 type Handler = (s: Session, w: Worker, h: InHeader, b: Body, ctx: RequestContext) => Promise<number | null> | number | null;
 
 const KiB = 1 << 10;
+/** Notifications written at once: the libuv pool less one thread for the main thread's read and one for a socket's poll. */
+const NOTIFY_SLOTS = Math.max(1, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 2);
 
 export class Session {
   readonly fd: number;
@@ -62,6 +72,10 @@ export class Session {
   private readonly wantPassthrough: boolean;
   private readonly passthrough: Passthrough;
   private initialized = false;
+  private readonly lazyThreads: boolean;
+  private notifying = 0;
+  private readonly notifyQueue: (() => void)[] = [];
+  private wantThreads = (): void => {};
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
@@ -72,6 +86,7 @@ export class Session {
     this.maxWrite = opts.maxWrite ?? 128 * KiB;
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
+    this.lazyThreads = opts.lazyThreads ?? true;
     this.debug = opts.debug;
     this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
     this.passthrough = new Passthrough(fd, opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
@@ -81,14 +96,16 @@ export class Session {
   serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
     const outs: Buffer[] = [];
-    return runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+    const readers = runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
       const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
       try {
         await this.dispatch(w, req.length);
       } finally {
         if (outs.length < 8) outs.push(w.out);
       }
-    });
+    }, this.lazyThreads);
+    this.wantThreads = readers.want;
+    return readers.done;
   }
 
   private async dispatch(w: Worker, n: number): Promise<void> {
@@ -131,13 +148,26 @@ export class Session {
   /**
    * Notifications are written from the libuv pool, never from the loop
    * thread: an invalidation may wait on a page lock that a pending READ holds,
-   * and that READ needs this thread to be answered.
+   * and that READ needs this thread to be answered. At most NOTIFY_SLOTS at
+   * once: until the threads start, that READ is read by the main thread on
+   * the pool too, and a storm of blocked invalidations must leave it a thread.
    */
   private notify(code: number, payload: Buffer): Promise<void> {
     const b = Buffer.alloc(OUT_HEADER_SIZE + payload.length);
     writeOutHeader(b, b.length, code, 0n);
     payload.copy(b, OUT_HEADER_SIZE);
-    return new Promise((resolve) => fs.write(this.fd, b, 0, b.length, null, () => resolve()));
+    return new Promise((resolve) => {
+      const write = (): void => {
+        this.notifying++;
+        fs.write(this.fd, b, 0, b.length, null, () => {
+          this.notifying--;
+          this.notifyQueue.shift()?.();
+          resolve();
+        });
+      };
+      if (this.notifying < NOTIFY_SLOTS) write();
+      else this.notifyQueue.push(write);
+    });
   }
 
   /**
@@ -237,7 +267,7 @@ export class Session {
 
   /** Registers what an open returned; the backing id to open the handle with, if passthrough. */
   opened(fh: number, node: number, r: OpenResult, direct: boolean): number | undefined {
-    if (r.backing) this.backed.register(fh, node, r.backing);
+    if (r.backing && this.backed.register(fh, node, r.backing)) this.wantThreads();
     return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd, direct) : undefined;
   }
 

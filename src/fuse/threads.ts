@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { Worker as Thread } from 'node:worker_threads';
 import type { BackedRange } from './types';
@@ -136,19 +137,34 @@ export class BackedTable {
 /** Bytes before a forwarded request in its ArrayBuffer: its sequence number (u32, then padding). */
 const FORWARD_HEADER = 8;
 
+/** The running readers of /dev/fuse (see runThreads). */
+export interface Readers {
+  /** Resolves once /dev/fuse is gone and every dispatch has settled; rejects with a reader's error. */
+  done: Promise<void>;
+  /** The threads are needed (a backed handle exists): they start after the main thread's next read. */
+  want(): void;
+}
+
 /**
  * Starts `count` threads and hands each forwarded request to `dispatch`, in
- * the order the threads read them (whichever thread's message comes first).
- * Resolves once every thread has seen /dev/fuse go away and every dispatch
- * has settled; rejects with a thread's error, if one failed.
+ * the order they were read (whichever thread's message comes first).
+ *
+ * `lazy`: no thread at first. Until want(), the main thread reads /dev/fuse
+ * itself, one read(2) at a time on the libuv pool, and dispatches what it
+ * reads: an instance that serves nothing but lookups and control requests
+ * costs no thread's isolate. The request that main read after want() is the
+ * last it reads; it takes its number before any thread starts, so the order
+ * holds across the handover.
  */
-export function runThreads(count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>): Promise<void> {
-  let live = count;
+export function runThreads(count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>, lazy = false): Readers {
+  let live = lazy ? 1 : count;
   let pending = 0;
   let failure: unknown;
   let next = 0;
+  let wanted = !lazy;
   const early = new Map<number, ArrayBuffer>();
-  return new Promise<void>((resolve, reject) => {
+  let startThreads = (): void => {};
+  const done = new Promise<void>((resolve, reject) => {
     const settle = (): void => (failure ? reject(failure) : resolve());
     const start = (m: ArrayBuffer): void => {
       pending++;
@@ -156,29 +172,63 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
         if (--pending === 0 && live === 0) settle();
       });
     };
-    for (let i = 0; i < count; i++) {
-      const t = new Thread(THREAD_SOURCE, { eval: true, workerData: { ...data, ...alignedMemory(data.bufferSize) } });
-      t.on('message', (m: unknown) => {
-        if (!(m instanceof ArrayBuffer)) return;
-        const seq = new Uint32Array(m, 0, 1)[0]!;
-        if (seq !== next) {
-          early.set(seq, m);
-          return;
-        }
-        start(m);
+    const received = (m: ArrayBuffer): void => {
+      const seq = new Uint32Array(m, 0, 1)[0]!;
+      if (seq !== next) {
+        early.set(seq, m);
+        return;
+      }
+      start(m);
+      next = (next + 1) >>> 0;
+      for (let e = early.get(next); e; e = early.get(next)) {
+        early.delete(next);
+        start(e);
         next = (next + 1) >>> 0;
-        for (let e = early.get(next); e; e = early.get(next)) {
-          early.delete(next);
-          start(e);
-          next = (next + 1) >>> 0;
+      }
+    };
+    const readerGone = (): void => {
+      if (--live === 0 && pending === 0) settle();
+    };
+    startThreads = (): void => {
+      for (let i = 0; i < count; i++) {
+        const t = new Thread(THREAD_SOURCE, { eval: true, workerData: { ...data, ...alignedMemory(data.bufferSize) } });
+        t.on('message', (m: unknown) => {
+          if (m instanceof ArrayBuffer) received(m);
+        });
+        t.on('error', (e) => (failure ??= e));
+        t.on('exit', readerGone);
+      }
+    };
+    if (!lazy) return startThreads();
+    const order = new Uint32Array(data.order);
+    const buf = Buffer.allocUnsafe(data.bufferSize);
+    const readOnMain = (): void => {
+      fs.read(data.fd, buf, 0, data.bufferSize, null, (err, n) => {
+        if (err) {
+          if (err.code === 'ENOENT' || err.code === 'EINTR' || err.code === 'EAGAIN') return readOnMain();
+          if (err.code !== 'ENODEV') failure ??= err;
+          return readerGone();
         }
+        if (n >= 40) {
+          const ab = new ArrayBuffer(FORWARD_HEADER + n);
+          new Uint32Array(ab, 0, 1)[0] = Atomics.add(order, 0, 1);
+          buf.copy(Buffer.from(ab), FORWARD_HEADER, 0, n);
+          received(ab);
+        }
+        if (!wanted) return readOnMain();
+        live += count;
+        startThreads();
+        readerGone();
       });
-      t.on('error', (e) => (failure ??= e));
-      t.on('exit', () => {
-        if (--live === 0 && pending === 0) settle();
-      });
-    }
+    };
+    readOnMain();
   });
+  return {
+    done,
+    want: () => {
+      wanted = true;
+    },
+  };
 }
 
 /** What a thread is started with. */

@@ -61,11 +61,12 @@ async function rejectsWith(p: Promise<unknown>, code: string): Promise<void> {
   assert.unreachable(`expected ${code}`);
 }
 
-test('a slow request does not stall the others; unknown opcodes are ENOSYS; errors keep their errno', async () => {
+// Read by the main thread (no backed handle: the threads are not started) and by the threads.
+for (const lazyThreads of [true, false]) test(`a slow request does not stall the others; unknown opcodes are ENOSYS; errors keep their errno (${lazyThreads ? 'main thread reads' : 'threads read'})`, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'loopfs-fuse-'));
   const log: string[] = [];
   const m = await mountFuse(dir, { source: 'loopfs-test', subtype: 'loopfs-test', uid: 0, gid: 0, allowOther: true });
-  const served = new Session(m.fd, tinyFs(1500, log)).serve();
+  const served = new Session(m.fd, tinyFs(1500, log), { lazyThreads }).serve();
   try {
     assert.ok(isMounted(dir));
     assert.equal((await fs.promises.readdir(dir)).sort(), ['fast', 'slow']);
