@@ -18,7 +18,10 @@ export const PROG = 'loopfs losetup';
  * as `PROG: what` (util-linux's errx(), an empty reason) or `PROG: what:
  * strerror` (its err() and warn(), the reason), with no "(ERRNO)": a script
  * reading losetup's stderr sees util-linux's lines. The errno stays on the
- * error for callers (and decides nothing else: losetup exits 1).
+ * error for callers (and decides nothing else: losetup exits 1). An error of
+ * loopfs's own, which util-linux never prints (an instance that cannot
+ * start, say), keeps its reason and names its errno, as every loopfs
+ * command's error does.
  */
 export const errx = (what: string, errno: Errno = 'EINVAL'): LoopfsError => new LoopfsError(errno, what, '');
 export const errWith = (errno: Errno, what: string): LoopfsError => new LoopfsError(errno, what, strerror(errno));
@@ -26,7 +29,10 @@ export const errWith = (errno: Errno, what: string): LoopfsError => new LoopfsEr
 /** The text losetup prints on stderr for an error: one line, and util-linux's "Try" line after a usage error. */
 export function losetupErrorText(err: unknown): string {
   let line: string;
-  if (err instanceof LoopfsError) line = err.reason ? `${err.what}: ${err.reason}` : err.what;
+  if (err instanceof LoopfsError) {
+    const own = err.reason !== '' && err.reason !== strerror(err.errno);
+    line = err.reason ? `${err.what}: ${err.reason}${own ? ` (${err.errno})` : ''}` : err.what;
+  }
   else {
     const e = err as NodeJS.ErrnoException;
     const code = e && typeof e.code === 'string' && /^E[A-Z0-9]+$/.test(e.code) ? (e.code as Errno) : undefined;
