@@ -20,13 +20,23 @@ export interface Binding {
   partitions: PartitionInfo[];
   /** One window per partition, by partition number. */
   windows: Map<number, BlockIO>;
+  /** lo_file_name as LOOP_GET_STATUS returns it (LO_NAME_SIZE bytes); by default the path, as losetup sets it. */
+  fileName?: Buffer;
 }
 
 export class LoopDevice {
   name: string;
   binding: Binding | undefined;
   openCount = 0;
-  /** Detach asked while open: unbind at last close (LOOP_CLR_FD semantics). */
+  /**
+   * BLKROSET on the device entry (`partRo`: on partition entries): writes
+   * through it fail EPERM. Like the kernel's block device flag, it outlives
+   * a binding; a partition's goes with the partition.
+   */
+  roSet = false;
+  partRo = new Set<number>();
+  /** Bound at least once: the kernel's queue keeps the discard limit a binding gave it. */
+  boundOnce = false;
   constructor(readonly index: DeviceIndex) {
     this.name = `loop${index}`;
   }
@@ -209,6 +219,7 @@ export class DeviceTable {
   bind(dev: LoopDevice, binding: Binding): void {
     if (dev.bound) throw new LoopfsError('EBUSY', dev.name, 'device is bound');
     dev.binding = binding;
+    dev.boundOnce = true;
     this.refreshFree(dev);
     this.hooks.changed?.(dev, 'bound');
   }

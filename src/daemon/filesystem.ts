@@ -4,6 +4,8 @@ import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult
 import type { BlockIO } from '../engine/device';
 import type { LoopDevice } from './devices';
 import type { Instance } from './instance';
+import { DeviceIoctls } from './ioctl';
+import { Caller } from '../sys/caller';
 
 /**
  * The instance filesystem of SPEC §2: `/` (inode 1), `loop-control`
@@ -44,18 +46,34 @@ interface Handle {
   writable: boolean;
   /** Written through since it was opened or last flushed. */
   wrote?: boolean;
+  /** Offered to the kernel as a passthrough handle. */
+  passthrough?: boolean;
 }
 
 function fail(errno: 'ENOENT' | 'EPERM' | 'EBUSY' | 'EROFS' | 'ENXIO' | 'EEXIST' | 'EINVAL' | 'ENOTTY' | 'EOPNOTSUPP' | 'EISDIR', what: string): never {
   throw new LoopfsError(errno, what);
 }
 
+function sameNode(a: Node, b: Node): boolean {
+  if (a.kind === 'device' && b.kind === 'device') return a.dev === b.dev;
+  if (a.kind === 'partition' && b.kind === 'partition') return a.dev === b.dev && a.part === b.part;
+  return false;
+}
+
 export class LoopFilesystem implements FileSystem {
   private readonly handles = new Map<number, Handle>();
   private nextFh = 1;
   private readonly created = Date.now();
+  private readonly ioctls: DeviceIoctls;
 
-  constructor(private readonly inst: Instance) {}
+  constructor(private readonly inst: Instance) {
+    this.ioctls = new DeviceIoctls(inst);
+  }
+
+  /** BLKROSET on this entry: writes through it are EPERM, as on a block device so flagged. */
+  private roSet(n: Node): boolean {
+    return n.kind === 'device' ? n.dev.roSet : n.kind === 'partition' ? n.dev.partRo.has(n.part) : false;
+  }
 
   private node(ino: NodeId): Node {
     if (ino === FUSE_ROOT_ID) return { kind: 'root' };
@@ -150,11 +168,26 @@ export class LoopFilesystem implements FileSystem {
       this.inst.opened(n.dev);
     }
     const fh = this.nextFh++;
-    this.handles.set(fh, { node: n, writable });
+    // The kernel refuses (EIO) a passthrough open of an inode open through its
+    // page cache, and a cached open of one open passthrough: the handles of a
+    // node that changed (bound, moved by LOOP_SET_STATUS) between opens must
+    // not mix the two. A direct-I/O handle mixes with either.
+    let cached = false;
+    let through = false;
+    for (const o of this.handles.values()) {
+      if (!sameNode(o.node, n)) continue;
+      if (o.passthrough) through = true;
+      else cached = true;
+    }
+    const h: Handle = { node: n, writable };
+    this.handles.set(fh, h);
+    // A BLKROSET entry: every write comes here, to be refused.
+    if (this.roSet(n)) return { fh, directIo: through || undefined };
     // A bound window of a plain descriptor: the session's threads serve READ/WRITE themselves.
     // A whole-file read-write device: the kernel reads the file itself (passthrough).
-    const whole = n.kind === 'device' ? n.dev.binding?.device.wholeFileFd() : undefined;
-    return { fh, backing: io?.fileRange?.(), passthrough: whole === undefined ? undefined : { fd: whole } };
+    const whole = n.kind === 'device' && !cached ? n.dev.binding?.device.wholeFileFd() : undefined;
+    h.passthrough = whole !== undefined;
+    return { fh, backing: io?.fileRange?.(), passthrough: whole === undefined ? undefined : { fd: whole }, directIo: (whole === undefined && through) || undefined };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
@@ -184,7 +217,11 @@ export class LoopFilesystem implements FileSystem {
   async write(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, data: Buffer): Promise<number> {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
-    this.handles.get(fh)!.wrote = true;
+    const h = this.handles.get(fh)!;
+    // A read-only block device refuses writes with EPERM (blkdev_write_iter): a
+    // descriptor opened before the device was bound read-only, or BLKROSET.
+    if (this.roSet(h.node) || io.readOnly) fail('EPERM', name);
+    h.wrote = true;
     return io.write(data, data.length, offset);
   }
 
@@ -213,6 +250,7 @@ export class LoopFilesystem implements FileSystem {
   async fallocate(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
+    if (this.roSet(this.handles.get(fh)!.node)) fail('EPERM', name);
     if (mode === (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) || (mode & FALLOC_FL_ZERO_RANGE) !== 0) return io.discard(offset, length);
     // Plain allocation inside the device: the space is already the device's.
     if (mode === 0 || mode === FALLOC_FL_KEEP_SIZE) {
@@ -222,9 +260,37 @@ export class LoopFilesystem implements FileSystem {
     fail('EOPNOTSUPP', name);
   }
 
-  /** LOOP_CTL_* on loop-control, with the kernel's results: ADD → index, REMOVE → 0, GET_FREE → index. */
-  ioctl(_ctx: RequestContext, ino: NodeId, _fh: number, cmd: number, arg: bigint): IoctlResult {
-    if (ino !== CONTROL_INO) fail('ENOTTY', `inode ${ino}`);
+  /**
+   * LOOP_CTL_* on loop-control, with the kernel's results: ADD → index,
+   * REMOVE → 0, GET_FREE → index. On a device or partition entry: the loop
+   * and block ioctls (ioctl.ts).
+   *
+   * Never ENOSYS: the kernel's FUSE takes an ENOSYS answer to an ioctl for
+   * "this filesystem has no ioctls", answers ENOTTY and sends no ioctl of
+   * the mount again. So where /dev/loop-control says ENOSYS (an unknown
+   * code), loop-control says ENOTTY.
+   */
+  async ioctl(ctx: RequestContext, ino: NodeId, fh: number, cmd: number, arg: bigint): Promise<IoctlResult> {
+    try {
+      return await this.anyIoctl(ctx, ino, fh, cmd, arg);
+    } catch (e) {
+      if (e instanceof LoopfsError && e.errno === 'ENOSYS') throw new LoopfsError('ENOTTY', e.what, e.reason);
+      if ((e as { code?: unknown } | null)?.code === 'ENOSYS') throw new LoopfsError('ENOTTY', `inode ${ino}`, String((e as Error).message));
+      throw e;
+    }
+  }
+
+  private async anyIoctl(ctx: RequestContext, ino: NodeId, fh: number, cmd: number, arg: bigint): Promise<IoctlResult> {
+    if (ino === CONTROL_INO) return this.controlIoctl(cmd, arg);
+    const h = this.handles.get(fh);
+    const n = h?.node;
+    if (!h || !n || (n.kind !== 'device' && n.kind !== 'partition')) fail('ENOTTY', `inode ${ino}`);
+    const dev = n.dev;
+    const partitionOpen = (): boolean => [...this.handles.values()].some((o) => o.node.kind === 'partition' && o.node.dev === dev);
+    return this.ioctls.ioctl({ dev, part: n.kind === 'partition' ? n.part : undefined, writable: h.writable, partitionOpen }, new Caller(ctx.pid), cmd, arg);
+  }
+
+  private controlIoctl(cmd: number, arg: bigint): IoctlResult {
     // The kernel passes the argument as an int: -1 means "any number" for ADD.
     const n = Number(BigInt.asIntN(32, arg));
     switch (cmd) {

@@ -1,4 +1,5 @@
-import { LoopfsError } from '../core/errors';
+import * as fs from 'node:fs';
+import { LoopfsError, fromSystemError } from '../core/errors';
 import type { AttachRequest, AttachResult } from '../core/api';
 import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../core/types';
 import { Device } from '../engine/device';
@@ -26,6 +27,16 @@ export interface BackingFd {
   /** Absolute path, as the client resolved it. */
   path: string;
   writable: boolean;
+}
+
+/** What LOOP_SET_STATUS may change on a bound device. */
+export interface StatusChange {
+  offset: number;
+  sizelimit: number;
+  autoclear: boolean;
+  /** Set only: a device that scans partitions keeps doing so. */
+  partscan: boolean;
+  fileName: Buffer;
 }
 
 export class Instance {
@@ -99,7 +110,7 @@ export class Instance {
    * the engine device, scans partitions, binds. On any failure nothing is
    * left: the backing fd is closed and a device created here is removed.
    */
-  async attach(req: AttachRequest, backing: BackingFd): Promise<AttachResult> {
+  async attach(req: AttachRequest, backing: BackingFd, fileName?: Buffer): Promise<AttachResult> {
     let created = false;
     let dev: LoopDevice;
     try {
@@ -119,6 +130,7 @@ export class Instance {
     this.table.hold(dev, true);
     let device: Device | undefined;
     try {
+      await this.notOwnEntry(backing);
       // From this call on the engine owns the backing fd (it closes it on failure).
       device = await Device.attach(
         { fd: backing.fd, path: backing.path, writable: backing.writable && !req.readOnly },
@@ -139,7 +151,7 @@ export class Instance {
       // The size warning is left to the client: losetup prints util-linux's own, once.
       const sizeWarning = device.sizeWarning;
       const warnings = device.warnings.filter((w) => w !== sizeWarning);
-      const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map() };
+      const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map(), fileName };
       if (req.partscan) {
         const table = await scanPartitions(device);
         if (table.warning) warnings.push(table.warning);
@@ -156,6 +168,28 @@ export class Instance {
     } finally {
       this.settingUp.delete(dev.index);
       this.table.hold(dev, false);
+    }
+  }
+
+  /** st_dev of this instance's own filesystem, once known. */
+  private ownDev: bigint | undefined;
+
+  /**
+   * EBADF for a backing file on this instance itself (one of its own
+   * entries), closing it: the daemon would wait on itself, as a loop device
+   * backed by itself would (the kernel's EBADF). Only asynchronous calls
+   * here: a stat of our own mount is answered by this very thread.
+   */
+  async notOwnEntry(backing: { fd: number; path: string }): Promise<void> {
+    try {
+      const st = await new Promise<fs.BigIntStats>((res, rej) => fs.fstat(backing.fd, { bigint: true }, (e, s) => (e ? rej(e) : res(s))));
+      if (this.ownDev === undefined) {
+        this.ownDev = await new Promise<bigint | undefined>((res) => fs.stat(this.mountpoint, { bigint: true }, (e, s) => res(e ? undefined : s.dev)));
+      }
+      if (st.dev === this.ownDev) throw new LoopfsError('EBADF', backing.path, 'a file of this instance cannot back one of its devices');
+    } catch (e) {
+      closeQuietly(backing.fd);
+      throw fromSystemError(e, backing.path);
     }
   }
 
@@ -176,11 +210,15 @@ export class Instance {
     return undefined;
   }
 
-  /** LOOP_CLR_FD: unbinds now, or — while open — marks autoclear and unbinds at last close. */
-  async detach(index: DeviceIndex): Promise<void> {
+  /**
+   * LOOP_CLR_FD: unbinds now, or — while open by others than the caller
+   * (`callerOpens`: the caller's own opens, 1 for an ioctl) — marks
+   * autoclear and unbinds at last close.
+   */
+  async detach(index: DeviceIndex, callerOpens = 0): Promise<void> {
     const dev = this.mustGet(index);
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
-    if (dev.openCount > 0) {
+    if (dev.openCount > callerOpens) {
       dev.binding.autoclear = true;
       return;
     }
@@ -230,6 +268,62 @@ export class Instance {
     }
   }
 
+  /**
+   * LOOP_SET_STATUS: a new window (the size figured anew, partitions read
+   * anew), autoclear set or cleared, partscan set (never cleared), the file
+   * name. The caller has checked the struct (loop-abi.ts).
+   */
+  async setStatus(index: DeviceIndex, st: StatusChange): Promise<DeviceInfo> {
+    const dev = this.mustGet(index);
+    const b = dev.binding;
+    if (!b) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+    const d = b.device;
+    const moved = d.offset !== st.offset || d.sizelimit !== st.sizelimit;
+    if (moved) d.setWindow(st.offset, st.sizelimit);
+    b.fileName = st.fileName;
+    b.autoclear = st.autoclear;
+    const scan = st.partscan && !b.partscan;
+    if (st.partscan) b.partscan = true;
+    if (moved) await this.session?.invalidateNode(deviceIno(dev.index));
+    if (scan || (moved && b.partscan)) await this.rescanPartitions(dev);
+    return this.infoOf(dev);
+  }
+
+  /**
+   * LOOP_CHANGE_FD: a read-only device moves to another file of the same
+   * size (EINVAL otherwise); the engine's old file is closed. Owns `backing`.
+   */
+  async changeFd(index: DeviceIndex, backing: BackingFd): Promise<DeviceInfo> {
+    let dev: LoopDevice;
+    try {
+      dev = this.mustGet(index);
+      if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
+      if (!dev.binding.device.readOnly) throw new LoopfsError('EINVAL', dev.name, 'only a read-only device can change its backing file');
+    } catch (e) {
+      closeQuietly(backing.fd);
+      throw e;
+    }
+    const b = dev.binding;
+    const old = b.device;
+    await this.notOwnEntry(backing);
+    const next = await Device.attach(
+      { fd: backing.fd, path: backing.path, writable: false },
+      { offset: old.offset, sizelimit: old.sizelimit, sectorSize: old.sectorSize, readOnly: true, directIo: old.directIo },
+    );
+    const oldSize = await old.currentSize().catch(() => -1);
+    if (next.size !== oldSize || dev.binding !== b) {
+      await next.close();
+      throw new LoopfsError('EINVAL', dev.name, `the new backing file gives ${next.size} bytes, not ${oldSize}`);
+    }
+    b.device = next;
+    b.windows.clear();
+    for (const p of b.partitions) b.windows.set(p.number, new PartitionWindow(next, p));
+    await this.session?.invalidateNode(deviceIno(dev.index));
+    await old.close();
+    if (b.partscan) await this.rescanPartitions(dev);
+    return this.infoOf(dev);
+  }
+
   async setCapacity(index: DeviceIndex): Promise<DeviceInfo> {
     const dev = this.mustGet(index);
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
@@ -263,6 +357,15 @@ export class Instance {
     return this.infoOf(dev);
   }
 
+  /**
+   * Tells the kernel a device (or one partition) entry changed behind its
+   * back: cached size and pages dropped, handles served outside the
+   * FileSystem sent back to it. Resolves once the kernel has it.
+   */
+  async refresh(dev: LoopDevice, part?: number): Promise<void> {
+    await this.session?.invalidateNode(part === undefined ? deviceIno(dev.index) : partitionIno(dev.index, part));
+  }
+
   opened(dev: LoopDevice): void {
     dev.openCount++;
   }
@@ -291,10 +394,12 @@ export class Instance {
 
 export type { BlockIO };
 
+/**
+ * Closes on the libuv pool: the file may be on this instance's own mount,
+ * whose FLUSH this thread would have to answer while waiting for it.
+ */
 function closeQuietly(fd: number): void {
-  try {
-    require('node:fs').closeSync(fd);
-  } catch {
-    /* already closed */
-  }
+  fs.close(fd, () => {
+    /* already closed or not: nothing to do */
+  });
 }

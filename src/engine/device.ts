@@ -38,8 +38,9 @@ export class Device extends Window implements BlockIO {
   /** st_dev of the backing file, as a Linux dev_t number. */
   readonly dev: number;
   readonly ino: number;
-  readonly offset: ByteOffset;
-  readonly sizelimit: ByteOffset;
+  /** Change together, through setWindow (LOOP_SET_STATUS). */
+  offset: ByteOffset;
+  sizelimit: ByteOffset;
   /** What attach (or a later setting of directIo) wants the user to know, one sentence each. */
   readonly warnings: string[] = [];
   /** The one of `warnings` that is util-linux's warn_size(), which losetup words and prints itself. */
@@ -79,13 +80,12 @@ export class Device extends Window implements BlockIO {
       if (!Number.isSafeInteger(sizelimit) || sizelimit < 0) {
         throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a non-negative integer');
       }
-      if (sizelimit % 512 !== 0) throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a multiple of 512');
+      // The kernel's rules: any size limit (the size is rounded down to the
+      // sector), an offset past the end (a device of size 0). `losetup` refuses
+      // both itself, before asking (SPEC §3).
       checkSectorSize(sectorSize);
       const st = await fstat(backing);
       const fileSize = backingSize(backing, st);
-      if (offset > fileSize) {
-        throw new LoopfsError('EINVAL', `offset ${offset}`, `past the end of the backing file (${fileSize} bytes)`);
-      }
       const readOnly = !!opts.readOnly || !backing.writable;
       dev = new Device(new FileIO(backing.fd, backing.path), st, fileSize, offset, sizelimit, sectorSize, readOnly, backing.writable);
       if (!opts.readOnly && !backing.writable) dev.warnings.push(`${backing.path}: Warning: file is not writable; attached read-only.`);
@@ -146,6 +146,11 @@ export class Device extends Window implements BlockIO {
     }
   }
 
+  /** fstat(2) of the backing file now, bigint (LOOP_GET_STATUS's lo_device, lo_inode, lo_rdevice). */
+  stat(): fs.BigIntStats {
+    return fs.fstatSync(this.file.fd, { bigint: true });
+  }
+
   /**
    * The backing file's descriptor when this device is exactly that whole
    * regular file, read-write and buffered: the bytes of the device are the
@@ -179,6 +184,29 @@ export class Device extends Window implements BlockIO {
     this.sectorSize = sectorSize;
     this.length = windowSize(this.fileSize, this.offset, this.sizelimit, sectorSize);
     return this.length;
+  }
+
+  /**
+   * LOOP_SET_STATUS with a new offset or size limit: the window moves, the
+   * size is figured anew (0 when the offset is past the end), and direct
+   * I/O stays on only if the new offset still suits it (loop_update_dio).
+   * Returns the new size.
+   */
+  setWindow(offset: ByteOffset, sizelimit: ByteOffset): ByteOffset {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new LoopfsError('EINVAL', `offset ${offset}`, 'not a non-negative integer');
+    if (!Number.isSafeInteger(sizelimit) || sizelimit < 0) throw new LoopfsError('EINVAL', `sizelimit ${sizelimit}`, 'not a non-negative integer');
+    this.offset = offset;
+    this.sizelimit = sizelimit;
+    this.start = offset;
+    this.length = windowSize(this.fileSize, offset, sizelimit, this.sectorSize);
+    if (this.directIo && offset % this.file.dioAlignment !== 0) this.file.direct = false;
+    return this.length;
+  }
+
+  /** The size the device would have now, from the backing file's size now (the kernel's lo_calculate_size). */
+  async currentSize(): Promise<ByteOffset> {
+    const b = { fd: this.file.fd, path: this.path };
+    return windowSize(backingSize(b, await fstat(b)), this.offset, this.sizelimit, this.sectorSize);
   }
 
   /** Re-reads the backing file's size (losetup -c). Returns the new device size. */

@@ -21,8 +21,22 @@ function libc(): Record<string, Fn> {
     flock: l.func('int flock(int fd, int op)') as Fn,
     umount2: l.func('int umount2(const char *target, int flags)') as Fn,
     fcntl_ptr: l.func('int fcntl(int fd, int cmd, _Inout_ uint8_t *arg)') as Fn,
+    fcntl_int: l.func('int fcntl(int fd, int cmd, int arg)') as Fn,
+    ...vmCalls(k, l),
+    syscall: l.func('long syscall(long, ...)') as Fn,
   };
   return lib;
+}
+
+function vmCalls(k: ReturnType<typeof koffi>, l: ReturnType<ReturnType<typeof koffi>['load']>): Record<string, Fn> {
+  // struct iovec: the local side points at a Buffer, the remote side is an address in the other process.
+  const local = k.pointer(k.struct('loopfs_local_iovec', { base: 'void *', len: 'size_t' }));
+  const remote = k.pointer(k.struct('loopfs_remote_iovec', { base: 'uint64_t', len: 'size_t' }));
+  const args = ['int', local, 'unsigned long', remote, 'unsigned long', 'unsigned long'];
+  return {
+    process_vm_readv: l.func('process_vm_readv', 'intptr_t', args) as Fn,
+    process_vm_writev: l.func('process_vm_writev', 'intptr_t', args) as Fn,
+  };
 }
 
 function check(rc: number, what: string): number {
@@ -85,6 +99,13 @@ export function umount2(target: string, flags: number): void {
   check(libc().umount2!(target, flags), `umount ${target}`);
 }
 
+const F_GETFL = 3;
+
+/** fcntl(F_GETFL): the open file's status flags (access mode, O_PATH, O_DIRECT, …). */
+export function fileStatusFlags(fd: number): number {
+  return check(libc().fcntl_int!(fd, F_GETFL, 0), 'fcntl(F_GETFL)');
+}
+
 // Open file description locks (<fcntl.h>): owned by the open file, not the
 // process, and dropped by the kernel when the file is closed — however the
 // holder dies.
@@ -115,4 +136,39 @@ export function ofdGetLock(fd: number, start: number, len: number): { start: num
   check(libc().fcntl_ptr!(fd, F_OFD_GETLK, b), 'fcntl(F_OFD_GETLK)');
   if (b.readInt16LE(0) === F_UNLCK) return undefined;
   return { start: Number(b.readBigInt64LE(8)), len: Number(b.readBigInt64LE(16)) };
+}
+
+// <asm/unistd_64.h> (the same numbers on every architecture since 5.3's unified table).
+const SYS_pidfd_open = 434;
+const SYS_pidfd_getfd = 438;
+/** <linux/pidfd.h>: a pidfd of one thread, not of its thread group (Linux ≥ 6.9). */
+export const PIDFD_THREAD = 0o200;
+
+/**
+ * process_vm_readv(2): `length` bytes at `address` in process (or thread)
+ * `pid`. A short read is EFAULT, as the kernel's copy_from_user would be.
+ */
+export function processVmRead(pid: number, address: bigint, length: number): Buffer {
+  const buf = Buffer.alloc(length);
+  if (length === 0) return buf;
+  const n = check(Number(libc().process_vm_readv!(pid, [{ base: buf, len: length }], 1, [{ base: address, len: length }], 1, 0)), `process_vm_readv ${pid}`);
+  if (n !== length) throw new LoopfsError('EFAULT', `process_vm_readv ${pid}`, `${n} of ${length} bytes readable`);
+  return buf;
+}
+
+/** process_vm_writev(2): writes `data` at `address` in process (or thread) `pid`; short is EFAULT. */
+export function processVmWrite(pid: number, address: bigint, data: Buffer): void {
+  if (data.length === 0) return;
+  const n = check(Number(libc().process_vm_writev!(pid, [{ base: data, len: data.length }], 1, [{ base: address, len: data.length }], 1, 0)), `process_vm_writev ${pid}`);
+  if (n !== data.length) throw new LoopfsError('EFAULT', `process_vm_writev ${pid}`, `${n} of ${data.length} bytes writable`);
+}
+
+/** pidfd_open(2). Returns a descriptor (close-on-exec) the caller closes. */
+export function pidfdOpen(pid: number, flags = 0): number {
+  return check(Number(libc().syscall!(SYS_pidfd_open, 'int', pid, 'unsigned int', flags)), `pidfd_open ${pid}`);
+}
+
+/** pidfd_getfd(2): a duplicate, in this process, of descriptor `fd` of the pidfd's process (close-on-exec). */
+export function pidfdGetfd(pidfd: number, fd: number): number {
+  return check(Number(libc().syscall!(SYS_pidfd_getfd, 'int', pidfd, 'int', fd, 'unsigned int', 0)), `pidfd_getfd ${fd}`);
 }
