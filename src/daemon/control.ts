@@ -36,7 +36,16 @@ export class ControlServer {
         const fd = fds.shift();
         if (fd === undefined) throw new LoopfsError('EBADF', a.path, 'no backing file descriptor came with the request');
         // How the fd may be used is read from the fd itself, not taken from the client's word.
-        return inst.attach(a.req, { fd, path: a.path, writable: fdWritable(fd) });
+        let delta: { fd: number; path: string } | undefined;
+        if (a.req.overlay?.delta !== undefined) {
+          const dfd = fds.shift();
+          if (dfd === undefined || !fdWritable(dfd)) {
+            closeFds(dfd === undefined ? [fd] : [fd, dfd]);
+            throw new LoopfsError('EBADF', a.req.overlay.delta, 'no writable overlay file descriptor came with the request');
+          }
+          delta = { fd: dfd, path: a.req.overlay.delta };
+        }
+        return inst.attach(a.req, { fd, path: a.path, writable: fdWritable(fd) }, undefined, delta);
       },
       detach: async (a) => (await inst.detach(a.index), null),
       detachAll: async () => (await inst.detachAll(), null),
@@ -45,6 +54,12 @@ export class ControlServer {
       setSectorSize: (a) => inst.setSectorSize(a.index, a.size),
       remount: (a) => (hooks.remount(a.max), null),
       umount: async (a) => (await hooks.umount(a.lazy), null),
+      overlay: (a, fds) => {
+        // The base's fd stays in fds: closed after the answer.
+        const fd = a.action === 'commit' ? fds[0] : undefined;
+        if (a.action === 'commit' && (fd === undefined || !fdWritable(fd))) throw new LoopfsError('EBADF', `loop${a.index}`, 'no writable base file descriptor came with the request');
+        return inst.overlayOp(a.index, a.action, fd);
+      },
     };
   }
 

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { LoopfsError, fromSystemError } from '../core/errors';
 import type { ByteOffset } from '../core/types';
-import { flock, LOCK_EX, LOCK_NB } from '../sys/libc';
+import { flock, LOCK_EX, LOCK_NB, LOCK_SH } from '../sys/libc';
 import { crc32 } from './crc32';
 import { FileIO } from './file';
 import type { Lower } from './window';
@@ -42,7 +42,7 @@ const PAGE = 4096;
 export const DEFAULT_OVERLAY_BLOCK = 64 * 1024;
 /** The bitmap has room for this many times the base's blocks (the base may grow: losetup -c), at least MIN_MAP_BYTES. */
 const MAP_ROOM = 4;
-const MIN_MAP_BYTES = 128 * 1024;
+const MIN_MAP_BYTES = 1024 * 1024;
 /** A dirty bitmap reaches the delta at the latest this long after the write (also without fsync). */
 const FLUSH_MS = 1000;
 
@@ -124,24 +124,22 @@ export class Overlay implements Lower {
    * Builds the overlay of `base` (baseSize bytes) with `delta`. A named delta
    * that is empty gets a header; one that has a header must match the base
    * (size and first block) and is used with its own block size. The delta is
-   * locked (flock, exclusive): one overlay at a time. On failure the delta fd
+   * locked (flock, exclusive): one overlay at a time. The base gets a shared
+   * flock, which commit() needs to take exclusively. On failure the delta fd
    * is closed (the overlay owned it); the base stays the caller's.
    */
   static async open(base: FileIO, baseSize: ByteOffset, delta: DeltaFile, blockSize = DEFAULT_OVERLAY_BLOCK): Promise<Overlay> {
     try {
+      lockOrBusy(base.fd, LOCK_SH, base.path, 'the base is being committed into by another overlay');
       if (!Number.isInteger(blockSize) || blockSize < PAGE || blockSize > 1 << 24 || (blockSize & (blockSize - 1)) !== 0) {
         throw new LoopfsError('EINVAL', `overlay block size ${blockSize}`, 'not a power of two from 4096 to 16 MiB');
       }
       if (!delta.named) {
+        if (!fs.fstatSync(delta.fd).isFile()) throw new LoopfsError('EINVAL', delta.path, 'an overlay file must be a regular file');
         const blocks = Math.ceil(baseSize / blockSize);
         return new Overlay(base, delta, { blockSize, baseSize, mapBytes: 0, dataOffset: 0, baseCrc: 0 }, new Uint8Array(Math.ceil(blocks / 8)));
       }
-      try {
-        flock(delta.fd, LOCK_EX | LOCK_NB);
-      } catch (e) {
-        if (e instanceof LoopfsError && (e.errno === 'EAGAIN' || e.errno === 'EWOULDBLOCK')) throw new LoopfsError('EBUSY', delta.path, 'the overlay file is in use by another device');
-        throw e;
-      }
+      lockOrBusy(delta.fd, LOCK_EX, delta.path, 'the overlay file is in use by another device');
       const st = fs.fstatSync(delta.fd);
       if (!st.isFile()) throw new LoopfsError('EINVAL', delta.path, 'an overlay file must be a regular file');
       const crc = await firstBlockCrc(base, baseSize, blockSize);
@@ -308,6 +306,18 @@ export class Overlay implements Lower {
   commit(baseRw: number): Promise<void> {
     return this.serial(async () => {
       await this.idle();
+      // Our own shared lock becomes exclusive only if no other overlay holds one.
+      lockOrBusy(this.base.fd, LOCK_EX, this.base.path, 'the base is in use by another overlay');
+      try {
+        await this.copyBack(baseRw);
+      } finally {
+        flock(this.base.fd, LOCK_SH);
+      }
+    }).then(() => this.reset());
+  }
+
+  private async copyBack(baseRw: number): Promise<void> {
+    {
       const bs = this.blockSize;
       const buf = Buffer.allocUnsafe(bs);
       const blocks = this.bits.length * 8;
@@ -324,7 +334,7 @@ export class Overlay implements Lower {
         writeHeader(this.delta.fd, this.header());
         await this.delta.sync(true);
       }
-    }).then(() => this.reset());
+    }
   }
 
   /** Persists the map, then closes the delta (an unnamed one is freed). The base stays the caller's. */
@@ -445,6 +455,15 @@ export class Overlay implements Lower {
 
   private header(): Header {
     return { blockSize: this.blockSize, baseSize: this.baseSize, mapBytes: this.mapBytes, dataOffset: this.dataOffset, baseCrc: this.baseCrc };
+  }
+}
+
+function lockOrBusy(fd: number, op: number, what: string, reason: string): void {
+  try {
+    flock(fd, op | LOCK_NB);
+  } catch (e) {
+    if (e instanceof LoopfsError && (e.errno === 'EAGAIN' || e.errno === 'EWOULDBLOCK')) throw new LoopfsError('EBUSY', what, reason);
+    throw e;
   }
 }
 

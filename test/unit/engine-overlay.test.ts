@@ -257,6 +257,33 @@ test('reset throws the changes away; commit writes them into the base and emptie
   await b.close();
 });
 
+test('commit wants the base to itself: another overlay of it (its own open) makes it EBUSY', async () => {
+  const size = 4 * 65536;
+  const base = file(size);
+  const before = sha(base);
+  const b1 = baseIO(base);
+  const b2 = baseIO(base);
+  const o1 = await Overlay.open(b1, size, tmpDelta(dir));
+  const o2 = await Overlay.open(b2, size, tmpDelta(dir));
+  await o1.write(Buffer.alloc(100, 9), 100, 0);
+  const rw = fs.openSync(base, 'r+');
+  await rejects(o1.commit(rw), 'EBUSY', 'commit while another overlay holds the base');
+  assert.is(sha(base), before);
+  assert.is(o1.status().blocks, 1, 'nothing thrown away');
+  await o2.close();
+  await b2.close();
+  await o1.commit(rw);
+  fs.closeSync(rw);
+  assert.ok(fs.readFileSync(base).subarray(0, 100).equals(Buffer.alloc(100, 9)));
+  // while o1 holds the base, a third overlay can open it again (shared)
+  const b3 = baseIO(base);
+  const o3 = await Overlay.open(b3, size, tmpDelta(dir));
+  await o3.close();
+  await b3.close();
+  await o1.close();
+  await b1.close();
+});
+
 test('an unnamed delta is invisible in its directory and gone at close', async () => {
   const size = 1 << 18;
   const base = file(size);
