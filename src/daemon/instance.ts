@@ -322,6 +322,7 @@ export class Instance {
       dev = this.mustGet(index);
       if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
       if (!dev.binding.device.readOnly) throw new LoopfsError('EINVAL', dev.name, 'only a read-only device can change its backing file');
+      if (dev.binding.device.overlay) throw new LoopfsError('EINVAL', dev.name, 'an overlay device keeps its base (its delta holds blocks of that file)');
     } catch (e) {
       closeQuietly(backing.fd);
       throw e;
