@@ -220,6 +220,12 @@ export class Overlay implements Lower {
         while (stop < end && this.has(stop / bs)) stop = Math.min(end, stop + bs);
         parts.push(this.delta.write(src.subarray(at - position), stop - at, this.dataOffset + at));
         at = stop;
+      } else if (at % bs === 0 && at + 2 * bs <= end && this.free(b) && this.free(b + 1)) {
+        // Whole blocks none of which is in the delta yet: one write for the run, no base read.
+        let stop = at + 2 * bs;
+        while (stop + bs <= end && this.free(stop / bs)) stop += bs;
+        parts.push(this.writeRun(b, stop / bs, src.subarray(at - position)));
+        at = stop;
       } else {
         const stop = Math.min(end, (b + 1) * bs);
         const from = at;
@@ -373,6 +379,28 @@ export class Overlay implements Lower {
           // a failed flush leaves the pages dirty; the next sync reports it
         });
       }, FLUSH_MS).unref();
+    }
+  }
+
+  /** Neither in the delta nor being copied up. */
+  private free(b: number): boolean {
+    return !this.has(b) && !this.busy.has(b);
+  }
+
+  /** Blocks [b0, b1), all free (checked by the caller in the same tick), written whole from `data`. */
+  private async writeRun(b0: number, b1: number, data: Buffer): Promise<void> {
+    const p = this.delta.write(data, (b1 - b0) * this.blockSize, this.dataOffset + b0 * this.blockSize).then(() => {
+      for (let b = b0; b < b1; b++) this.set(b);
+    });
+    const done = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    for (let b = b0; b < b1; b++) this.busy.set(b, done);
+    try {
+      await p;
+    } finally {
+      for (let b = b0; b < b1; b++) if (this.busy.get(b) === done) this.busy.delete(b);
     }
   }
 

@@ -114,6 +114,26 @@ test('concurrent partial writes into one absent block all land (one copy-up at a
   await b.close();
 });
 
+test('aligned runs of whole blocks go to the delta in one write; a partial write into the run, issued after it, lands on top', async () => {
+  const bs = 65536;
+  const size = 16 * bs;
+  const base = file(size);
+  const b = baseIO(base);
+  const o = await Overlay.open(b, size, tmpDelta(dir), bs);
+  const model = fs.readFileSync(base);
+  const run = randomBytes(5 * bs + 100);
+  const small = randomBytes(3000);
+  const p1 = o.write(run, run.length, 2 * bs);
+  const p2 = o.write(small, small.length, 3 * bs + 500);
+  await Promise.all([p1, p2]);
+  run.copy(model, 2 * bs);
+  small.copy(model, 3 * bs + 500);
+  assert.ok((await readAll(o, size)).equals(model));
+  assert.is(o.status().blocks, 6);
+  await o.close();
+  await b.close();
+});
+
 test('discard punches the delta and masks the base: zeros read, space freed', async () => {
   const size = 1 << 20;
   const base = file(size);
