@@ -1,11 +1,14 @@
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
+import type { Writable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { LoopfsError } from './errors';
 import { ensureRunDir, defaultMountpoint } from './rundir';
 import { levelsFor, openLimitsFile, PARENTS_FILE, type LevelRef } from './limits';
 import { selfCommand, startInstance, DEFAULT_ID } from './instance';
+import { setCloexec } from '../sys/libc';
 
 /**
  * `loopfs run` (SPEC §5). The outer process starts
@@ -25,6 +28,12 @@ import { selfCommand, startInstance, DEFAULT_ID } from './instance';
  * The run directory's limits (and those above it) travel as open file
  * descriptors, so the sandbox's devices keep counting against the budget it
  * was started from (SPEC §6).
+ *
+ * Signals sent to `loopfs run` travel to the init as lines on a socket it
+ * inherits (unshare ignores SIGINT/SIGTERM, and the init's pid is not ours
+ * to find reliably): what arrives before the init reads, or before CMD is
+ * started, waits in the socket or in the init's queue and is delivered to
+ * CMD once it runs. None is lost or sent to the wrong process.
  */
 
 export interface RunOptions {
@@ -40,7 +49,12 @@ interface InitConfig {
   max: number | null;
   /** Limits levels of the outside, inherited as fds 3, 4, … in this order. */
   levels: { uid: number; label: string }[];
+  /** The inherited socket on which signals for CMD arrive, one name a line. */
+  signalFd: number;
 }
+
+/** The signals `run` passes on to CMD. */
+const FORWARDED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
 
 const FIRST_FD = 3;
 
@@ -54,42 +68,43 @@ export async function runSandbox(opts: RunOptions): Promise<number> {
     dir: opts.dir ? path.resolve(opts.dir) : null,
     max: opts.max ?? null,
     levels: levels.map((l) => ({ uid: l.uid, label: l.label })),
+    signalFd: FIRST_FD + fds.length,
   };
   const unshare = ['unshare', '--fork', '--kill-child=SIGKILL', '--pid', '--mount-proc', '--propagation', 'private', ...(uid === 0 ? [] : ['--user', '--map-root-user'])];
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...unshare, '--', ...selfCommand(), '__run-init', JSON.stringify(cfg), '--', ...opts.cmd], {
-    stdio: ['inherit', 'inherit', 'inherit', ...fds],
-  });
-  for (const fd of fds) fs.closeSync(fd);
+  // Listening before the sandbox exists: from then on a signal is ours to pass on, never
+  // the default's to end `loopfs run` with (a listener runs only after this synchronous part).
+  let channel: Writable | undefined;
   const forward = (sig: NodeJS.Signals): void => {
-    // unshare ignores SIGINT/SIGTERM itself: signal the init inside, which passes it to CMD.
-    const init = initPid(child.pid);
-    if (init) {
-      try {
-        process.kill(init, sig);
-      } catch {
-        /* already gone */
-      }
-    }
+    channel?.write(`${sig}\n`);
   };
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
-  for (const s of signals) process.on(s, forward);
+  for (const s of FORWARDED) process.on(s, forward);
+  const stopForwarding = (): void => {
+    for (const s of FORWARDED) process.off(s, forward);
+    channel?.destroy();
+  };
+  let child: ChildProcess;
+  try {
+    child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...unshare, '--', ...selfCommand(), '__run-init', JSON.stringify(cfg), '--', ...opts.cmd], {
+      stdio: ['inherit', 'inherit', 'inherit', ...fds, 'pipe'],
+    });
+  } catch (e) {
+    stopForwarding();
+    throw e;
+  } finally {
+    for (const fd of fds) fs.closeSync(fd);
+  }
+  channel = child.stdio[cfg.signalFd] as Writable;
+  channel.on('error', () => { /* the init is gone: so is CMD */ });
   return new Promise((resolve, reject) => {
-    child.on('error', (e) => reject(new LoopfsError('ENOENT', 'setpriv', `cannot start the sandbox: ${e.message}`)));
+    child.on('error', (e) => {
+      stopForwarding();
+      reject(new LoopfsError('ENOENT', 'setpriv', `cannot start the sandbox: ${e.message}`));
+    });
     child.on('exit', (code, signal) => {
-      for (const s of signals) process.off(s, forward);
+      stopForwarding();
       resolve(code ?? 128 + (signal ? osConstants.signals[signal] : 0));
     });
   });
-}
-
-function initPid(unsharePid: number | undefined): number | undefined {
-  if (!unsharePid) return undefined;
-  try {
-    const kids = fs.readFileSync(`/proc/${unsharePid}/task/${unsharePid}/children`, 'utf8').trim().split(/\s+/);
-    return kids[0] ? Number(kids[0]) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** PID 1 of the sandbox: `loopfs __run-init CONFIG -- CMD…`. Returns CMD's status. */
@@ -97,6 +112,16 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
   const dash = argv.indexOf('--');
   const cfg = JSON.parse(argv[0]!) as InitConfig;
   const cmd = argv.slice(dash + 1);
+  // Signals for CMD, from `loopfs run` (the socket) or sent to this init directly:
+  // queued until CMD runs, then passed on in the order they came.
+  let child: ChildProcess | undefined;
+  const queued: NodeJS.Signals[] = [];
+  const deliver = (sig: NodeJS.Signals): void => {
+    if (child) child.kill(sig);
+    else queued.push(sig);
+  };
+  for (const s of FORWARDED) process.on(s, () => deliver(s));
+  listenForSignals(cfg.signalFd, deliver);
   // The inherited limits fds: reopen them close-on-exec (CMD must not inherit them)
   // and name them through /proc/1/fd, which every process of the sandbox can open.
   const parents: LevelRef[] = cfg.levels.map((l, i) => {
@@ -117,17 +142,35 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
   fs.mkdirSync(bin, { mode: 0o755 });
   fs.writeFileSync(path.join(bin, 'loopfs'), `#!/bin/sh\nexec ${selfCommand().map(shellQuote).join(' ')} "$@"\n`, { mode: 0o755 });
   const env = { ...process.env, LOOPFS: rec.state!.mountpoint, LOOPFS_RUNDIR: cfg.runDir, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}` };
-  const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit', env });
-  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
-  for (const s of signals) process.on(s, () => child.kill(s));
+  const cmdProcess = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit', env });
+  child = cmdProcess;
+  for (const s of queued.splice(0)) cmdProcess.kill(s);
   return new Promise((resolve) => {
-    child.on('error', (e) => {
+    cmdProcess.on('error', (e) => {
       const code = (e as NodeJS.ErrnoException).code;
       process.stderr.write(`loopfs run: ${cmd[0]}: ${code === 'ENOENT' ? 'command not found' : e.message} (${code ?? 'EIO'})\n`);
       resolve(code === 'ENOENT' ? 127 : 126);
     });
-    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));
+    cmdProcess.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));
   });
+}
+
+/** Reads signal names, one a line, from the socket `loopfs run` writes them to. */
+function listenForSignals(fd: number, deliver: (sig: NodeJS.Signals) => void): void {
+  setCloexec(fd); // CMD must not inherit it (nor read its signals)
+  const sock = new net.Socket({ fd, readable: true, writable: false });
+  let buf = '';
+  sock.setEncoding('utf8');
+  sock.on('data', (d: string) => {
+    buf += d;
+    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+      const sig = buf.slice(0, nl) as NodeJS.Signals;
+      buf = buf.slice(nl + 1);
+      if (FORWARDED.includes(sig)) deliver(sig);
+    }
+  });
+  sock.on('error', () => { /* `loopfs run` is gone: pdeathsig ends us too */ });
+  sock.unref();
 }
 
 function shellQuote(s: string): string {

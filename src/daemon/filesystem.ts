@@ -1,3 +1,4 @@
+import { constants as fsConstants } from 'node:fs';
 import { LoopfsError } from '../core/errors';
 import { S_IFDIR, S_IFREG, RENAME_EXCHANGE, FUSE_ROOT_ID } from '../fuse/kernel';
 import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult, RequestContext, SetattrRequest, StatfsResult } from '../fuse/types';
@@ -23,6 +24,7 @@ export const LOOP_CTL_GET_FREE = 0x4c82;
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+const O_DIRECT = fsConstants.O_DIRECT;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
@@ -46,18 +48,10 @@ interface Handle {
   writable: boolean;
   /** Written through since it was opened or last flushed. */
   wrote?: boolean;
-  /** Offered to the kernel as a passthrough handle. */
-  passthrough?: boolean;
 }
 
-function fail(errno: 'ENOENT' | 'EPERM' | 'EBUSY' | 'EROFS' | 'ENXIO' | 'EEXIST' | 'EINVAL' | 'ENOTTY' | 'EOPNOTSUPP' | 'EISDIR', what: string): never {
+function fail(errno: 'ENOENT' | 'EPERM' | 'EBUSY' | 'ENXIO' | 'EEXIST' | 'EINVAL' | 'ENOTTY' | 'EOPNOTSUPP' | 'EISDIR', what: string): never {
   throw new LoopfsError(errno, what);
-}
-
-function sameNode(a: Node, b: Node): boolean {
-  if (a.kind === 'device' && b.kind === 'device') return a.dev === b.dev;
-  if (a.kind === 'partition' && b.kind === 'partition') return a.dev === b.dev && a.part === b.part;
-  return false;
 }
 
 export class LoopFilesystem implements FileSystem {
@@ -134,10 +128,16 @@ export class LoopFilesystem implements FileSystem {
     return this.attr(this.node(ino));
   }
 
-  /** Modes and owners are fixed; truncation is ignored, as it is on a block device (dd's O_TRUNC). */
+  /**
+   * Modes and owners are fixed. A size is EINVAL, as truncate(2) of a block
+   * device is; open(O_TRUNC), as dd does it, never comes here
+   * (FUSE_ATOMIC_O_TRUNC: the OPEN carries the flag, which open ignores).
+   */
   setattr(_ctx: RequestContext, ino: NodeId, req: SetattrRequest): Attr {
     if (req.mode !== undefined || req.uid !== undefined || req.gid !== undefined) fail('EPERM', `inode ${ino}`);
-    return this.attr(this.node(ino));
+    const n = this.node(ino);
+    if (req.size !== undefined && n.kind !== 'root') fail('EINVAL', `inode ${ino}: truncate`);
+    return this.attr(n);
   }
 
   readdir(_ctx: RequestContext, ino: NodeId): DirEntry[] {
@@ -158,36 +158,35 @@ export class LoopFilesystem implements FileSystem {
     return out;
   }
 
+  /**
+   * As a block device opens: a read-only device opens for writing too, and
+   * each write fails EPERM. A bound window of a plain descriptor: the
+   * session's threads serve READ/WRITE themselves.
+   *
+   * Writable O_DIRECT opens are FOPEN_DIRECT_IO: a write crossing the end
+   * of the device is then sent piece after piece and comes back short, as
+   * on a block device. (The page-cache path's O_DIRECT sends the pieces at
+   * once and makes any piece's ENOSPC or short count the whole write's
+   * error; reads have no such problem and keep it.)
+   *
+   * No FUSE passthrough: the kernel would read the backing file at its own
+   * size, not the device's, which is fixed at attach (the file may grow or
+   * shrink behind it).
+   */
   open(_ctx: RequestContext, ino: NodeId, flags: number): OpenResult {
     const n = this.node(ino);
     const writable = (flags & O_ACCMODE) !== O_RDONLY;
     let io: BlockIO | undefined;
     if (n.kind === 'device' || n.kind === 'partition') {
       io = n.kind === 'device' ? n.dev.binding?.device : n.io;
-      if (writable && io?.readOnly) fail('EROFS', n.dev.name);
       this.inst.opened(n.dev);
     }
     const fh = this.nextFh++;
-    // The kernel refuses (EIO) a passthrough open of an inode open through its
-    // page cache, and a cached open of one open passthrough: the handles of a
-    // node that changed (bound, moved by LOOP_SET_STATUS) between opens must
-    // not mix the two. A direct-I/O handle mixes with either.
-    let cached = false;
-    let through = false;
-    for (const o of this.handles.values()) {
-      if (!sameNode(o.node, n)) continue;
-      if (o.passthrough) through = true;
-      else cached = true;
-    }
-    const h: Handle = { node: n, writable };
-    this.handles.set(fh, h);
+    this.handles.set(fh, { node: n, writable });
+    const directIo = io !== undefined && writable && (flags & O_DIRECT) !== 0;
     // A BLKROSET entry: every write comes here, to be refused.
-    if (this.roSet(n)) return { fh, directIo: through || undefined };
-    // A bound window of a plain descriptor: the session's threads serve READ/WRITE themselves.
-    // A whole-file read-write device: the kernel reads the file itself (passthrough).
-    const whole = n.kind === 'device' && !cached ? n.dev.binding?.device.wholeFileFd() : undefined;
-    h.passthrough = whole !== undefined;
-    return { fh, backing: io?.fileRange?.(), passthrough: whole === undefined ? undefined : { fd: whole }, directIo: (whole === undefined && through) || undefined };
+    if (this.roSet(n)) return { fh, directIo };
+    return { fh, backing: io?.fileRange?.(), directIo };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
@@ -218,8 +217,8 @@ export class LoopFilesystem implements FileSystem {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
     const h = this.handles.get(fh)!;
-    // A read-only block device refuses writes with EPERM (blkdev_write_iter): a
-    // descriptor opened before the device was bound read-only, or BLKROSET.
+    // A read-only block device refuses each write with EPERM (blkdev_write_iter):
+    // bound read-only, or flagged by BLKROSET.
     if (this.roSet(h.node) || io.readOnly) fail('EPERM', name);
     h.wrote = true;
     return io.write(data, data.length, offset);
@@ -247,17 +246,28 @@ export class LoopFilesystem implements FileSystem {
     await io?.sync(datasync);
   }
 
+  /**
+   * fallocate(2) as on a block device (blkdev_fallocate): only zeroing
+   * (FALLOC_FL_ZERO_RANGE, with or without KEEP_SIZE) and PUNCH_HOLE|KEEP_SIZE,
+   * both done by punching the backing file; a range from inside the device
+   * past its end is cut at the end with KEEP_SIZE, else EINVAL; a range not
+   * on sector boundaries is EINVAL; a read-only device EPERM.
+   */
   async fallocate(_ctx: RequestContext, _ino: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> {
     const { io, name } = this.io(fh);
     if (!io) fail('ENXIO', name);
-    if (this.roSet(this.handles.get(fh)!.node)) fail('EPERM', name);
-    if (mode === (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) || (mode & FALLOC_FL_ZERO_RANGE) !== 0) return io.discard(offset, length);
-    // Plain allocation inside the device: the space is already the device's.
-    if (mode === 0 || mode === FALLOC_FL_KEEP_SIZE) {
-      if (offset + length > io.size) fail('EINVAL' as never, name);
-      return;
+    if (mode !== (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) && mode !== FALLOC_FL_ZERO_RANGE && mode !== (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
+      fail('EOPNOTSUPP', name);
     }
-    fail('EOPNOTSUPP', name);
+    const size = io.size;
+    if (offset >= size) fail('EINVAL', `${name}: fallocate at ${offset}, past the end`);
+    if (offset + length > size) {
+      if (!(mode & FALLOC_FL_KEEP_SIZE)) fail('EINVAL', `${name}: fallocate past the end`);
+      length = size - offset;
+    }
+    if (offset % io.sectorSize !== 0 || length % io.sectorSize !== 0) fail('EINVAL', `${name}: fallocate not on sector boundaries`);
+    if (io.readOnly || this.roSet(this.handles.get(fh)!.node)) fail('EPERM', name);
+    return io.discard(offset, length);
   }
 
   /**

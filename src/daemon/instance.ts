@@ -10,6 +10,7 @@ import type { BlockIO } from '../engine/window';
 import { DeviceTable, type Binding, type LoopDevice, type TableHooks } from './devices';
 import { deviceIno, partitionIno } from './filesystem';
 import { FUSE_ROOT_ID } from '../fuse/kernel';
+import { backingAccess } from './backing';
 import type { Session } from '../fuse/session';
 
 /**
@@ -115,6 +116,7 @@ export class Instance {
    * reserved synchronously so concurrent attaches never share it), builds
    * the engine device, scans partitions, binds. On any failure nothing is
    * left: the backing fd is closed and a device created here is removed.
+   * An fd not open for reading (O_PATH, O_WRONLY) is EBADF.
    */
   async attach(req: AttachRequest, backing: BackingFd, fileName?: Buffer, delta?: { fd: number; path: string }): Promise<AttachResult> {
     let created = false;
@@ -126,6 +128,8 @@ export class Instance {
     };
     let dev: LoopDevice;
     try {
+      // Whoever handed the fd over, it must be open for reading (and writing, to be writable).
+      if (!backingAccess(backing.fd, backing.path).writable) backing = { ...backing, writable: false };
       if (req.index === undefined) {
         const before = this.table.count;
         dev = this.freeDevice();
@@ -352,7 +356,8 @@ export class Instance {
     const dev = this.mustGet(index);
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     await dev.binding.device.refreshCapacity();
-    void this.session?.invalidateNode(deviceIno(dev.index));
+    // Done when it returns, as LOOP_SET_CAPACITY is: a descriptor open all along sees the new size at once.
+    await this.session?.invalidateNode(deviceIno(dev.index));
     return this.infoOf(dev);
   }
 
@@ -376,7 +381,7 @@ export class Instance {
     const d = dev.binding?.device;
     if (!d) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     d.setSectorSize(size);
-    void this.session?.invalidateNode(deviceIno(dev.index));
+    await this.session?.invalidateNode(deviceIno(dev.index));
     await this.rescanPartitions(dev);
     return this.infoOf(dev);
   }

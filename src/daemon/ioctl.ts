@@ -112,6 +112,8 @@ export class DeviceIoctls {
       case abi.LOOP_SET_DIRECT_IO:
         this.mayConfigure(t, caller, name);
         this.inst.setDirectIo(t.dev.index, arg !== 0n);
+        // The kernel drops the device's page cache when direct I/O changes: so do we.
+        await this.inst.refresh(t.dev);
         return ok;
       case abi.LOOP_SET_BLOCK_SIZE: {
         this.mayConfigure(t, caller, name);

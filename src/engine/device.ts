@@ -181,23 +181,6 @@ export class Device extends Window implements BlockIO {
     return fs.fstatSync(this.file.fd, { bigint: true });
   }
 
-  /**
-   * The backing file's descriptor when this device is exactly that whole
-   * regular file, read-write and buffered: the bytes of the device are the
-   * file's at the same offsets, up to the same end, so a reader may be
-   * served by the file itself. undefined otherwise (a window, a read-only or
-   * O_DIRECT device, a block device, a file whose size is no longer the
-   * device's).
-   */
-  wholeFileFd(): number | undefined {
-    if (this.overlay || this.offset !== 0 || this.readOnly || this.isBlockDevice || this.directIo || !this.fileRange()) return undefined;
-    try {
-      return fs.fstatSync(this.file.fd).size === this.length ? this.file.fd : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-
   /** Alignment (bytes) of memory, position and length for O_DIRECT on this file. */
   get dioAlignment(): number {
     return this.file.dioAlignment;

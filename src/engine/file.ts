@@ -183,7 +183,10 @@ export class FileIO implements Lower {
   /**
    * The rare cases: O_DIRECT refused the request (EINVAL: retried buffered),
    * a short transfer (continued), a read past the end of a file that shrank
-   * after attach (zero-filled, as the device's size still covers it).
+   * after attach (the device's size still covers it). For the last, what a
+   * kernel loop device does: a request that starts before the file's end
+   * succeeds whole (here the rest is zeros), one that starts at or past it
+   * fails EIO.
    */
   private async finish(kind: Kind, fd: number, buf: Buffer, length: number, position: ByteOffset, err: NodeJS.ErrnoException | null, n: number): Promise<number> {
     let done = 0;
@@ -204,6 +207,7 @@ export class FileIO implements Lower {
       }
       if (got === 0) {
         if (kind === READ) {
+          if (done === 0) throw new LoopfsError('EIO', this.what(kind, length, position), 'the backing file ends before this request');
           buf.fill(0, done, length);
           return length;
         }

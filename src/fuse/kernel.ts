@@ -11,6 +11,8 @@ export const FUSE_KERNEL_MINOR_VERSION = 31;
  * Linux ≥ 6.9; the passthrough constants below are from that <linux/fuse.h>).
  */
 export const FUSE_PASSTHROUGH_MINOR_VERSION = 40;
+/** The minor version answered when the kernel offers FUSE_DIRECT_IO_ALLOW_MMAP (7.39, Linux ≥ 6.6). */
+export const FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION = 39;
 export const FUSE_ROOT_ID = 1;
 
 export enum Op {
@@ -79,6 +81,8 @@ export const FUSE_NO_OPENDIR_SUPPORT = 1 << 24;
 export const FUSE_INIT_EXT = 1 << 30;
 /** FUSE_PASSTHROUGH (1 << 37), as its bit of flags2. */
 export const FUSE_PASSTHROUGH_FLAGS2 = 1 << (37 - 32);
+/** FUSE_DIRECT_IO_ALLOW_MMAP (1 << 36), as its bit of flags2: shared mmap of an FOPEN_DIRECT_IO handle. */
+export const FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 = 1 << (36 - 32);
 
 // fuse_open_out.open_flags
 export const FOPEN_DIRECT_IO = 1 << 0;

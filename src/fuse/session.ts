@@ -5,7 +5,7 @@ import {
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
   FUSE_AUTO_INVAL_DATA, FUSE_PARALLEL_DIROPS, FUSE_ATOMIC_O_TRUNC, FUSE_ASYNC_DIO, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
   FOPEN_NONSEEKABLE, FOPEN_PASSTHROUGH, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_EXT, FUSE_PASSTHROUGH_FLAGS2,
-  FUSE_PASSTHROUGH_MINOR_VERSION, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
+  FUSE_PASSTHROUGH_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
   FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
@@ -207,11 +207,15 @@ export class Session {
       | FUSE_PARALLEL_DIROPS | FUSE_ATOMIC_O_TRUNC | FUSE_ASYNC_DIO;
     const kflags2 = kflags & FUSE_INIT_EXT ? b.u32(16) : 0;
     const passthrough = this.wantPassthrough && minor >= FUSE_PASSTHROUGH_MINOR_VERSION && (kflags2 & FUSE_PASSTHROUGH_FLAGS2) !== 0;
-    o.writeUInt32LE(Math.min(minor, passthrough ? FUSE_PASSTHROUGH_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION), OUT_HEADER_SIZE + 4);
+    // Shared mmap of a handle opened with FOPEN_DIRECT_IO (else ENODEV), the kernel keeping it coherent.
+    const dioMmap = minor >= FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION && (kflags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2) !== 0;
+    const flags2 = (passthrough ? FUSE_PASSTHROUGH_FLAGS2 : 0) | (dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0);
+    const ours = passthrough ? FUSE_PASSTHROUGH_MINOR_VERSION : dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION;
+    o.writeUInt32LE(Math.min(minor, ours), OUT_HEADER_SIZE + 4);
     o.writeUInt32LE(maxReadahead, OUT_HEADER_SIZE + 8);
-    o.writeUInt32LE(((kflags & want) | (passthrough ? FUSE_INIT_EXT : 0)) >>> 0, OUT_HEADER_SIZE + 12);
+    o.writeUInt32LE(((kflags & want) | (flags2 ? FUSE_INIT_EXT : 0)) >>> 0, OUT_HEADER_SIZE + 12);
+    if (flags2) o.writeUInt32LE(flags2, OUT_HEADER_SIZE + 32);
     if (passthrough) {
-      o.writeUInt32LE(FUSE_PASSTHROUGH_FLAGS2, OUT_HEADER_SIZE + 32); // flags2
       // max_stack_depth: backing files may not be on a stacked filesystem (overlayfs, another passthrough FUSE).
       o.writeUInt32LE(1, OUT_HEADER_SIZE + 36);
       this.passthrough.enabled = true;

@@ -190,7 +190,7 @@ export interface ThreadData {
   order: SharedArrayBuffer;
   /** Serve backed handles here; false forwards everything (debug logging sees every request). */
   fast: boolean;
-  errno: { EROFS: number; ENOSPC: number; EIO: number };
+  errno: { EPERM: number; ENOSPC: number; EIO: number };
   /**
    * The thread's buffers for O_DIRECT (see alignedMemory): requests are read
    * so that WRITE data starts MAX_ALIGN-aligned, direct reads land in an
@@ -203,7 +203,7 @@ export interface ThreadData {
 
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
   const e = osConstants.errno;
-  return { fd, bufferSize, table: table.buffer, order: new SharedArrayBuffer(4), fast, errno: { EROFS: e.EROFS, ENOSPC: e.ENOSPC, EIO: e.EIO } };
+  return { fd, bufferSize, table: table.buffer, order: new SharedArrayBuffer(4), fast, errno: { EPERM: e.EPERM, ENOSPC: e.ENOSPC, EIO: e.EIO } };
 }
 
 /**
@@ -231,9 +231,10 @@ export function alignedMemory(bufferSize: number): { memory: SharedArrayBuffer; 
  * is thrown (the Worker's 'error' event).
  *
  * Semantics of a backed handle, as the engine's Window and FileIO have them:
- * a read is clamped to the range (0 bytes at or past its end) and a short
- * read of the file (it shrank) is zero-filled; a write is EROFS on a
- * read-only range, ENOSPC at or past the end, cut short where it crosses
+ * a read is clamped to the range (0 bytes at or past its end); where the
+ * file (it shrank) ends inside a read, the rest is zeros, or EIO if the read
+ * starts at or past the file's end; a write is EPERM on a read-only range
+ * (a read-only block device's errno), ENOSPC at or past the end, cut short where it crosses
  * the end; a write that fails after some bytes went through returns the
  * count. With an O_DIRECT descriptor, a request whose position and length
  * are aligned goes to it (memory is aligned by construction), anything else
@@ -302,11 +303,16 @@ function read(bfd, dfd, align, start, length, off, size) {
   reply(H + len, 0);
 }
 
-/** Reads buf[at+done, at+len) from pos+done; a short read of a file that shrank is zero-filled. */
+/**
+ * Reads buf[at+done, at+len) from pos+done. Where the file (it shrank) ends
+ * inside the request: zeros after its end, or EIO if the request starts at
+ * or past it.
+ */
 function fill(bfd, buf, at, done, len, pos) {
   while (done < len) {
     const got = fs.readSync(bfd, buf, at + done, len - done, pos + done);
     if (got === 0) {
+      if (done === 0) throw { errno: -errno.EIO };
       buf.fill(0, at + done, at + len);
       break;
     }
@@ -316,7 +322,7 @@ function fill(bfd, buf, at, done, len, pos) {
 }
 
 function write(bfd, dfd, align, start, length, off, size, w) {
-  if (i32[w + ${READONLY}] === 1) return reply(H, -errno.EROFS);
+  if (i32[w + ${READONLY}] === 1) return reply(H, -errno.EPERM);
   if (size === 0) return written(0);
   if (off >= length) return reply(H, -errno.ENOSPC);
   const len = Math.min(size, length - off);

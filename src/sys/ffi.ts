@@ -6,8 +6,7 @@ import * as path from 'node:path';
 /**
  * Loads koffi. From node_modules when run from the source tree or the bundle;
  * inside the single executable, from the `koffi.node` asset that the build
- * embedded, written once to a private cache directory (0700, owned by us,
- * never followed through a symlink) because dlopen needs a path.
+ * embedded (see loadFromAsset: no file of a guessable name is involved).
  */
 // The koffi type surface we use; its own .d.ts describes the full module.
 export type Koffi = typeof import('koffi');
@@ -27,12 +26,12 @@ function load(): Koffi {
   return req('koffi') as Koffi;
 }
 
-interface SeaModule {
+export interface SeaModule {
   isSea(): boolean;
   getRawAsset(key: string): ArrayBuffer;
 }
 
-function seaModule(): SeaModule | undefined {
+export function seaModule(): SeaModule | undefined {
   try {
     return req('node:sea') as SeaModule;
   } catch {
@@ -40,32 +39,81 @@ function seaModule(): SeaModule | undefined {
   }
 }
 
+/**
+ * dlopen needs a path, and a path in a shared directory such as /tmp can be
+ * squatted or swapped by another user. So the file gets no name at all: an
+ * O_TMPFILE (unnamed, ours alone, gone with its last descriptor) loaded
+ * through /proc/self/fd/N. Where the file system cannot do O_TMPFILE, a fresh
+ * mkdtemp(3) directory (random name, created exclusively, 0700) holds it
+ * just for the dlopen. Nothing is cached: writing ~1 MB costs about as much
+ * as checking a cache would (man loopfs(8), SECURITY).
+ */
 function loadFromAsset(sea: SeaModule): Koffi {
-  const bytes = Buffer.from(sea.getRawAsset('koffi.node'));
-  const uid = process.getuid ? process.getuid() : 0;
-  const dir = path.join(os.tmpdir(), `loopfs-${uid}`);
+  const bytes = new Uint8Array(sea.getRawAsset('koffi.node'));
+  const errors: string[] = [];
+  // A directory mounted noexec cannot serve dlopen: try the next one.
+  const dirs = [...new Set([os.tmpdir(), process.env.XDG_RUNTIME_DIR, '/dev/shm', '/tmp'].filter((d): d is string => !!d))];
+  for (const dir of dirs) {
+    try {
+      return dlopenUnnamed(dir, bytes) ?? dlopenInPrivateDir(dir, bytes);
+    } catch (e) {
+      errors.push(`${dir}: ${(e as Error).message}`);
+    }
+  }
+  throw new Error(`cannot load the native module koffi.node (${errors.join('; ')})`);
+}
+
+// <asm-generic/fcntl.h>: __O_TMPFILE | O_DIRECTORY
+const O_TMPFILE = 0o20200000;
+
+/** dlopen of an unnamed file in `dir`; undefined when the file system has no O_TMPFILE. */
+function dlopenUnnamed(dir: string, bytes: Uint8Array): Koffi | undefined {
+  let fd: number;
   try {
-    fs.mkdirSync(dir, { mode: 0o700 });
+    fd = fs.openSync(dir, O_TMPFILE | fs.constants.O_RDWR, 0o500);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EOPNOTSUPP' || code === 'EISDIR' || code === 'EINVAL') return undefined;
+    throw e;
   }
-  const st = fs.lstatSync(dir);
-  if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0) {
-    throw new Error(`${dir}: not a private directory of uid ${uid}; refusing to load native code from it`);
+  try {
+    writeAll(fd, bytes);
+    return dlopen(`/proc/self/fd/${fd}`);
+  } finally {
+    fs.closeSync(fd);
   }
-  const file = path.join(dir, `koffi-${bytes.length}-${simpleHash(bytes)}.node`);
-  if (!fs.existsSync(file)) {
-    const tmp = `${file}.${process.pid}`;
-    fs.writeFileSync(tmp, bytes, { mode: 0o700 });
-    fs.renameSync(tmp, file);
+}
+
+/** @internal Exported for the test of this fall-back in a single executable. */
+export function dlopenInPrivateDir(dir: string, bytes: Uint8Array): Koffi {
+  const priv = fs.mkdtempSync(path.join(dir, 'loopfs-'));
+  try {
+    const st = fs.lstatSync(priv);
+    const uid = process.geteuid ? process.geteuid() : 0;
+    if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o777) !== 0o700) throw new Error(`${priv}: not a private directory of uid ${uid}`);
+    const file = path.join(priv, 'koffi.node');
+    const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o500);
+    try {
+      writeAll(fd, bytes);
+    } finally {
+      fs.closeSync(fd);
+    }
+    try {
+      return dlopen(file);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  } finally {
+    fs.rmdirSync(priv);
   }
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let off = 0; off < bytes.length;) off += fs.writeSync(fd, bytes, off, bytes.length - off);
+}
+
+function dlopen(file: string): Koffi {
   const mod = { exports: {} as unknown };
   process.dlopen(mod, file);
   return mod.exports as Koffi;
-}
-
-function simpleHash(b: Buffer): string {
-  let h = 2166136261;
-  for (let i = 0; i < b.length; i += 997) h = Math.imul(h ^ b[i]!, 16777619) >>> 0;
-  return h.toString(16);
 }

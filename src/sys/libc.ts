@@ -172,3 +172,12 @@ export function pidfdOpen(pid: number, flags = 0): number {
 export function pidfdGetfd(pidfd: number, fd: number): number {
   return check(Number(libc().syscall!(SYS_pidfd_getfd, 'int', pidfd, 'int', fd, 'unsigned int', 0)), `pidfd_getfd ${fd}`);
 }
+
+// <fcntl.h>
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+
+/** Marks an inherited fd close-on-exec (Node opens its own so, but not those it inherits). */
+export function setCloexec(fd: number): void {
+  check(libc().fcntl_int!(fd, F_SETFD, FD_CLOEXEC), 'fcntl(F_SETFD)');
+}

@@ -337,7 +337,7 @@ test('setWindow moves the window (LOOP_SET_STATUS): the size is figured anew, re
   }
 });
 
-test('a read inside the device but past a file that shrank reads zeros', async () => {
+test('a file that shrank: a read starting before its end is whole (zeros after it), one starting at or past it EIO', async () => {
   const p = file(8192);
   const d = await attach(p);
   try {
@@ -346,6 +346,12 @@ test('a read inside the device but past a file that shrank reads zeros', async (
     assert.is(await d.read(b, 4096, 4096), 4096);
     assert.equal(b.subarray(0, 100), fs.readFileSync(p).subarray(4096));
     assert.ok(b.subarray(100).equals(Buffer.alloc(3996)));
+    fs.truncateSync(p, 4096);
+    await rejects(d.read(b, 512, 4096), 'EIO');
+    await rejects(d.read(b, 512, 7680), 'EIO');
+    assert.is(d.size, 8192, 'the size is still the one of attach');
+    assert.is(await d.write(Buffer.alloc(512, 7), 512, 7680), 512, 'a write past the file end extends it');
+    assert.is(fs.statSync(p).size, 8192);
   } finally {
     await d.close();
   }

@@ -74,12 +74,31 @@ test('the executable carries koffi.node as an asset', () => {
   assert.ok(bin.indexOf(fs.readFileSync(native)) > 0, `${native} is embedded`);
 });
 
-test('src/sys/ffi.ts in a single executable loads koffi from the asset and calls libc', () => {
+/** A 1777 directory standing in for /tmp, squatted by another uid under every name the old cache used. */
+function squattedTmp(): { dir: string; names: string[] } {
+  const dir = fs.mkdtempSync(path.join(tmp, 'tmpdir-'));
+  fs.chmodSync(dir, 0o1777);
+  const uid = process.getuid!();
+  const bait = fs.mkdtempSync(path.join(tmp, 'bait-'));
+  fs.mkdirSync(path.join(dir, `loopfs-${uid}`), { mode: 0o777 });
+  fs.writeFileSync(path.join(dir, `loopfs-${uid + 1}`), 'not a directory');
+  fs.symlinkSync(bait, path.join(dir, 'loopfs-65534'));
+  fs.symlinkSync(bait, path.join(dir, 'loopfs-XXXXXX'));
+  for (const n of fs.readdirSync(dir)) fs.lchownSync(path.join(dir, n), 4321, 4321);
+  fs.chownSync(bait, 4321, 4321);
+  return { dir, names: fs.readdirSync(dir).sort() };
+}
+
+test('src/sys/ffi.ts in a single executable loads koffi from the asset, names no file for it, and calls libc', () => {
   const probe = path.join(tmp, 'probe.ts');
   fs.writeFileSync(probe, [
-    `import { koffi } from ${JSON.stringify(path.join(ROOT, 'src/sys/ffi'))};`,
-    "const getpid = koffi().load('libc.so.6').func('int getpid()');",
-    'process.stdout.write(JSON.stringify({ getpid: getpid(), pid: process.pid }));',
+    `import * as fs from 'node:fs';`,
+    `import { koffi, seaModule, dlopenInPrivateDir } from ${JSON.stringify(path.join(ROOT, 'src/sys/ffi'))};`,
+    // "private": the fall-back for file systems without O_TMPFILE, driven directly.
+    "const k = process.argv[2] === 'private' ? dlopenInPrivateDir(process.env.TMPDIR!, new Uint8Array(seaModule()!.getRawAsset('koffi.node'))) : koffi();",
+    "const getpid = k.load('libc.so.6').func('int getpid()');",
+    "const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => l.includes(process.env.TMPDIR!));",
+    'process.stdout.write(JSON.stringify({ getpid: getpid(), pid: process.pid, maps }));',
   ].join('\n'));
   const bundle = path.join(tmp, 'probe.cjs');
   node(['-e', `require('esbuild').buildSync(${JSON.stringify({
@@ -87,15 +106,21 @@ test('src/sys/ffi.ts in a single executable loads koffi from the asset and calls
   })})`]);
   node(['build/sea.mjs', bundle, path.join(tmp, 'probe')]);
   const dir = alone(path.join(tmp, 'probe'), 'probe');
-  const cache = fs.mkdtempSync(path.join(tmp, 'cache-'));
-  const r = spawnSync('./probe', [], { cwd: dir, env: { ...cleanEnv, TMPDIR: cache }, encoding: 'utf8' });
-  assert.is(r.status, 0, r.stderr);
-  const got = JSON.parse(r.stdout) as { getpid: number; pid: number };
-  assert.is(got.getpid, got.pid);
-  // It really came from the asset: extracted into the private cache dir.
-  const priv = path.join(cache, `loopfs-${process.getuid!()}`);
-  assert.is(fs.statSync(priv).mode & 0o777, 0o700);
-  assert.ok(fs.readdirSync(priv).some((f) => /^koffi-.*\.node$/.test(f)), fs.readdirSync(priv).join(','));
+  for (const mode of ['unnamed', 'private']) {
+    const squat = squattedTmp();
+    const r = spawnSync('./probe', [mode], { cwd: dir, env: { ...cleanEnv, TMPDIR: squat.dir }, encoding: 'utf8' });
+    assert.is(r.status, 0, r.stderr);
+    const got = JSON.parse(r.stdout) as { getpid: number; pid: number; maps: string[] };
+    assert.is(got.getpid, got.pid);
+    // It really came from the asset, through a file in TMPDIR that no longer has a name:
+    // O_TMPFILE shows as "DIR/#INO (deleted)", the fall-back as "DIR/loopfs-RANDOM/koffi.node (deleted)".
+    const want = mode === 'unnamed' ? /\/#\d+ \(deleted\)$/ : /\/loopfs-(?!XXXXXX)[^/]{6}\/koffi\.node \(deleted\)$/;
+    assert.ok(got.maps.length > 0 && got.maps.every((l) => want.test(l)), `${mode}: ${got.maps.join('\n')}`);
+    // Nothing of ours is left, the squatters' entries are untouched, and no symlink was followed.
+    assert.equal(fs.readdirSync(squat.dir).sort(), squat.names, mode);
+    assert.equal(fs.readdirSync(path.join(squat.dir, 'loopfs-65534')), [], mode);
+    assert.equal(fs.readdirSync(path.join(squat.dir, `loopfs-${process.getuid!()}`)), [], mode);
+  }
 });
 
 test.run();
