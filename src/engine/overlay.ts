@@ -137,6 +137,7 @@ export class Overlay implements Lower {
       if (!delta.named) {
         if (!fs.fstatSync(delta.fd).isFile()) throw new LoopfsError('EINVAL', delta.path, 'an overlay file must be a regular file');
         const blocks = Math.ceil(baseSize / blockSize);
+        cover(delta.fd, 0, blocks * blockSize);
         return new Overlay(base, delta, { blockSize, baseSize, mapBytes: 0, dataOffset: 0, baseCrc: 0 }, new Uint8Array(Math.ceil(blocks / 8)));
       }
       lockOrBusy(delta.fd, LOCK_EX, delta.path, 'the overlay file is in use by another device');
@@ -148,6 +149,7 @@ export class Overlay implements Lower {
         const mapBytes = roundUp(Math.max(MIN_MAP_BYTES, Math.ceil((blocks * MAP_ROOM) / 8)), PAGE);
         const h: Header = { blockSize, baseSize, mapBytes, dataOffset: roundUp(HEADER + mapBytes, blockSize), baseCrc: crc };
         writeHeader(delta.fd, h);
+        cover(delta.fd, h.dataOffset, blocks * blockSize);
         fs.fdatasyncSync(delta.fd);
         return new Overlay(base, delta, h, new Uint8Array(Math.ceil(blocks / 8)));
       }
@@ -159,6 +161,7 @@ export class Overlay implements Lower {
       if (crcNow !== h.baseCrc) throw new LoopfsError('EINVAL', delta.path, 'the overlay was made over another base (its first block differs)');
       const blocks = Math.ceil(baseSize / h.blockSize);
       const bits = new Uint8Array(Math.ceil(blocks / 8));
+      cover(delta.fd, h.dataOffset, blocks * h.blockSize);
       const n = fs.readSync(delta.fd, bits, 0, bits.length, HEADER);
       bits.fill(0, n);
       return new Overlay(base, delta, h, bits);
@@ -274,6 +277,7 @@ export class Overlay implements Lower {
       this.bits = bits;
     }
     this.baseSize = baseSize;
+    cover(this.delta.fd, this.dataOffset, blocks * this.blockSize);
     if (this.named) {
       await this.serial(async () => {
         await this.delta.sync(true);
@@ -484,6 +488,15 @@ export class Overlay implements Lower {
   private header(): Header {
     return { blockSize: this.blockSize, baseSize: this.baseSize, mapBytes: this.mapBytes, dataOffset: this.dataOffset, baseCrc: this.baseCrc };
   }
+}
+
+/**
+ * The delta's size covers every block slot (a sparse tail): a block never
+ * written, or punched at the end, reads zeros rather than past the file's end.
+ */
+function cover(fd: number, dataOffset: number, bytes: number): void {
+  const want = dataOffset + bytes;
+  if (fs.fstatSync(fd).size < want) fs.ftruncateSync(fd, want);
 }
 
 function lockOrBusy(fd: number, op: number, what: string, reason: string): void {

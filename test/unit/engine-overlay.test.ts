@@ -148,6 +148,13 @@ test('discard punches the delta and masks the base: zeros read, space freed', as
   await o.read(got, got.length, 0);
   assert.ok(got.equals(zeros), 'discarded range reads zeros');
   assert.ok(o.status().allocatedBytes <= full - size / 2, `space freed (${o.status().allocatedBytes} of ${full})`);
+  // the last blocks, discarded without ever being written, read zeros (not past the delta's end)
+  const o3 = await Overlay.open(b, size, named(path.join(dir, 'tail.delta')), 65536);
+  await o3.discard(size - 3 * 65536, 3 * 65536);
+  const tail = Buffer.alloc(3 * 65536, 1);
+  assert.is(await o3.read(tail, tail.length, size - tail.length), tail.length);
+  assert.ok(tail.equals(Buffer.alloc(3 * 65536)), 'tail reads zeros');
+  await o3.close();
   // a discard of a block never written masks the base too
   const o2 = await Overlay.open(b, size, tmpDelta(dir), 65536);
   await o2.discard(100, 70000);
