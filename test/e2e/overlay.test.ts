@@ -2,6 +2,7 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { e2eSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf, waitFor } from '../helpers/cli';
 import { attach, q, randomFile, releaseKernelState, sh, sha, shOk } from './disk-helpers';
@@ -175,6 +176,22 @@ test('windows (-o, --sizelimit) and partitions (-P) on an overlay', () => {
   assert.match(full.stderr, /No space left on device/);
   assert.is(sha(img), before);
   sb.ok(['losetup', '-D']);
+});
+
+test('losetup -c on an overlay follows its base\'s size; the grown part reads the base', () => {
+  const img = randomFile(path.join(sb.root, 'grow.img'), 4 << 20);
+  const dev = attach(sb, img, ['--overlay']);
+  shOk(`dd if=/dev/zero of=${q(dev)} bs=64k count=1 conv=fsync status=none`);
+  randomFile(path.join(sb.root, 'tail'), 1 << 20);
+  shOk(`cat ${q(path.join(sb.root, 'tail'))} >> ${q(img)}`);
+  const before = sha(img);
+  assert.is(fs.statSync(dev).size, 4 << 20, 'the size is fixed until -c');
+  sb.ok(['losetup', '-c', dev]);
+  assert.is(fs.statSync(dev).size, 5 << 20);
+  assert.is(sha(dev, 4 << 20), sha(img, 4 << 20), 'the grown part reads the base');
+  assert.is(sha(dev, 0, 65536), createHash('sha256').update(Buffer.alloc(65536)).digest('hex'), 'the overlay\'s change stays');
+  assert.is(sha(img), before, 'the base is unchanged');
+  sb.ok(['losetup', '-d', dev]);
 });
 
 test('bad input: --overlay outside set-up, an empty name, a delta that is not one, over another base', () => {
