@@ -5,13 +5,13 @@
 # never starts an instance: device names are read from the directory of the
 # current instance, instance mountpoints from `loopfs list --json`.
 
-_loopfs_commands='mount umount losetup ctl rm run list sysctl gc'
+_loopfs_commands='mount umount losetup overlay ctl rm run list sysctl gc'
 _loopfs_globals='--instance --run-dir -h --help'
-_loopfs_columns='NAME AUTOCLEAR BACK-FILE BACK-INO BACK-MAJ:MIN MAJ:MIN OFFSET PARTSCAN RO SIZELIMIT DIO LOG-SEC'
+_loopfs_columns='NAME AUTOCLEAR BACK-FILE BACK-INO BACK-MAJ:MIN MAJ:MIN OFFSET PARTSCAN RO SIZELIMIT DIO LOG-SEC OVERLAY OVERLAY-CHANGED'
 _loopfs_losetup_opts='-a --all -b --sector-size -c --set-capacity -d --detach -D --detach-all
   -f --find -j --associated -J --json -l --list -L --nooverlap -n --noheadings
   -o --offset -O --output --output-all --sizelimit -P --partscan -r --read-only
-  --direct-io --raw --show -v --verbose -V --version'
+  --direct-io --overlay --raw --show -v --verbose -V --version'
 # losetup options that take the next word as their argument (util-linux getopt).
 _loopfs_losetup_argopts='-b|--sector-size|-c|--set-capacity|-d|--detach|-j|--associated|-o|--offset|-O|--output|--sizelimit|--instance|--run-dir'
 
@@ -294,6 +294,17 @@ _loopfs() {
             _loopfs_devices "$cur" n
         fi
         ;;
+    overlay)
+        if [[ $cur == -* ]]; then
+            _loopfs_add "--json $_loopfs_globals" "$cur"
+        elif ((${#pos[@]} == 0)); then
+            _loopfs_add 'status discard commit' "$cur"
+        elif [[ $cur == */* ]]; then
+            _loopfs_files "$cur"
+        else
+            _loopfs_devices "$cur"
+        fi
+        ;;
     rm)
         if [[ $cur == -* ]]; then
             _loopfs_add "$_loopfs_globals" "$cur"
@@ -391,6 +402,13 @@ _loopfs_losetup() {
     esac
     case $cur in
     --direct-io=*) _loopfs_add '--direct-io=on --direct-io=off' "$cur"; return ;;
+    --overlay=*)
+        _loopfs_files "${cur#--overlay=}"
+        local c
+        _loopfs_filenames=0
+        for c in "${!_loopfs_cands[@]}"; do _loopfs_cands[c]=--overlay=${_loopfs_cands[c]}; done
+        return
+        ;;
     --output=*)
         _loopfs_list "${cur#--output=}" "$_loopfs_columns" i
         local c

@@ -3,7 +3,7 @@
 # starts an instance: device names are read from the directory of the current
 # instance, instance mountpoints from `loopfs list --json`.
 
-set -l __loopfs_cmds mount umount losetup ctl rm run list sysctl gc
+set -l __loopfs_cmds mount umount losetup overlay ctl rm run list sysctl gc
 
 # The value of a global option (--instance, --run-dir) on the command line.
 function __loopfs_global -a name
@@ -191,6 +191,7 @@ complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a mount 
 complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a umount -d 'Tear down an instance'
 complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a losetup -d 'Set up and control loop devices (util-linux losetup)'
 complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a ctl -d 'loop-control operations: add, remove, get-free'
+complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a overlay -d 'Status, discard or commit copy-on-write changes'
 complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a rm -d 'Remove device entries'
 complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a run -d 'Run a command with a fresh private instance'
 complete -c loopfs -n "not __fish_seen_subcommand_from $__loopfs_cmds" -a list -d 'List the instances of the run directory'
@@ -215,6 +216,13 @@ complete -c loopfs -n '__loopfs_using ctl; and __fish_seen_subcommand_from remov
 # rm
 complete -c loopfs -n '__loopfs_using rm' -a '(__loopfs_devices)'
 
+# overlay
+complete -c loopfs -n '__loopfs_using overlay; and not __fish_seen_subcommand_from status discard commit' -a status -d 'Report the changes'
+complete -c loopfs -n '__loopfs_using overlay; and not __fish_seen_subcommand_from status discard commit' -a discard -d 'Throw the changes away'
+complete -c loopfs -n '__loopfs_using overlay; and not __fish_seen_subcommand_from status discard commit' -a commit -d 'Write the changes into the base'
+complete -c loopfs -n '__loopfs_using overlay; and __fish_seen_subcommand_from status discard commit' -a '(__loopfs_devices)'
+complete -c loopfs -n '__loopfs_using overlay' -l json -d 'status: JSON output'
+
 # losetup
 complete -c loopfs -n '__loopfs_using losetup' -s a -l all -d 'List all used devices'
 complete -c loopfs -n '__loopfs_using losetup' -s b -l sector-size -x -a '512 1024 2048 4096 8192 16384 32768 65536' -d 'Set the logical sector size'
@@ -228,12 +236,13 @@ complete -c loopfs -n '__loopfs_using losetup' -s l -l list -d 'List info about 
 complete -c loopfs -n '__loopfs_using losetup' -s L -l nooverlap -d 'Avoid possible conflict between devices'
 complete -c loopfs -n '__loopfs_using losetup' -s n -l noheadings -d "Don't print headings for --list output"
 complete -c loopfs -n '__loopfs_using losetup' -s o -l offset -x -d 'Start at offset into file'
-complete -c loopfs -n '__loopfs_using losetup' -s O -l output -x -a '(__loopfs_list NAME AUTOCLEAR BACK-FILE BACK-INO BACK-MAJ:MIN MAJ:MIN OFFSET PARTSCAN RO SIZELIMIT DIO LOG-SEC)' -d 'Columns to output for --list'
+complete -c loopfs -n '__loopfs_using losetup' -s O -l output -x -a '(__loopfs_list NAME AUTOCLEAR BACK-FILE BACK-INO BACK-MAJ:MIN MAJ:MIN OFFSET PARTSCAN RO SIZELIMIT DIO LOG-SEC OVERLAY OVERLAY-CHANGED)' -d 'Columns to output for --list'
 complete -c loopfs -n '__loopfs_using losetup' -l output-all -d 'Output all columns'
 complete -c loopfs -n '__loopfs_using losetup' -l sizelimit -x -d 'Device is limited to size bytes of the file'
 complete -c loopfs -n '__loopfs_using losetup' -s P -l partscan -d 'Create a partitioned loop device'
 complete -c loopfs -n '__loopfs_using losetup' -s r -l read-only -d 'Set up a read-only loop device'
 complete -c loopfs -n '__loopfs_using losetup' -l direct-io -f -a 'on off' -d 'Open backing file with O_DIRECT'
+complete -c loopfs -n '__loopfs_using losetup' -l overlay -r -F -d 'Copy-on-write: writes go to an overlay file'
 complete -c loopfs -n '__loopfs_using losetup' -l raw -d 'Use raw --list output format'
 complete -c loopfs -n '__loopfs_using losetup' -l show -d 'Print device name after setup (with -f)'
 complete -c loopfs -n '__loopfs_using losetup' -s v -l verbose -d 'Verbose mode'

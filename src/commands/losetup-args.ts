@@ -47,6 +47,8 @@ const OPT_SHOW = 129;
 const OPT_RAW = 130;
 const OPT_DIO = 131;
 const OPT_OUTPUT_ALL = 132;
+/** loopfs's own: a copy-on-write device (`--overlay[=DELTA]`). */
+const OPT_OVERLAY = 133;
 /** loopfs's own: which instance (`--instance DIR|ID`) and run directory. */
 const OPT_INSTANCE = 256;
 const OPT_RUNDIR = 257;
@@ -74,6 +76,7 @@ const LONGOPTS: readonly LongOpt[] = [
   { name: 'partscan', arg: 'none', val: ch('P') },
   { name: 'read-only', arg: 'none', val: ch('r') },
   { name: 'direct-io', arg: 'optional', val: OPT_DIO },
+  { name: 'overlay', arg: 'optional', val: OPT_OVERLAY },
   { name: 'raw', arg: 'none', val: OPT_RAW },
   { name: 'show', arg: 'none', val: OPT_SHOW },
   { name: 'verbose', arg: 'none', val: ch('v') },
@@ -135,6 +138,8 @@ export interface LosetupArgs {
   directIo: boolean;
   show: boolean;
   nooverlap: boolean;
+  /** --overlay: true, or --overlay=DELTA: the delta's path. */
+  overlay?: true | string;
 }
 
 const usage = (what: string): LoopfsError => errx(what);
@@ -162,6 +167,7 @@ export function parseLosetupArgs(argv: readonly string[], env: Record<string, st
   let useDio = false;
   let show = false;
   let nooverlap = false;
+  let overlay: true | string | undefined;
   let extTokens = 0;
   const selector: InstanceSelector = {};
 
@@ -218,6 +224,10 @@ export function parseLosetupArgs(argv: readonly string[], env: Record<string, st
         }
         if (useDio) dioFlag = true;
         break;
+      case OPT_OVERLAY:
+        if (optarg === '') throw new LoopfsError('EINVAL', 'argument error', "'': --overlay= wants a file name");
+        overlay = optarg ?? true;
+        break;
       case ch('v'): break;
       case OPT_SIZELIMIT: sizelimit = sizeOrError(arg, 'failed to parse size'); break;
       case OPT_INSTANCE: selector.instance = arg; extTokens += tokens; break;
@@ -232,7 +242,7 @@ export function parseLosetupArgs(argv: readonly string[], env: Record<string, st
   const format: TableFormat = json ? 'json' : raw ? 'raw' : 'human';
   const result = (action: Action, deferred?: LoopfsError): LosetupArgs => ({
     action, checkDevices, deferred, selector, list, columns, format, noHeadings, offset, sizelimit, sectorSize,
-    readOnly, partscan, directIo: dioFlag, show, nooverlap,
+    readOnly, partscan, directIo: dioFlag, show, nooverlap, overlay,
   });
   if (act === 'help' || act === 'version') return result({ kind: act });
 
@@ -268,6 +278,8 @@ export function parseLosetupArgs(argv: readonly string[], env: Record<string, st
   let deferred: LoopfsError | undefined;
   if (act !== 'create' && (sizelimit || readOnly || partscan || dioFlag || show)) {
     deferred = usage('the options --{sizelimit,partscan,read-only,show} are allowed during loop device setup only');
+  } else if (act !== 'create' && overlay !== undefined) {
+    deferred = usage('the option --overlay is allowed during loop device setup only');
   } else if (offset !== undefined && act !== 'create' && (act !== 'show' || file === undefined)) {
     deferred = usage('the option --offset is not allowed in this context');
   } else if (outarg !== undefined) {

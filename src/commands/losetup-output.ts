@@ -34,12 +34,21 @@ export const COLUMNS: readonly ColumnInfo[] = [
   { name: 'LOG-SEC', whint: 4, right: true, json: 'number', help: 'logical sector size in bytes' },
 ];
 
+/**
+ * loopfs's own columns: only shown when named with -O (never by default or
+ * by --output-all, which stay util-linux's).
+ */
+export const EXTRA_COLUMNS: readonly ColumnInfo[] = [
+  { name: 'OVERLAY', whint: 0.3, right: false, json: 'string', help: 'copy-on-write overlay file ("(temporary)" when unnamed)' },
+  { name: 'OVERLAY-CHANGED', whint: 5, right: true, json: 'number', help: 'bytes the overlay changed (whole blocks)' },
+];
+
 /** `losetup --list` without -O. */
 export const DEFAULT_COLUMNS: readonly string[] = ['NAME', 'SIZELIMIT', 'OFFSET', 'AUTOCLEAR', 'RO', 'BACK-FILE', 'DIO', 'LOG-SEC'];
 
 export function columnByName(name: string): ColumnInfo | undefined {
   const n = name.toUpperCase();
-  return COLUMNS.find((c) => c.name === n);
+  return COLUMNS.find((c) => c.name === n) ?? EXTRA_COLUMNS.find((c) => c.name === n);
 }
 
 /** major()/minor() of a glibc dev_t (the encoding Node's stat uses; new_encode_dev agrees). */
@@ -94,6 +103,10 @@ export function cellValue(col: string, d: DeviceInfo): string {
       return flag(d.bound && d.directIo);
     case 'LOG-SEC':
       return String(d.sectorSize || 512);
+    case 'OVERLAY':
+      return d.bound && d.overlay ? d.overlay.delta ?? '(temporary)' : '';
+    case 'OVERLAY-CHANGED':
+      return d.bound && d.overlay ? String(d.overlay.changedBytes) : '';
     default:
       throw new Error(`unknown losetup column ${col}`);
   }

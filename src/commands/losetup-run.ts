@@ -4,7 +4,7 @@ import type { DeviceIndex, DeviceInfo } from '../core/types';
 import { LoopfsError, fromSystemError, type Errno } from '../core/errors';
 import { VERSION } from '../version';
 import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type LosetupArgs } from './losetup-args';
-import { COLUMNS, cellValue, formatOldLine, formatTable } from './losetup-output';
+import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './losetup-output';
 import { isUtf8Locale } from './losetup-text';
 
 /**
@@ -287,7 +287,8 @@ async function create(
 
   const client = dev ? dev.client : await deps.openInstance(a.selector);
   let device: DeviceInfo | undefined;
-  if (a.nooverlap) device = await overlap(client, dev !== undefined, a, file, st, bound);
+  // An overlay never writes its base: -L has nothing to guard.
+  if (a.nooverlap && a.overlay === undefined) device = await overlap(client, dev !== undefined, a, file, st, bound);
   if (!device) {
     // A bound DEV is busy (LOOP_CONFIGURE's EBUSY), found here before the daemon is handed the file.
     if (dev && (await bound(client)).some((d) => d.index === dev.index)) throw errWith('EBUSY', setupFailed);
@@ -300,6 +301,7 @@ async function create(
     if (a.partscan) req.partscan = true;
     if (a.directIo) req.directIo = true;
     if (a.nooverlap) req.nooverlap = true;
+    if (a.overlay !== undefined) req.overlay = a.overlay === true ? {} : { delta: a.overlay };
     try {
       const res = await client.attach(req);
       for (const w of res.warnings) deps.stderr(`${PROG}: ${w}\n`);
@@ -365,7 +367,7 @@ function warnSize(file: string, a: LosetupArgs, st: FileStat | undefined, deps: 
  * of their own ("loopfs additions:").
  */
 export function usageText(): string {
-  const cols = COLUMNS.map((c) => ` ${c.name.padStart(12)}  ${c.help}\n`).join('');
+  const cols = [...COLUMNS, ...EXTRA_COLUMNS].map((c) => ` ${c.name.padStart(12)}  ${c.help}\n`).join('');
   return `
 Usage:
  ${PROG} [options] [<loopdev>]
@@ -388,6 +390,8 @@ Options:
  -P, --partscan                create a partitioned loop device
  -r, --read-only               set up a read-only loop device
      --direct-io[=<on|off>]    open backing file with O_DIRECT
+     --overlay[=<file>]        copy-on-write: <file> is only read, writes go to
+                                 the overlay file (default: a temporary one)
      --show                    print device name after setup (with -f)
  -v, --verbose                 verbose mode
 

@@ -1,4 +1,4 @@
-import type { ByteOffset, DeviceIndex, DeviceInfo } from './types';
+import type { ByteOffset, DeviceIndex, DeviceInfo, OverlayInfo } from './types';
 
 /**
  * What commands/ may ask of an instance. core/ implements it over the control
@@ -19,6 +19,20 @@ export interface AttachRequest {
   autoclear?: boolean;
   /** `-L`: refuse if another device of the instance maps an overlapping region of the same file. */
   nooverlap?: boolean;
+  /**
+   * `--overlay[=DELTA]`: a copy-on-write device; `file` is the base, opened
+   * read-only. `delta` (absolute) is opened or created by the client with
+   * the caller's rights; without it the daemon makes an unnamed temporary one.
+   */
+  overlay?: { delta?: string };
+}
+
+/** `loopfs overlay ACTION DEV`. */
+export type OverlayAction = 'status' | 'discard' | 'commit';
+
+/** Offered by clients that speak to a daemon with overlays (ControlClient). */
+export interface OverlayClient {
+  overlay(index: DeviceIndex, action: OverlayAction): Promise<OverlayInfo>;
 }
 
 export interface AttachResult {

@@ -4,8 +4,8 @@ import { LoopfsError, fromSystemError } from './errors';
 import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
 import { SOCKET_FILE } from './state';
 import { connect, readLine, closeFds } from '../sys/unixsock';
-import type { AttachRequest, AttachResult, InstanceClient } from './api';
-import type { DeviceIndex, DeviceInfo } from './types';
+import type { AttachRequest, AttachResult, InstanceClient, OverlayAction, OverlayClient } from './api';
+import type { DeviceIndex, DeviceInfo, OverlayInfo } from './types';
 
 /** One request over an instance's control socket. */
 export async function request<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], fds: number[] = []): Promise<Requests[K]['result']> {
@@ -90,7 +90,7 @@ export async function requestWithin<K extends Op>(stateDir: string, op: K, args:
 }
 
 /** InstanceClient over the control socket. Backing files are opened here, with the caller's rights. */
-export class ControlClient implements InstanceClient {
+export class ControlClient implements InstanceClient, OverlayClient {
   constructor(readonly id: string, readonly mountpoint: string, private readonly stateDir: string) {}
 
   list(): Promise<DeviceInfo[]> {
@@ -99,11 +99,33 @@ export class ControlClient implements InstanceClient {
 
   async attach(req: AttachRequest): Promise<AttachResult> {
     const file = path.resolve(req.file);
-    const { fd, writable } = openBacking(file, !!req.readOnly);
+    // An overlay's base is only ever read.
+    const { fd, writable } = openBacking(file, !!req.readOnly || !!req.overlay);
+    const fds = [fd];
     try {
-      return await request(this.stateDir, 'attach', { req: { ...req, file }, path: file, writable }, [fd]);
+      if (req.overlay?.delta !== undefined) {
+        const delta = path.resolve(req.overlay.delta);
+        req = { ...req, overlay: { delta } };
+        fds.push(openDelta(delta));
+      }
+      return await request(this.stateDir, 'attach', { req: { ...req, file }, path: file, writable }, fds);
     } finally {
-      fs.closeSync(fd);
+      for (const f of fds) fs.closeSync(f);
+    }
+  }
+
+  /** `loopfs overlay`; commit sends the base opened read-write with the caller's rights. */
+  async overlay(index: DeviceIndex, action: OverlayAction): Promise<OverlayInfo> {
+    const fds: number[] = [];
+    try {
+      if (action === 'commit') {
+        const info = (await this.list()).find((d) => d.index === index);
+        if (!info?.bound || !info.overlay || !info.backFile) throw new LoopfsError('EINVAL', `loop${index}`, 'not an overlay device');
+        fds.push(openOrThrow(info.backFile, 'r+'));
+      }
+      return await request(this.stateDir, 'overlay', { index, action }, fds);
+    } finally {
+      for (const f of fds) fs.closeSync(f);
     }
   }
 
@@ -167,9 +189,19 @@ export function openBacking(file: string, readOnly: boolean): { fd: number; writ
   return { fd, writable };
 }
 
-function openOrThrow(file: string, flags: string): number {
+/** A named delta: opened read-write, created (0600) if missing; never a symlink's target. */
+function openDelta(file: string): number {
+  const fd = openOrThrow(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
+  if (!fs.fstatSync(fd).isFile()) {
+    fs.closeSync(fd);
+    throw new LoopfsError('EINVAL', file, 'an overlay file must be a regular file');
+  }
+  return fd;
+}
+
+function openOrThrow(file: string, flags: string | number, mode?: number): number {
   try {
-    return fs.openSync(file, flags);
+    return fs.openSync(file, flags, mode);
   } catch (e) {
     throw fromSystemError(e, file);
   }

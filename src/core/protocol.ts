@@ -1,5 +1,5 @@
-import type { AttachRequest, AttachResult } from './api';
-import type { DeviceIndex, DeviceInfo } from './types';
+import type { AttachRequest, AttachResult, OverlayAction } from './api';
+import type { DeviceIndex, DeviceInfo, OverlayInfo } from './types';
 import type { Errno } from './errors';
 
 /**
@@ -30,7 +30,10 @@ export interface Requests {
   add: { args: { index?: DeviceIndex }; result: DeviceIndex };
   remove: { args: { index: DeviceIndex }; result: null };
   getFree: { args: Record<string, never>; result: DeviceIndex };
-  /** The backing fd rides with the request; `path` is absolute, `writable` says how the client opened it. */
+  /**
+   * The backing fd rides with the request; `path` is absolute, `writable` says how the client opened it.
+   * With req.overlay.delta, the delta's fd follows the backing fd.
+   */
   attach: { args: { req: AttachRequest; path: string; writable: boolean }; result: AttachResult };
   detach: { args: { index: DeviceIndex }; result: null };
   detachAll: { args: Record<string, never>; result: null };
@@ -39,6 +42,8 @@ export interface Requests {
   setSectorSize: { args: { index: DeviceIndex; size: number }; result: DeviceInfo };
   remount: { args: { max: number }; result: null };
   umount: { args: { lazy: boolean }; result: null };
+  /** For commit, a read-write fd of the base (opened by the client with the caller's rights) rides with the request. */
+  overlay: { args: { index: DeviceIndex; action: OverlayAction }; result: OverlayInfo };
 }
 
 export type Op = keyof Requests;

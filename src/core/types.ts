@@ -26,6 +26,20 @@ export interface DeviceInfo {
   directIo: boolean;
   /** Partitions published when partscan found a table. */
   partitions: PartitionInfo[];
+  /** Set for a copy-on-write device (`losetup --overlay`): its delta and what changed. */
+  overlay?: OverlayInfo;
+}
+
+/** A copy-on-write device's delta (SPEC §8). */
+export interface OverlayInfo {
+  /** The named delta file; null for an unnamed one (freed at detach). */
+  delta: string | null;
+  /** Bytes of the device that read from the delta instead of the base (whole blocks). */
+  changedBytes: ByteOffset;
+  /** The delta's block size (granularity of changedBytes). */
+  blockSize: number;
+  /** Bytes the delta file holds on its filesystem. */
+  allocatedBytes: ByteOffset;
 }
 
 export interface PartitionInfo {

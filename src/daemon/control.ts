@@ -3,6 +3,7 @@ import { LoopfsError, type Errno } from '../core/errors';
 import { PROTOCOL_VERSION, type InstanceStatus, type Op, type Request, type Requests, type Response } from '../core/protocol';
 import { UnixServer, readLine, closeFds, type UnixConn } from '../sys/unixsock';
 import type { Instance } from './instance';
+import { backingAccess } from './backing';
 
 /**
  * The control socket of one daemon: mode 0600 in a 0700 directory, and each
@@ -55,8 +56,17 @@ export class ControlServer {
       attach: (a, fds) => {
         const fd = fds.shift();
         if (fd === undefined) throw new LoopfsError('EBADF', a.path, 'no backing file descriptor came with the request');
-        // How the fd may be used is read from the fd itself (Instance.attach), not taken from the client's word.
-        return inst.attach(a.req, { fd, path: a.path, writable: true });
+        // How the fds may be used is read from the fds themselves (Instance.attach, backingAccess), not taken from the client's word.
+        let delta: { fd: number; path: string } | undefined;
+        if (a.req.overlay?.delta !== undefined) {
+          const dfd = fds.shift();
+          if (dfd === undefined || !writableFd(dfd, a.req.overlay.delta)) {
+            closeFds(dfd === undefined ? [fd] : [fd, dfd]);
+            throw new LoopfsError('EBADF', a.req.overlay.delta, 'no writable overlay file descriptor came with the request');
+          }
+          delta = { fd: dfd, path: a.req.overlay.delta };
+        }
+        return inst.attach(a.req, { fd, path: a.path, writable: true }, undefined, delta);
       },
       detach: async (a) => (await inst.detach(a.index), null),
       detachAll: async () => (await inst.detachAll(), null),
@@ -65,6 +75,12 @@ export class ControlServer {
       setSectorSize: (a) => inst.setSectorSize(a.index, a.size),
       remount: (a) => (hooks.remount(a.max), null),
       umount: async (a) => (await hooks.umount(a.lazy), null),
+      overlay: (a, fds) => {
+        // The base's fd stays in fds: closed after the answer.
+        const fd = a.action === 'commit' ? fds[0] : undefined;
+        if (a.action === 'commit' && (fd === undefined || !writableFd(fd, `loop${a.index}`))) throw new LoopfsError('EBADF', `loop${a.index}`, 'no writable base file descriptor came with the request');
+        return inst.overlayOp(a.index, a.action, fd);
+      },
     };
   }
 
@@ -221,4 +237,13 @@ function errorReply(e: unknown): Response {
   const n = e as NodeJS.ErrnoException;
   const errno: Errno = typeof n?.code === 'string' && n.code in constants.errno ? (n.code as Errno) : 'EIO';
   return { v: PROTOCOL_VERSION, ok: false, errno, what: n?.path ?? 'daemon', reason: (n?.message ?? String(e)).replace(/^E[A-Z]+: /, '') };
+}
+
+/** Whether an fd handed over is open for reading and writing (an overlay's delta, a base to commit into). */
+function writableFd(fd: number, what: string): boolean {
+  try {
+    return backingAccess(fd, what).writable;
+  } catch {
+    return false;
+  }
 }

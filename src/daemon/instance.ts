@@ -1,8 +1,10 @@
 import * as fs from 'node:fs';
 import { LoopfsError, fromSystemError } from '../core/errors';
-import type { AttachRequest, AttachResult } from '../core/api';
-import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../core/types';
-import { Device } from '../engine/device';
+import * as os from 'node:os';
+import type { AttachRequest, AttachResult, OverlayAction } from '../core/api';
+import type { DeviceIndex, DeviceInfo, OverlayInfo, PartitionInfo } from '../core/types';
+import { Device, type AttachOptions } from '../engine/device';
+import { tmpDelta, type Overlay } from '../engine/overlay';
 import { scanPartitions, PartitionWindow } from '../engine/partitions';
 import type { BlockIO } from '../engine/window';
 import { DeviceTable, type Binding, type LoopDevice, type TableHooks } from './devices';
@@ -45,6 +47,8 @@ export class Instance {
   session: Session | undefined;
   /** Devices being set up by an attach that has not finished yet. */
   private readonly settingUp = new Set<DeviceIndex>();
+  /** Where unnamed overlay deltas are made (O_TMPFILE): the instance's private state directory. */
+  overlayDir: string | undefined;
 
   constructor(
     readonly id: string,
@@ -96,6 +100,8 @@ export class Instance {
   private infoOf(dev: LoopDevice): DeviceInfo {
     const info = this.table.info(dev, this.mountpoint);
     if (dev.binding) info.backFile = dev.binding.device.currentPath();
+    const o = dev.binding?.device.overlay;
+    if (o) info.overlay = overlayInfo(o);
     return info;
   }
 
@@ -112,8 +118,14 @@ export class Instance {
    * left: the backing fd is closed and a device created here is removed.
    * An fd not open for reading (O_PATH, O_WRONLY) is EBADF.
    */
-  async attach(req: AttachRequest, backing: BackingFd, fileName?: Buffer): Promise<AttachResult> {
+  async attach(req: AttachRequest, backing: BackingFd, fileName?: Buffer, delta?: { fd: number; path: string }): Promise<AttachResult> {
     let created = false;
+    // A named overlay delta is ours to close until the engine takes it.
+    let deltaFd = delta?.fd;
+    const dropDelta = (): void => {
+      if (deltaFd !== undefined) closeQuietly(deltaFd);
+      deltaFd = undefined;
+    };
     let dev: LoopDevice;
     try {
       // Whoever handed the fd over, it must be open for reading (and writing, to be writable).
@@ -128,6 +140,7 @@ export class Instance {
       }
     } catch (e) {
       closeQuietly(backing.fd);
+      dropDelta();
       throw e;
     }
     this.settingUp.add(dev.index);
@@ -135,13 +148,22 @@ export class Instance {
     let device: Device | undefined;
     try {
       await this.notOwnEntry(backing);
+      let overlay: AttachOptions['overlay'];
+      if (req.overlay && delta) {
+        deltaFd = undefined; // notOwnEntry closes it on failure, the engine after
+        await this.notOwnEntry(delta);
+        overlay = { delta: { ...delta, named: true } };
+      } else if (req.overlay) {
+        overlay = { delta: tmpDelta(this.overlayDir ?? os.tmpdir()) };
+      }
       // From this call on the engine owns the backing fd (it closes it on failure).
       device = await Device.attach(
         { fd: backing.fd, path: backing.path, writable: backing.writable && !req.readOnly },
         // readOnly is what was asked: the engine itself falls back to read-only (and warns) for a read-only fd.
-        { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly, directIo: !!req.directIo },
+        { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly, directIo: !!req.directIo, overlay },
       );
-      if (req.nooverlap) {
+      // An overlay never writes its base: nothing to overlap.
+      if (req.nooverlap && !overlay) {
         const reuse = this.overlapping(device);
         if (reuse) {
           // util-linux -L: an identical window is reused (and loses autoclear), not duplicated.
@@ -166,6 +188,7 @@ export class Instance {
       for (const p of binding.partitions) void this.session?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
       return { device: this.infoOf(dev), warnings };
     } catch (e) {
+      dropDelta();
       if (device) await device.close().catch(() => {});
       if (created && !dev.bound && this.table.get(dev.index) === dev) this.table.remove(dev.index);
       throw e;
@@ -204,7 +227,7 @@ export class Instance {
   private overlapping(d: Device): LoopDevice | undefined {
     for (const other of this.table.all()) {
       const b = other.binding;
-      if (!b) continue;
+      if (!b || b.device.overlay) continue;
       if (b.device.sameWindow(d.dev, d.ino, d.offset, d.sizelimit)) {
         if (b.device.readOnly && !d.readOnly) throw new LoopfsError('EBUSY', d.path, `overlapping read-only loop device exists (${other.name})`);
         return other;
@@ -303,6 +326,7 @@ export class Instance {
       dev = this.mustGet(index);
       if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
       if (!dev.binding.device.readOnly) throw new LoopfsError('EINVAL', dev.name, 'only a read-only device can change its backing file');
+      if (dev.binding.device.overlay) throw new LoopfsError('EINVAL', dev.name, 'an overlay device keeps its base (its delta holds blocks of that file)');
     } catch (e) {
       closeQuietly(backing.fd);
       throw e;
@@ -371,6 +395,41 @@ export class Instance {
     await this.session?.invalidateNode(part === undefined ? deviceIno(dev.index) : partitionIno(dev.index, part));
   }
 
+  /**
+   * `loopfs overlay ACTION DEV`: status; discard (the device reads its base
+   * again); commit (the changes written into the base through `baseRw`, the
+   * caller's read-write fd of it, then discarded). Discard and commit want
+   * the device closed and writable; commit also a base that nothing else
+   * uses (no other device of this instance, no other overlay anywhere:
+   * overlays hold a shared flock on their base).
+   */
+  async overlayOp(index: DeviceIndex, action: OverlayAction, baseRw?: number): Promise<OverlayInfo> {
+    const dev = this.mustGet(index);
+    const b = dev.binding;
+    const o = b?.device.overlay;
+    if (!b || !o) throw new LoopfsError('EINVAL', dev.name, 'not an overlay device');
+    if (action === 'status') return overlayInfo(o);
+    if (dev.openCount > 0) throw new LoopfsError('EBUSY', dev.name, 'device is open');
+    if (b.device.readOnly) throw new LoopfsError('EROFS', dev.name, 'the device is read-only');
+    if (action === 'commit') {
+      if (baseRw === undefined) throw new LoopfsError('EBADF', dev.name, 'no base file descriptor');
+      const st = fs.fstatSync(baseRw);
+      if (st.dev !== b.device.dev || st.ino !== b.device.ino) throw new LoopfsError('EINVAL', dev.name, 'the file given is not the base of this overlay');
+      for (const other of this.table.all()) {
+        const ob = other.binding;
+        if (other !== dev && ob && ob.device.dev === b.device.dev && ob.device.ino === b.device.ino) {
+          throw new LoopfsError('EBUSY', b.device.path, `the base is in use by ${other.name}`);
+        }
+      }
+      await o.commit(baseRw);
+    } else {
+      await o.reset();
+    }
+    await this.refresh(dev);
+    await this.rescanPartitions(dev);
+    return overlayInfo(o);
+  }
+
   opened(dev: LoopDevice): void {
     dev.openCount++;
   }
@@ -403,6 +462,11 @@ export type { BlockIO };
  * Closes on the libuv pool: the file may be on this instance's own mount,
  * whose FLUSH this thread would have to answer while waiting for it.
  */
+function overlayInfo(o: Overlay): OverlayInfo {
+  const s = o.status();
+  return { delta: s.delta ?? null, changedBytes: s.changedBytes, blockSize: s.blockSize, allocatedBytes: s.allocatedBytes };
+}
+
 function closeQuietly(fd: number): void {
   fs.close(fd, () => {
     /* already closed or not: nothing to do */

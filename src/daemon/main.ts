@@ -75,6 +75,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     // Devices count against the owner's max_loop_devices here and in every run directory above.
     const budget = new Budget(levelsFor(a.runDir, a.uid));
     inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, { reserve: (n) => budget.reserve(n), release: (n) => budget.release(n) });
+    inst.overlayDir = a.state;
     const fsys = new LoopFilesystem(inst);
     // allow_other lets root reach an instance it mounted for another owner; an
     // ordinary user's instance (through fusermount3) is the owner's alone.

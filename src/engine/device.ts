@@ -3,6 +3,7 @@ import { LoopfsError, fromSystemError } from '../core/errors';
 import type { ByteOffset } from '../core/types';
 import { ioctlBuf } from '../sys/libc';
 import { FileIO, type IoCounts } from './file';
+import { Overlay, type DeltaFile } from './overlay';
 import { Window, type BlockIO } from './window';
 
 export type { BlockIO } from './window';
@@ -17,6 +18,11 @@ export interface AttachOptions {
   readOnly?: boolean;
   /** Try O_DIRECT; if impossible, stays off and `warnings` says why. */
   directIo?: boolean;
+  /**
+   * A copy-on-write device (SPEC §8): the backing file is the base, only
+   * read; writes go to this delta, which the Device then owns.
+   */
+  overlay?: { delta: DeltaFile; blockSize?: number };
 }
 
 /** The backing file, opened by the caller with the caller's rights. The Device owns and closes fd. */
@@ -49,9 +55,12 @@ export class Device extends Window implements BlockIO {
   private readonly writableFd: boolean;
   private fileSize: ByteOffset;
   private readonly isBlockDevice: boolean;
+  /** The copy-on-write layer between the window and the base file, for an overlay device. */
+  readonly overlay: Overlay | undefined;
 
-  private constructor(file: FileIO, st: fs.Stats, fileSize: ByteOffset, offset: ByteOffset, sizelimit: ByteOffset, sectorSize: number, readOnly: boolean, writableFd: boolean) {
-    super(file, offset, windowSize(fileSize, offset, sizelimit, sectorSize), sectorSize, readOnly, file.path);
+  private constructor(file: FileIO, st: fs.Stats, fileSize: ByteOffset, offset: ByteOffset, sizelimit: ByteOffset, sectorSize: number, readOnly: boolean, writableFd: boolean, overlay?: Overlay) {
+    super(overlay ?? file, offset, windowSize(fileSize, offset, sizelimit, sectorSize), sectorSize, readOnly, file.path);
+    this.overlay = overlay;
     this.file = file;
     this.path = file.path;
     this.dev = st.dev;
@@ -70,6 +79,7 @@ export class Device extends Window implements BlockIO {
    */
   static async attach(backing: Backing, opts: AttachOptions): Promise<Device> {
     let dev: Device;
+    let delta = opts.overlay?.delta;
     try {
       const offset = opts.offset ?? 0;
       const sizelimit = opts.sizelimit ?? 0;
@@ -84,15 +94,31 @@ export class Device extends Window implements BlockIO {
       const st = await fstat(backing);
       const fileSize = backingSize(backing, st);
       // As the kernel's loop: a size limit that is no multiple of the sector and an offset past the end are fine (windowSize).
-      const readOnly = !!opts.readOnly || !backing.writable;
-      dev = new Device(new FileIO(backing.fd, backing.path), st, fileSize, offset, sizelimit, sectorSize, readOnly, backing.writable);
-      if (!opts.readOnly && !backing.writable) dev.warnings.push(`${backing.path}: Warning: file is not writable; attached read-only.`);
+      if (opts.overlay) {
+        // The base is only read; the delta decides whether the device can be written.
+        const file = new FileIO(backing.fd, backing.path);
+        const d = delta!;
+        delta = undefined; // Overlay.open owns it now (closes it on failure)
+        const overlay = await Overlay.open(file, fileSize, d, opts.overlay.blockSize);
+        dev = new Device(file, st, fileSize, offset, sizelimit, sectorSize, !!opts.readOnly, false, overlay);
+      } else {
+        const readOnly = !!opts.readOnly || !backing.writable;
+        dev = new Device(new FileIO(backing.fd, backing.path), st, fileSize, offset, sizelimit, sectorSize, readOnly, backing.writable);
+      }
+      if (!opts.overlay && !opts.readOnly && !backing.writable) dev.warnings.push(`${backing.path}: Warning: file is not writable; attached read-only.`);
       dev.warnSize();
     } catch (e) {
       try {
         fs.closeSync(backing.fd);
       } catch {
         // already unusable; the error that matters is the one below
+      }
+      if (delta) {
+        try {
+          fs.closeSync(delta.fd);
+        } catch {
+          // as above
+        }
       }
       throw fromSystemError(e, backing.path);
     }
@@ -112,6 +138,10 @@ export class Device extends Window implements BlockIO {
   set directIo(on: boolean) {
     if (!on) {
       this.file.direct = false;
+      return;
+    }
+    if (this.overlay) {
+      this.warnings.push(`${this.path}: set direct io failed: an overlay device reads and writes through its own buffers`);
       return;
     }
     try {
@@ -193,7 +223,10 @@ export class Device extends Window implements BlockIO {
   /** Re-reads the backing file's size (losetup -c). Returns the new device size. */
   async refreshCapacity(): Promise<ByteOffset> {
     const st = await fstat({ fd: this.file.fd, path: this.path });
-    this.fileSize = backingSize({ fd: this.file.fd, path: this.path }, st);
+    const fileSize = backingSize({ fd: this.file.fd, path: this.path }, st);
+    // An overlay follows its base's size too (the delta records it).
+    await this.overlay?.resize(fileSize);
+    this.fileSize = fileSize;
     this.length = windowSize(this.fileSize, this.offset, this.sizelimit, this.sectorSize);
     return this.length;
   }
@@ -216,7 +249,15 @@ export class Device extends Window implements BlockIO {
   }
 
   /** Waits for requests in flight, then closes the backing file. Later requests fail ENXIO. */
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    if (this.overlay) {
+      try {
+        await this.overlay.close();
+      } finally {
+        await this.file.close();
+      }
+      return;
+    }
     return this.file.close();
   }
 

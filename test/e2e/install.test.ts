@@ -17,7 +17,7 @@ const test = e2eSuite('install');
 let tmp = '';
 let prefix = '';
 
-const PAGES = ['loopfs', 'loopfs-mount', 'loopfs-umount', 'loopfs-losetup', 'loopfs-ctl', 'loopfs-rm', 'loopfs-run', 'loopfs-list', 'loopfs-sysctl', 'loopfs-gc'];
+const PAGES = ['loopfs', 'loopfs-mount', 'loopfs-umount', 'loopfs-losetup', 'loopfs-ctl', 'loopfs-rm', 'loopfs-overlay', 'loopfs-run', 'loopfs-list', 'loopfs-sysctl', 'loopfs-gc'];
 const COMPLETIONS = ['share/bash-completion/completions/loopfs', 'share/zsh/site-functions/_loopfs', 'share/fish/vendor_completions.d/loopfs.fish'];
 
 function npm(script: string, env: Record<string, string>): { status: number; stdout: string; stderr: string } {

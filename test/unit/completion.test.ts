@@ -19,8 +19,8 @@ import { REPO, binary } from '../helpers/cli';
 const BASH = path.join(REPO, 'completions', 'loopfs.bash');
 const ZSH_DIR = path.join(REPO, 'completions');
 const FISH = path.join(REPO, 'completions', 'loopfs.fish');
-const COMMANDS = ['mount', 'umount', 'losetup', 'ctl', 'rm', 'run', 'list', 'sysctl', 'gc'];
-const COLUMNS = ['NAME', 'AUTOCLEAR', 'BACK-FILE', 'BACK-INO', 'BACK-MAJ:MIN', 'MAJ:MIN', 'OFFSET', 'PARTSCAN', 'RO', 'SIZELIMIT', 'DIO', 'LOG-SEC'];
+const COMMANDS = ['mount', 'umount', 'losetup', 'overlay', 'ctl', 'rm', 'run', 'list', 'sysctl', 'gc'];
+const COLUMNS = ['NAME', 'AUTOCLEAR', 'BACK-FILE', 'BACK-INO', 'BACK-MAJ:MIN', 'MAJ:MIN', 'OFFSET', 'PARTSCAN', 'RO', 'SIZELIMIT', 'DIO', 'LOG-SEC', 'OVERLAY', 'OVERLAY-CHANGED'];
 
 let tmp = '';
 let inst = '';
@@ -261,6 +261,16 @@ test('bash: -O NAME,BA<TAB> and the other column lists', () => {
   assert.equal(b(['loopfs', 'losetup', '--output=NAME,D']), ['--output=NAME,DIO']);
   // As readline splits at ':' — the reply is what follows it.
   assert.equal(b(['loopfs', 'losetup', '-O', 'NAME,BACK-MAJ', ':', ''], { line: 'loopfs losetup -O NAME,BACK-MAJ:' }), ['MIN']);
+});
+
+test('bash: loopfs overlay: its actions, then devices; losetup --overlay= takes a file', () => {
+  assert.equal(b(['loopfs', 'overlay', '']), ['status', 'discard', 'commit']);
+  assert.equal(b(['loopfs', 'overlay', 'd']), ['discard']);
+  assert.equal(b(['loopfs', 'overlay', 'status', '--j']), ['--json']);
+  assert.equal(b(['loopfs', 'overlay', 'commit', ''], { env: { LOOPFS: inst } }), ['loop0', 'loop1', 'loop12']);
+  assert.equal(b(['loopfs', 'losetup', '--over']), ['--overlay']);
+  fs.writeFileSync(path.join(tmp, 'job.delta'), '');
+  assert.equal(b(['loopfs', 'losetup', `--overlay=${tmp}/job.d`]), [`--overlay=${tmp}/job.delta`]);
 });
 
 test('bash: instance mountpoints from loopfs list --json after --instance, umount, mount -o remount', () => {

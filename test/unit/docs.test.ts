@@ -14,7 +14,7 @@ import { REPO, binary } from '../helpers/cli';
  */
 
 const MAN = path.join(REPO, 'man');
-const COMMANDS = ['mount', 'umount', 'ctl', 'rm', 'losetup', 'run', 'list', 'sysctl', 'gc'] as const;
+const COMMANDS = ['mount', 'umount', 'ctl', 'rm', 'losetup', 'overlay', 'run', 'list', 'sysctl', 'gc'] as const;
 const GLOBALS = ['--instance', '--run-dir', '-h', '--help'];
 
 /** The options SPEC §4 (and §5) gives each command: the page must have them all, registered or not. */
@@ -24,6 +24,7 @@ const SPEC_OPTIONS: Record<string, string[]> = {
   umount: ['-l'],
   ctl: [],
   rm: [],
+  overlay: [],
   losetup: ['-a', '-l', '-n', '-O', '--output', '--output-all', '--raw', '-J', '--json', '-f', '--show', '-o', '--sizelimit', '-b', '-r', '-P', '--direct-io', '-L', '--nooverlap', '-d', '-D', '-j', '-c', '-v'],
   run: ['-o', '--dir'],
   list: ['--json'],

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { binary } from '../helpers/cli';
 
 // Issue 5: every command's --help shows its usage, its options and two examples.
-const COMMANDS = ['mount', 'umount', 'losetup', 'ctl', 'rm', 'run', 'list', 'sysctl', 'gc'];
+const COMMANDS = ['mount', 'umount', 'losetup', 'overlay', 'ctl', 'rm', 'run', 'list', 'sysctl', 'gc'];
 
 function help(cmd: string): string {
   const [bin, ...pre] = binary();

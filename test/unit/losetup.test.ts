@@ -152,6 +152,29 @@ test('every setup option reaches the request', async () => {
   assert.equal(w5.attached, [{ file: 'disk.img', sizelimit: 1000 }, { file: 'disk.img', offset: 2 << 20 }, { file: 'disk.img', sectorSize: 1000 }]);
 });
 
+test('--overlay[=DELTA] (loopfs): an optional argument in util-linux style, setup only; -L has nothing to guard on an overlay', async () => {
+  const w = world();
+  await runLosetup(['-f', '--show', '--overlay', 'base.img'], w.deps);
+  await runLosetup(['-f', '--overl=job.delta', '-P', 'base.img'], w.deps);
+  // a separate word is not its argument (as --direct-io on): it is the file
+  await runLosetup(['-f', '--overlay', 'job.delta'], w.deps);
+  assert.equal(w.attached, [
+    { file: 'base.img', overlay: {} },
+    { file: 'base.img', partscan: true, overlay: { delta: 'job.delta' } },
+    { file: 'job.delta', overlay: {} },
+  ]);
+  // -L: an existing plain device of the same file does not stop an overlay
+  const w2 = world([dev(0, { backFile: 'base.img' })]);
+  assert.is(await runLosetup(['-L', '-f', '--show', '--overlay', 'base.img'], w2.deps), 0);
+  assert.equal(w2.attached, [{ file: 'base.img', nooverlap: true, overlay: {} }], 'the daemon, too, lets an overlay pass -L');
+  let e = await fails(['--overlay', '-d', 'loop0'], world([dev(0)]));
+  assert.is(e.what, 'the option --overlay is allowed during loop device setup only');
+  e = await fails(['-f', '--overlay=', 'base.img'], world());
+  assert.is(e.what, 'argument error');
+  assert.match(e.reason, /--overlay= wants a file name/);
+  assert.equal(parseLosetupArgs(['-f', 'x']).overlay, undefined);
+});
+
 test('options after the file are options, unless POSIXLY_CORRECT', async () => {
   const w = world();
   await runLosetup(['-f', 'disk.img', '--show', '-r'], w.deps);
