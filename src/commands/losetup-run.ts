@@ -308,6 +308,8 @@ async function create(
       device = res.device;
     } catch (err) {
       const e = err instanceof LoopfsError ? err : undefined;
+      // An overlay is loopfs's own: util-linux has no words for what fails there (a delta that is not one, say).
+      if (e && a.overlay !== undefined) throw e;
       throw relabel(err, !dev && e?.errno === 'ENOSPC' ? 'cannot find an unused loop device' : setupFailed);
     }
   }

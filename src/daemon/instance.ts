@@ -10,6 +10,7 @@ import type { BlockIO } from '../engine/window';
 import { DeviceTable, type Binding, type LoopDevice, type TableHooks } from './devices';
 import { deviceIno, partitionIno } from './filesystem';
 import { FUSE_ROOT_ID } from '../fuse/kernel';
+import { connectionOfDeviceFd, fuseConnection, mountOfFd } from '../fuse/mount';
 import { backingAccess } from './backing';
 import type { Session } from '../fuse/session';
 
@@ -198,22 +199,28 @@ export class Instance {
     }
   }
 
-  /** st_dev of this instance's own filesystem, once known. */
-  private ownDev: bigint | undefined;
-
   /**
    * EBADF for a backing file on this instance itself (one of its own
    * entries), closing it: the daemon would wait on itself, as a loop device
-   * backed by itself would (the kernel's EBADF). Only asynchronous calls
-   * here: a stat of our own mount is answered by this very thread.
+   * backed by itself would (the kernel's EBADF). Told by the mount the
+   * descriptor is on and the FUSE connection this daemon serves, without a
+   * stat: a stat of our own file is answered by this very process, and many
+   * of them at once (64 racing LOOP_SET_FDs) would hold every thread that
+   * could read the answer's request.
    */
   async notOwnEntry(backing: { fd: number; path: string }): Promise<void> {
     try {
-      const st = await new Promise<fs.BigIntStats>((res, rej) => fs.fstat(backing.fd, { bigint: true }, (e, s) => (e ? rej(e) : res(s))));
-      if (this.ownDev === undefined) {
-        this.ownDev = await new Promise<bigint | undefined>((res) => fs.stat(this.mountpoint, { bigint: true }, (e, s) => res(e ? undefined : s.dev)));
+      const mount = mountOfFd(backing.fd);
+      const own = this.session ? connectionOfDeviceFd(this.session.fd) : undefined;
+      let ours: boolean;
+      if (mount && own !== undefined) ours = fuseConnection(mount) === own;
+      else {
+        // A mount this namespace does not show, or a kernel that names no connection: ask by stat, asynchronously.
+        const st = await new Promise<fs.BigIntStats>((res, rej) => fs.fstat(backing.fd, { bigint: true }, (e, s) => (e ? rej(e) : res(s))));
+        const mine = await new Promise<bigint | undefined>((res) => fs.stat(this.mountpoint, { bigint: true }, (e, s) => res(e ? undefined : s.dev)));
+        ours = st.dev === mine;
       }
-      if (st.dev === this.ownDev) throw new LoopfsError('EBADF', backing.path, 'a file of this instance cannot back one of its devices');
+      if (ours) throw new LoopfsError('EBADF', backing.path, 'a file of this instance cannot back one of its devices');
     } catch (e) {
       closeQuietly(backing.fd);
       throw fromSystemError(e, backing.path);
