@@ -369,7 +369,7 @@ function warnSize(file: string, a: LosetupArgs, st: FileStat | undefined, deps: 
  * of their own ("loopfs additions:").
  */
 export function usageText(): string {
-  const cols = [...COLUMNS, ...EXTRA_COLUMNS].map((c) => ` ${c.name.padStart(12)}  ${c.help}\n`).join('');
+  const cols = COLUMNS.map(columnLine).join('');
   return `
 Usage:
  ${PROG} [options] [<loopdev>]
@@ -392,8 +392,6 @@ Options:
  -P, --partscan                create a partitioned loop device
  -r, --read-only               set up a read-only loop device
      --direct-io[=<on|off>]    open backing file with O_DIRECT
-     --overlay[=<file>]        copy-on-write: <file> is only read, writes go to
-                                 the overlay file (default: a temporary one)
      --show                    print device name after setup (with -f)
  -v, --verbose                 verbose mode
 
@@ -414,8 +412,15 @@ For more details see loopfs-losetup(8).
 `;
 }
 
-/** The part of usageText() that util-linux does not have. */
+function columnLine(c: { name: string; help: string }): string {
+  return ` ${c.name.padStart(12)}  ${c.help}\n`;
+}
+
+/** The part of usageText() that util-linux does not have: loopfs's own options and columns. */
 export const LOOPFS_ADDITIONS = `loopfs additions:
      --instance <dir|id>       the loopfs instance (default: $LOOPFS, else "default")
      --run-dir <dir>           the run directory of the instances
-`;
+     --overlay[=<file>]        copy-on-write: <file> is only read, writes go to
+                                 the overlay file (default: a temporary one)
+ columns (with -O):
+${EXTRA_COLUMNS.map(columnLine).join('')}`;
