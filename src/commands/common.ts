@@ -1,4 +1,4 @@
-import { usageError } from '../core/errors';
+import { usageError } from '../base/errors';
 import type { InstanceSelector } from '../core/api';
 
 /** Helpers every command shares: the global options and strict number parsing. */

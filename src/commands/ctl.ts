@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { usageError } from '../core/errors';
+import { usageError } from '../base/errors';
 import { parseCount, selector, type GlobalFlags } from './common';
 
 const MAX_INDEX = (1 << 20) - 1;

@@ -1,4 +1,4 @@
-import { LoopfsError, type Errno } from '../core/errors';
+import { LoopfsError, type Errno } from '../base/errors';
 import type { InstanceSelector } from '../core/api';
 import { GetoptError, getoptLong, type LongOpt } from './losetup-getopt';
 import { COLUMNS, DEFAULT_COLUMNS, columnByName, type ColumnInfo, type TableFormat } from './losetup-output';

@@ -1,4 +1,4 @@
-import type { DeviceInfo } from '../core/types';
+import type { DeviceInfo } from '../base/types';
 import { jsonQuote, rawEncode, safeEncode } from './losetup-text';
 
 /**

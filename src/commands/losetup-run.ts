@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { AttachRequest, DeviceRef, InstanceClient, InstanceSelector } from '../core/api';
-import type { DeviceIndex, DeviceInfo } from '../core/types';
-import { LoopfsError, fromSystemError, type Errno } from '../core/errors';
+import type { DeviceIndex, DeviceInfo } from '../base/types';
+import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
 import { VERSION } from '../version';
 import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type LosetupArgs } from './losetup-args';
 import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './losetup-output';

@@ -1,4 +1,4 @@
-import { LoopfsError, type Errno } from '../core/errors';
+import { LoopfsError, type Errno } from '../base/errors';
 import { strerror } from './losetup-strerror';
 
 /**

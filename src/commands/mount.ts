@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { LoopfsError, usageError } from '../core/errors';
+import { LoopfsError, usageError } from '../base/errors';
 import { parseCount, selector, str, type GlobalFlags } from './common';
 
 export interface MountOptions {

@@ -1,7 +1,7 @@
 import type { CAC } from 'cac';
-import { LoopfsError, usageError } from '../core/errors';
+import { LoopfsError, usageError } from '../base/errors';
 import type { OverlayAction, OverlayClient } from '../core/api';
-import type { OverlayInfo } from '../core/types';
+import type { OverlayInfo } from '../base/types';
 import { selector, type GlobalFlags } from './common';
 import { reportError } from './report';
 

@@ -1,4 +1,4 @@
-import { LoopfsError } from '../core/errors';
+import { LoopfsError } from '../base/errors';
 import { paint } from './ui';
 
 /**

@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { LoopfsError, usageError } from '../core/errors';
+import { LoopfsError, usageError } from '../base/errors';
 import { selector, type GlobalFlags } from './common';
 import { reportError } from './report';
 

@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { usageError } from '../core/errors';
+import { usageError } from '../base/errors';
 import { parseCount, selector, str, type GlobalFlags } from './common';
 import { MAX_LIMIT } from './mount';
 

@@ -1,7 +1,7 @@
 import type { CAC } from 'cac';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { usageError } from '../core/errors';
+import { usageError } from '../base/errors';
 import { parseCount, selector, type GlobalFlags } from './common';
 
 const NAMES = ['max_loop_devices'] as const;

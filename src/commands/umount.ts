@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { LoopfsError } from '../core/errors';
+import { LoopfsError } from '../base/errors';
 import { selector, type GlobalFlags } from './common';
 
 export function register(cli: CAC): void {

@@ -1,4 +1,4 @@
-import type { ByteOffset, DeviceIndex, DeviceInfo, OverlayInfo } from './types';
+import type { ByteOffset, DeviceIndex, DeviceInfo, OverlayInfo } from '../base/types';
 
 /**
  * What commands/ may ask of an instance. core/ implements it over the control

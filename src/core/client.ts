@@ -1,11 +1,11 @@
 import * as path from 'node:path';
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from './errors';
+import { LoopfsError, fromSystemError } from '../base/errors';
 import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
 import { SOCKET_FILE } from './state';
 import { connect, readLine, closeFds } from '../sys/unixsock';
 import type { AttachRequest, AttachResult, InstanceClient, OverlayAction, OverlayClient } from './api';
-import type { DeviceIndex, DeviceInfo, OverlayInfo } from './types';
+import type { DeviceIndex, DeviceInfo, OverlayInfo } from '../base/types';
 
 /** One request over an instance's control socket. */
 export async function request<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], fds: number[] = []): Promise<Requests[K]['result']> {

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
-import { LoopfsError, fromSystemError, type Errno } from './errors';
+import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
 import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, requestWithin } from './client';

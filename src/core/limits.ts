@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError } from './errors';
+import { LoopfsError } from '../base/errors';
 import { readPrivateFile } from './state';
 import { flock, LOCK_EX, LOCK_SH, LOCK_UN, ofdGetLock, ofdSetLock, F_WRLCK, F_UNLCK } from '../sys/libc';
 

@@ -1,6 +1,6 @@
 import type { AttachRequest, AttachResult, OverlayAction } from './api';
-import type { DeviceIndex, DeviceInfo, OverlayInfo } from './types';
-import type { Errno } from './errors';
+import type { DeviceIndex, DeviceInfo, OverlayInfo } from '../base/types';
+import type { Errno } from '../base/errors';
 
 /**
  * The control protocol between the CLI (core/client.ts) and an instance

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError } from './errors';
+import { LoopfsError } from '../base/errors';
 import { instancesDir } from './rundir';
 import { readState, readPrivateFile, SOCKET_FILE, type InstanceState } from './state';
 import { readMountinfo } from '../fuse/mount';

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError, fromSystemError } from './errors';
+import { LoopfsError, fromSystemError } from '../base/errors';
 
 /**
  * The run directory (SPEC §1): --run-dir, else $LOOPFS_RUNDIR, else

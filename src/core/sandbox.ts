@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { Writable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { LoopfsError } from './errors';
+import { LoopfsError } from '../base/errors';
 import { ensureRunDir, defaultMountpoint } from './rundir';
 import { levelsFor, openLimitsFile, PARENTS_FILE, type LevelRef } from './limits';
 import { selfCommand, startInstance, DEFAULT_ID } from './instance';

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError } from './errors';
+import { LoopfsError } from '../base/errors';
 
 /**
  * The state an instance keeps under RUNDIR/instances/<id>/: state.json (this

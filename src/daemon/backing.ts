@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError } from '../core/errors';
+import { LoopfsError } from '../base/errors';
 
 /**
  * What a backing descriptor handed to the daemon (over the control socket or

@@ -1,5 +1,5 @@
 import { constants } from 'node:os';
-import { LoopfsError, type Errno } from '../core/errors';
+import { LoopfsError, type Errno } from '../base/errors';
 import { PROTOCOL_VERSION, type InstanceStatus, type Op, type Request, type Requests, type Response } from '../core/protocol';
 import { UnixServer, readLine, closeFds, type UnixConn } from '../sys/unixsock';
 import type { Instance } from './instance';

@@ -1,5 +1,5 @@
-import { LoopfsError } from '../core/errors';
-import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../core/types';
+import { LoopfsError } from '../base/errors';
+import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../base/types';
 import type { Device, BlockIO } from '../engine/device';
 
 /**

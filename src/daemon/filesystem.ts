@@ -1,5 +1,5 @@
 import { constants as fsConstants } from 'node:fs';
-import { LoopfsError } from '../core/errors';
+import { LoopfsError } from '../base/errors';
 import { S_IFDIR, S_IFREG, RENAME_EXCHANGE, FUSE_ROOT_ID } from '../fuse/kernel';
 import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult, RequestContext, SetattrRequest, StatfsResult } from '../fuse/types';
 import type { BlockIO } from '../engine/device';

@@ -1,8 +1,8 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../core/errors';
+import { LoopfsError, fromSystemError } from '../base/errors';
 import * as os from 'node:os';
 import type { AttachRequest, AttachResult, OverlayAction } from '../core/api';
-import type { DeviceIndex, DeviceInfo, OverlayInfo, PartitionInfo } from '../core/types';
+import type { DeviceIndex, DeviceInfo, OverlayInfo, PartitionInfo } from '../base/types';
 import { Device, type AttachOptions } from '../engine/device';
 import { tmpDelta, type Overlay } from '../engine/overlay';
 import { scanPartitions, PartitionWindow } from '../engine/partitions';

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError } from '../core/errors';
+import { LoopfsError } from '../base/errors';
 import type { IoctlResult } from '../fuse/types';
 import { CAP_SYS_ADMIN, type Caller } from '../sys/caller';
 import type { BlockIO } from '../engine/device';

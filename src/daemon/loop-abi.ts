@@ -1,4 +1,4 @@
-import { LoopfsError } from '../core/errors';
+import { LoopfsError } from '../base/errors';
 
 /**
  * The loop driver's ioctl ABI as the kernel defines it, and the block

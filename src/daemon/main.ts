@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError, fromSystemError } from '../core/errors';
+import { LoopfsError, fromSystemError } from '../base/errors';
 import type { InstanceStatus } from '../core/protocol';
 import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
 import { mountFuse, unmountFuse, type Mounted } from '../fuse/mount';

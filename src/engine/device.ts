@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../core/errors';
-import type { ByteOffset } from '../core/types';
+import { LoopfsError, fromSystemError } from '../base/errors';
+import type { ByteOffset } from '../base/types';
 import { ioctlBuf } from '../sys/libc';
 import { FileIO, type IoCounts } from './file';
 import { Overlay, type DeltaFile } from './overlay';

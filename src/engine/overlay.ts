@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../core/errors';
-import type { ByteOffset } from '../core/types';
+import { LoopfsError, fromSystemError } from '../base/errors';
+import type { ByteOffset } from '../base/types';
 import { flock, LOCK_EX, LOCK_NB, LOCK_SH } from '../sys/libc';
 import { crc32 } from './crc32';
 import { FileIO } from './file';

@@ -1,5 +1,5 @@
-import { LoopfsError } from '../core/errors';
-import type { PartitionInfo } from '../core/types';
+import { LoopfsError } from '../base/errors';
+import type { PartitionInfo } from '../base/types';
 import { crc32 } from './crc32';
 import { Window, type BlockIO } from './window';
 

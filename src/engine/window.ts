@@ -1,5 +1,5 @@
-import { LoopfsError } from '../core/errors';
-import type { ByteOffset } from '../core/types';
+import { LoopfsError } from '../base/errors';
+import type { ByteOffset } from '../base/types';
 
 /** A block device as the rest of loopfs sees it: a byte range with a logical sector size. */
 export interface BlockIO {

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError } from '../core/errors';
+import { LoopfsError } from '../base/errors';
 import { PIDFD_THREAD, fileStatusFlags, pidfdGetfd, pidfdOpen, processVmRead, processVmWrite } from './libc';
 
 const O_PATH = 0o10000000;

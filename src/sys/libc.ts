@@ -1,5 +1,5 @@
 import { koffi } from './ffi';
-import { LoopfsError, errnoName, type Errno } from '../core/errors';
+import { LoopfsError, errnoName, type Errno } from '../base/errors';
 
 /**
  * The few libc calls Node lacks. Each wrapper throws LoopfsError with the

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { koffi } from './ffi';
 import type { TypeObject } from 'koffi';
-import { LoopfsError, errnoName, type Errno } from '../core/errors';
+import { LoopfsError, errnoName, type Errno } from '../base/errors';
 
 /**
  * AF_UNIX stream sockets with fd passing (SCM_RIGHTS) and peer credentials

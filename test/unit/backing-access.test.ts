@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { backingAccess } from '../../src/daemon/backing';
-import { LoopfsError } from '../../src/core/errors';
+import { LoopfsError } from '../../src/base/errors';
 
 // How a backing fd was opened is read from the fd: O_PATH and write-only grant no attach.
 const test = suite('backing fd access');

@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { koffi } from '../../src/sys/ffi';
 import { Caller, CAP_SYS_ADMIN } from '../../src/sys/caller';
-import { LoopfsError } from '../../src/core/errors';
+import { LoopfsError } from '../../src/base/errors';
 
 // The daemon's view of a caller, tried on ourselves: memory by address, a
 // descriptor by number, capabilities — and the clean errnos where they fail.

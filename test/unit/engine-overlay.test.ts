@@ -7,7 +7,7 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { Device } from '../../src/engine/device';
 import { FileIO } from '../../src/engine/file';
 import { Overlay, tmpDelta, OVERLAY_MAGIC, type DeltaFile } from '../../src/engine/overlay';
-import { LoopfsError, type Errno } from '../../src/core/errors';
+import { LoopfsError, type Errno } from '../../src/base/errors';
 
 const test = suite('engine: copy-on-write overlays over a read-only base');
 

@@ -7,8 +7,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { Device, type AttachOptions } from '../../src/engine/device';
 import { scanPartitions, PartitionWindow } from '../../src/engine/partitions';
-import { LoopfsError, type Errno } from '../../src/core/errors';
-import type { PartitionInfo } from '../../src/core/types';
+import { LoopfsError, type Errno } from '../../src/base/errors';
+import type { PartitionInfo } from '../../src/base/types';
 
 const test = suite('engine: partition tables (MBR, GPT) and partition windows');
 

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { Device, type AttachOptions } from '../../src/engine/device';
 import { allocAligned } from '../../src/engine/file';
-import { LoopfsError, type Errno } from '../../src/core/errors';
+import { LoopfsError, type Errno } from '../../src/base/errors';
 
 const test = suite('engine: devices over a backing-file window');
 

@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import * as abi from '../../src/daemon/loop-abi';
-import { LoopfsError } from '../../src/core/errors';
+import { LoopfsError } from '../../src/base/errors';
 
 // The loop driver's structs as python's struct module lays them out from the
 // C declarations (test/helpers/loopdev.py): an independent encoder to agree with.

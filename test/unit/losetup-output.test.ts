@@ -5,8 +5,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { DeviceRef, InstanceClient } from '../../src/core/api';
-import type { DeviceInfo } from '../../src/core/types';
-import { LoopfsError } from '../../src/core/errors';
+import type { DeviceInfo } from '../../src/base/types';
+import { LoopfsError } from '../../src/base/errors';
 import { runLosetup, type LosetupDeps } from '../../src/commands/losetup-run';
 import { PROG, losetupErrorText } from '../../src/commands/losetup-args';
 import {

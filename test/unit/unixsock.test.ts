@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { UnixServer, UnixConn, connect, readLine } from '../../src/sys/unixsock';
-import { LoopfsError } from '../../src/core/errors';
+import { LoopfsError } from '../../src/base/errors';
 
 const test = suite('unixsock');
 
