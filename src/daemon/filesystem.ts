@@ -6,6 +6,7 @@ import type { BlockIO } from '../engine/device';
 import type { LoopDevice } from './devices';
 import type { Instance } from './instance';
 import { DeviceIoctls } from './ioctl';
+import { CONTROL_INO, deviceIno, inoTarget, partitionIno } from './inodes';
 import { Caller } from '../sys/caller';
 
 /**
@@ -13,10 +14,6 @@ import { Caller } from '../sys/caller';
  * (inode 2), `loopN` (inode N+3) and `loopNpM`. It turns FUSE calls into
  * calls on the Instance (device table, engine) and nothing more.
  */
-
-export const CONTROL_INO = 2;
-const PART_BASE = 2 ** 40;
-const PART_SPAN = 4096;
 
 export const LOOP_CTL_ADD = 0x4c80;
 export const LOOP_CTL_REMOVE = 0x4c81;
@@ -28,14 +25,6 @@ const O_DIRECT = fsConstants.O_DIRECT;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
-
-export function deviceIno(index: number): NodeId {
-  return index + 3;
-}
-
-export function partitionIno(index: number, part: number): NodeId {
-  return PART_BASE + index * PART_SPAN + part;
-}
 
 type Node =
   | { kind: 'root' }
@@ -72,13 +61,11 @@ export class LoopFilesystem implements FileSystem {
   private node(ino: NodeId): Node {
     if (ino === FUSE_ROOT_ID) return { kind: 'root' };
     if (ino === CONTROL_INO) return { kind: 'control' };
-    if (ino < PART_BASE) {
-      const dev = this.inst.table.get(ino - 3);
+    const { index, part } = inoTarget(ino);
+    const dev = this.inst.table.get(index);
+    if (part === undefined) {
       if (dev) return { kind: 'device', dev };
     } else {
-      const rel = ino - PART_BASE;
-      const dev = this.inst.table.get(Math.floor(rel / PART_SPAN));
-      const part = rel % PART_SPAN;
       const io = dev?.binding?.windows.get(part);
       if (dev && io) return { kind: 'partition', dev, part, io };
     }

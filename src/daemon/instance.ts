@@ -8,7 +8,7 @@ import { tmpDelta, type Overlay } from '../engine/overlay';
 import { scanPartitions, PartitionWindow } from '../engine/partitions';
 import type { BlockIO } from '../engine/window';
 import { DeviceTable, type Binding, type LoopDevice, type TableHooks } from './devices';
-import { deviceIno, partitionIno } from './filesystem';
+import { deviceIno, partitionIno } from './inodes';
 import { FUSE_ROOT_ID } from '../fuse/kernel';
 import { connectionOfDeviceFd, fuseConnection, mountOfFd } from '../fuse/mount';
 import { backingAccess } from './backing';
