@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { Worker as Thread } from 'node:worker_threads';
 import type { BackedRange } from './types';
+import { threadMain, type SlotLayout, type ThreadData } from './thread-main';
 import { koffi } from '../sys/ffi';
 
 /**
@@ -231,29 +232,19 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
   };
 }
 
-/** What a thread is started with. */
-export interface ThreadData {
-  fd: number;
-  bufferSize: number;
-  table: SharedArrayBuffer;
-  /** One u32: the sequence number of the next forwarded request, shared by the threads. */
-  order: SharedArrayBuffer;
-  /** Serve backed handles here; false forwards everything (debug logging sees every request). */
-  fast: boolean;
-  errno: { EPERM: number; ENOSPC: number; EIO: number };
-  /**
-   * The thread's buffers for O_DIRECT (see alignedMemory): requests are read
-   * so that WRITE data starts MAX_ALIGN-aligned, direct reads land in an
-   * aligned buffer. undefined: O_DIRECT handles are forwarded.
-   */
-  memory?: SharedArrayBuffer;
-  /** Offset of the first MAX_ALIGN-aligned byte of `memory`. */
-  memoryBase?: number;
-}
+
+const LAYOUT: SlotLayout = {
+  slots: TABLE_SLOTS, maxAlign: MAX_ALIGN, forwardHeader: FORWARD_HEADER,
+  state: STATE, inflight: INFLIGHT, written: WRITTEN, readOnly: READONLY, fd: FD, dfd: DFD, align: ALIGN,
+  fh: FH, start: START, length: LENGTH,
+};
+
+/** The thread's program: threadMain's own text, called (it refers to nothing outside itself). */
+const THREAD_SOURCE = `(${threadMain.toString()})();`;
 
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
   const e = osConstants.errno;
-  return { fd, bufferSize, table: table.buffer, order: new SharedArrayBuffer(4), fast, errno: { EPERM: e.EPERM, ENOSPC: e.ENOSPC, EIO: e.EIO } };
+  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, errno: { EPERM: e.EPERM, ENOSPC: e.ENOSPC, EIO: e.EIO } };
 }
 
 /**
@@ -274,187 +265,3 @@ export function alignedMemory(bufferSize: number): { memory: SharedArrayBuffer; 
   }
 }
 
-/**
- * The thread's program (CommonJS, run with `eval`: the single executable has
- * no file to point a Worker at). It posts an ArrayBuffer per forwarded
- * request and `{ exit: code }` when /dev/fuse is gone; any other read error
- * is thrown (the Worker's 'error' event).
- *
- * Semantics of a backed handle, as the engine's Window and FileIO have them:
- * a read is clamped to the range (0 bytes at or past its end); where the
- * file (it shrank) ends inside a read, the rest is zeros, or EIO if the read
- * starts at or past the file's end; a write is EPERM on a read-only range
- * (a read-only block device's errno), ENOSPC at or past the end, cut short where it crosses
- * the end; a write that fails after some bytes went through returns the
- * count. With an O_DIRECT descriptor, a request whose position and length
- * are aligned goes to it (memory is aligned by construction), anything else
- * and whatever it refuses (EINVAL) or leaves short to the buffered one.
- */
-export const THREAD_SOURCE = String.raw`
-'use strict';
-const fs = require('node:fs');
-const { parentPort, workerData } = require('node:worker_threads');
-const { fd, bufferSize, table, order, fast, errno, memory, memoryBase } = workerData;
-const seq = new Uint32Array(order);
-const i32 = new Int32Array(table);
-const f64 = new Float64Array(table);
-const SLOTS = ${TABLE_SLOTS}, MAX_ALIGN = ${MAX_ALIGN};
-const READ = 15, WRITE = 16, H = 16, WRITE_DATA = 80;
-// With aligned memory: WRITE data (at WRITE_DATA) starts on a MAX_ALIGN boundary, and so does dout.
-const aligned = memory !== undefined;
-const span = Math.ceil(bufferSize / MAX_ALIGN) * MAX_ALIGN;
-const req = aligned ? Buffer.from(memory, memoryBase + MAX_ALIGN - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
-const dout = aligned ? Buffer.from(memory, memoryBase + MAX_ALIGN + span, bufferSize) : undefined;
-const out = Buffer.allocUnsafe(bufferSize);
-
-function u64(b, at) {
-  return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 4294967296;
-}
-
-function reply(len, error) {
-  out.writeUInt32LE(len, 0);
-  out.writeInt32LE(error, 4);
-  req.copy(out, 8, 8, 16);
-  send(() => fs.writeSync(fd, out, 0, len));
-}
-
-function send(write) {
-  try {
-    write();
-  } catch (e) {
-    // ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
-    if (e.code !== 'ENOENT' && e.code !== 'ENODEV') throw e;
-  }
-}
-
-function negErrno(e) {
-  return typeof e.errno === 'number' && e.errno < 0 ? e.errno : -errno.EIO;
-}
-
-function read(bfd, dfd, align, start, length, off, size) {
-  const len = off >= length ? 0 : Math.min(size, length - off);
-  const pos = start + off;
-  if (dfd >= 0 && len > 0 && pos % align === 0 && len % align === 0) {
-    // O_DIRECT into the aligned buffer; the rest of a short read (or all of
-    // it if O_DIRECT refuses it: EINVAL) through the buffered descriptor.
-    let done = 0;
-    try {
-      done = fs.readSync(dfd, dout, 0, len, pos);
-    } catch (e) {
-      if (e.code !== 'EINVAL') throw e;
-    }
-    done = fill(bfd, dout, 0, done, len, pos);
-    out.writeUInt32LE(H + len, 0);
-    out.writeInt32LE(0, 4);
-    req.copy(out, 8, 8, 16);
-    return send(() => fs.writevSync(fd, [out.subarray(0, H), dout.subarray(0, len)]));
-  }
-  fill(bfd, out, H, 0, len, pos);
-  reply(H + len, 0);
-}
-
-/**
- * Reads buf[at+done, at+len) from pos+done. Where the file (it shrank) ends
- * inside the request: zeros after its end, or EIO if the request starts at
- * or past it.
- */
-function fill(bfd, buf, at, done, len, pos) {
-  while (done < len) {
-    const got = fs.readSync(bfd, buf, at + done, len - done, pos + done);
-    if (got === 0) {
-      if (done === 0) throw { errno: -errno.EIO };
-      buf.fill(0, at + done, at + len);
-      break;
-    }
-    done += got;
-  }
-  return len;
-}
-
-function write(bfd, dfd, align, start, length, off, size, w) {
-  if (i32[w + ${READONLY}] === 1) return reply(H, -errno.EPERM);
-  if (size === 0) return written(0);
-  if (off >= length) return reply(H, -errno.ENOSPC);
-  const len = Math.min(size, length - off);
-  const pos = start + off;
-  let done = 0;
-  if (dfd >= 0 && pos % align === 0 && len % align === 0) {
-    try {
-      done = fs.writeSync(dfd, req, WRITE_DATA, len, pos);
-    } catch (e) {
-      if (e.code !== 'EINVAL') throw e;
-    }
-  }
-  while (done < len) {
-    let put;
-    try {
-      put = fs.writeSync(bfd, req, WRITE_DATA + done, len - done, pos + done);
-    } catch (e) {
-      if (done > 0) break;
-      throw e;
-    }
-    if (put === 0) {
-      if (done > 0) break;
-      return reply(H, -errno.EIO);
-    }
-    done += put;
-  }
-  Atomics.store(i32, w + ${WRITTEN}, 1);
-  written(done);
-}
-
-function written(n) {
-  out.writeUInt32LE(n, H);
-  out.writeUInt32LE(0, H + 4);
-  reply(H + 8, 0);
-}
-
-/** Serves a READ/WRITE of a backed handle; false if the handle is not (or no longer) backed. */
-function serve(op) {
-  const fh = u64(req, 40);
-  const s = fh % SLOTS;
-  const w = s * 16;
-  Atomics.add(i32, w + ${INFLIGHT}, 1);
-  try {
-    if (Atomics.load(i32, w + ${STATE}) !== 1 || f64[s * 8 + ${FH}] !== fh) return false;
-    const dfd = i32[w + ${DFD}];
-    if (dfd >= 0 && !aligned) return false;
-    const bfd = i32[w + ${FD}];
-    const align = i32[w + ${ALIGN}];
-    const start = f64[s * 8 + ${START}];
-    const length = f64[s * 8 + ${LENGTH}];
-    const off = u64(req, 48);
-    const size = req.readUInt32LE(56);
-    try {
-      if (op === READ) read(bfd, dfd, align, start, length, off, Math.min(size, bufferSize - H));
-      else write(bfd, dfd, align, start, length, off, size, w);
-    } catch (e) {
-      reply(H, negErrno(e));
-    }
-    return true;
-  } finally {
-    if (Atomics.sub(i32, w + ${INFLIGHT}, 1) === 1 && Atomics.load(i32, w + ${STATE}) === 2) Atomics.notify(i32, w + ${INFLIGHT});
-  }
-}
-
-for (;;) {
-  let n;
-  try {
-    n = fs.readSync(fd, req, 0, bufferSize, null);
-  } catch (e) {
-    if (e.code === 'ENOENT' || e.code === 'EINTR' || e.code === 'EAGAIN') continue;
-    if (e.code === 'ENODEV') {
-      parentPort.postMessage({ exit: 'ENODEV' });
-      break;
-    }
-    throw e;
-  }
-  if (n < 40) continue;
-  const op = req.readUInt32LE(4);
-  if (fast && (op === READ || op === WRITE) && serve(op)) continue;
-  const ab = new ArrayBuffer(${FORWARD_HEADER} + n);
-  new Uint32Array(ab, 0, 1)[0] = Atomics.add(seq, 0, 1);
-  req.copy(Buffer.from(ab), ${FORWARD_HEADER}, 0, n);
-  parentPort.postMessage(ab, [ab]);
-}
-`;
