@@ -197,7 +197,7 @@ _loopfs() {
         -*)
             # Options that take the next word: skip it.
             case $cmd in
-            mount | run) [[ $w == -o || $w == --options || $w == --dir ]] && ((i++)) ;;
+            mount | run) [[ $w == -o || $w == --options || $w == --dir || $w == --attach ]] && ((i++)) ;;
             losetup)
                 if [[ $w == @($_loopfs_losetup_argopts) ]]; then
                     ((i++))
@@ -334,8 +334,19 @@ _loopfs() {
             _loopfs_list "$cur" 'max='
         elif [[ $prev == --dir ]]; then
             _loopfs_files "$cur" d
+        elif [[ $prev == --attach ]]; then
+            # IMG, then losetup's setup options after commas (IMG,-P,-r).
+            if [[ $cur == *,* ]]; then
+                local head=${cur%,*} o
+                for o in -o --offset --sizelimit -b --sector-size -P --partscan -r --read-only --direct-io -L --nooverlap --overlay; do
+                    [[ $o == "${cur##*,}"* ]] && _loopfs_cands+=("$head,$o")
+                done
+                _loopfs_filenames=0
+            else
+                _loopfs_files "$cur"
+            fi
         elif [[ $cur == -* ]]; then
-            _loopfs_add "-o --options --dir -- $_loopfs_globals" "$cur"
+            _loopfs_add "-o --options --dir --attach -- $_loopfs_globals" "$cur"
         else
             _loopfs_add '--' "$cur"
         fi

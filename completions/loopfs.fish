@@ -252,6 +252,7 @@ complete -c loopfs -n '__loopfs_using losetup; and test (__loopfs_losetup_pos) =
 
 # run
 complete -c loopfs -n '__loopfs_using run; and not contains -- -- (commandline -opc)' -s o -l options -x -a '(__loopfs_list max=)' -d 'Instance options'
+complete -c loopfs -n '__loopfs_using run; and not contains -- -- (commandline -opc)' -l attach -r -F -d 'Attach an image (IMG,-P,-r: losetup options after commas) before the command starts'
 complete -c loopfs -n '__loopfs_using run; and not contains -- -- (commandline -opc)' -l dir -x -a '(__fish_complete_directories)' -d 'Mount the instance at this directory inside the sandbox'
 complete -c loopfs -n '__loopfs_using run; and contains -- -- (commandline -opc)' -x -a '(__fish_complete_subcommand --fcs-skip=(math (contains -i -- -- (commandline -opc)) - 1))'
 

@@ -292,16 +292,8 @@ async function create(
   if (!device) {
     // A bound DEV is busy (LOOP_CONFIGURE's EBUSY), found here before the daemon is handed the file.
     if (dev && (await bound(client)).some((d) => d.index === dev.index)) throw errWith('EBUSY', setupFailed);
-    const req: AttachRequest = { file };
+    const req = attachRequest(a, file);
     if (dev) req.index = dev.index;
-    if (a.offset !== undefined) req.offset = a.offset;
-    if (a.sizelimit !== undefined) req.sizelimit = a.sizelimit;
-    if (a.sectorSize) req.sectorSize = a.sectorSize;
-    if (a.readOnly) req.readOnly = true;
-    if (a.partscan) req.partscan = true;
-    if (a.directIo) req.directIo = true;
-    if (a.nooverlap) req.nooverlap = true;
-    if (a.overlay !== undefined) req.overlay = a.overlay === true ? {} : { delta: a.overlay };
     try {
       const res = await client.attach(req);
       for (const w of res.warnings) deps.stderr(`${PROG}: ${w}\n`);
@@ -316,6 +308,20 @@ async function create(
   if (a.show) deps.stdout(`${device.path}\n`);
   warnSize(file, a, st, deps);
   return 0;
+}
+
+/** The request `losetup [-f|DEV] [options] FILE` sends (also `loopfs run --attach`'s). */
+export function attachRequest(a: LosetupArgs, file: string): AttachRequest {
+  const req: AttachRequest = { file };
+  if (a.offset !== undefined) req.offset = a.offset;
+  if (a.sizelimit !== undefined) req.sizelimit = a.sizelimit;
+  if (a.sectorSize) req.sectorSize = a.sectorSize;
+  if (a.readOnly) req.readOnly = true;
+  if (a.partscan) req.partscan = true;
+  if (a.directIo) req.directIo = true;
+  if (a.nooverlap) req.nooverlap = true;
+  if (a.overlay !== undefined) req.overlay = a.overlay === true ? {} : { delta: a.overlay };
+  return req;
 }
 
 /**

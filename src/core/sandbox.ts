@@ -7,7 +7,8 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { LoopfsError } from '../base/errors';
 import { ensureRunDir, defaultMountpoint } from './rundir';
 import { levelsFor, openLimitsFile, PARENTS_FILE, type LevelRef } from './limits';
-import { selfCommand, startInstance, DEFAULT_ID } from './instance';
+import { selfCommand, startInstance, openInstance, DEFAULT_ID } from './instance';
+import type { AttachRequest } from './api';
 import { setCloexec } from '../sys/libc';
 
 /**
@@ -40,6 +41,8 @@ export interface RunOptions {
   runDir?: string;
   dir?: string;
   max?: number;
+  /** `--attach`: devices attached (as by `losetup -f`) before CMD starts, in this order. */
+  attach?: AttachRequest[];
   cmd: string[];
 }
 
@@ -47,6 +50,7 @@ interface InitConfig {
   runDir: string;
   dir: string | null;
   max: number | null;
+  attach: AttachRequest[];
   /** Limits levels of the outside, inherited as fds 3, 4, … in this order. */
   levels: { uid: number; label: string }[];
   /** The inherited socket on which signals for CMD arrive, one name a line. */
@@ -67,6 +71,7 @@ export async function runSandbox(opts: RunOptions): Promise<number> {
     runDir,
     dir: opts.dir ? path.resolve(opts.dir) : null,
     max: opts.max ?? null,
+    attach: opts.attach ?? [],
     levels: levels.map((l) => ({ uid: l.uid, label: l.label })),
     signalFd: FIRST_FD + fds.length,
   };
@@ -141,7 +146,28 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
   const bin = path.join(cfg.runDir, 'bin');
   fs.mkdirSync(bin, { mode: 0o755 });
   fs.writeFileSync(path.join(bin, 'loopfs'), `#!/bin/sh\nexec ${selfCommand().map(shellQuote).join(' ')} "$@"\n`, { mode: 0o755 });
-  const env = { ...process.env, LOOPFS: rec.state!.mountpoint, LOOPFS_RUNDIR: cfg.runDir, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}` };
+  const env: NodeJS.ProcessEnv = { ...process.env, LOOPFS: rec.state!.mountpoint, LOOPFS_RUNDIR: cfg.runDir, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}` };
+  // `--attach`: in this process, through the instance's own attach (what `losetup -f` asks of it);
+  // a failure ends the init, and the sandbox with the devices attached so far.
+  // (A nested run's CMD sees its own devices only, not its parent's.)
+  for (const k of Object.keys(env)) if (/^LOOPFS_DEV(?:ICES|\d+)$/.test(k)) delete env[k];
+  if (cfg.attach.length) {
+    const client = await openInstance({ runDir: cfg.runDir, instance: rec.id });
+    const paths: string[] = [];
+    for (const req of cfg.attach) {
+      let res;
+      try {
+        res = await client.attach(req);
+      } catch (e) {
+        if (!(e instanceof LoopfsError)) throw e;
+        throw new LoopfsError(e.errno, `--attach ${req.file}`, e.what === path.resolve(req.file) ? e.reason : `${e.what}: ${e.reason}`);
+      }
+      for (const w of res.warnings) process.stderr.write(`loopfs run: ${req.file}: ${w}\n`);
+      env[`LOOPFS_DEV${paths.length}`] = res.device.path;
+      paths.push(res.device.path);
+    }
+    env.LOOPFS_DEVICES = paths.join(' ');
+  }
   const cmdProcess = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit', env });
   child = cmdProcess;
   for (const s of queued.splice(0)) cmdProcess.kill(s);
