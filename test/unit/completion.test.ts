@@ -337,8 +337,7 @@ test('zsh and fish: the files parse', () => {
   }
 });
 
-test('zsh: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
-  if (!haveZsh) return;
+(haveZsh ? test : test.skip)('zsh: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
   const cases: [string, string[], Record<string, string>?][] = [
     ['loopfs lo', ['losetup']],
     ['loopfs losetup --dir', ['--direct-io']],
@@ -358,8 +357,7 @@ test('zsh: commands, options, --direct-io values, -O columns, devices and mountp
   assert.equal(ids.get('loopfs rm '), ['loop7']);
 });
 
-test('zsh: every option of every command’s --help is offered after "-"', () => {
-  if (!haveZsh) return;
+(haveZsh ? test : test.skip)('zsh: every option of every command’s --help is offered after "-"', () => {
   const cmds = ['', ...registered()];
   const lines = cmds.map((c) => (c ? `loopfs ${c} -` : 'loopfs -'));
   const got = zsh(lines);
@@ -369,8 +367,7 @@ test('zsh: every option of every command’s --help is offered after "-"', () =>
   });
 });
 
-test('fish: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
-  if (!haveFish) return;
+(haveFish ? test : test.skip)('fish: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
   const cases: [string, string[]][] = [
     ['loopfs lo', ['losetup']],
     ['loopfs losetup --direct-io=', ['--direct-io=off', '--direct-io=on']],
@@ -389,8 +386,7 @@ test('fish: commands, options, --direct-io values, -O columns, devices and mount
   assert.equal(fish(['loopfs rm ']).get('loopfs rm '), ['loop7']);
 });
 
-test('fish: every option of every command’s --help is offered after "-"', () => {
-  if (!haveFish) return;
+(haveFish ? test : test.skip)('fish: every option of every command’s --help is offered after "-"', () => {
   const cmds = ['', ...registered()];
   const lines = cmds.map((c) => (c ? `loopfs ${c} -` : 'loopfs -'));
   const got = fish(lines);
