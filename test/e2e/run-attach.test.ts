@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { e2eSuite } from '../helpers/e2e';
-import { Sandbox, errnoOf } from '../helpers/cli';
+import { Sandbox, errnoOf, sandboxFootprint, type Footprint } from '../helpers/cli';
 
 // issue 14, item 4: `loopfs run --attach IMG[,losetup options] -- CMD`: the devices are
 // attached by the sandbox's init before CMD starts, named in LOOPFS_DEV0… and
@@ -17,29 +17,7 @@ test.after.each(() => {
   sb.cleanup();
 });
 
-/** What a sandbox could leave behind, as the host sees it (as in run.test.ts). */
-function footprint(): { mounts: string[]; procs: string[]; loops: string[]; runDir: string[] } {
-  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(sb.root));
-  const procs: string[] = [];
-  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ');
-      if (cmd.includes(sb.runDir) || cmd.includes(sb.root)) procs.push(`${p} ${cmd}`);
-    } catch {
-      /* gone */
-    }
-  }
-  const loops = fs.readdirSync('/sys/block').filter((b) => {
-    try {
-      const back = fs.readFileSync(`/sys/block/${b}/loop/backing_file`, 'utf8').trim();
-      return back.includes(sb.root) || /^\/loop\d+$/.test(back);
-    } catch {
-      return false;
-    }
-  });
-  const runDir = fs.existsSync(sb.runDir) ? fs.readdirSync(sb.runDir).concat(fs.existsSync(path.join(sb.runDir, 'instances')) ? fs.readdirSync(path.join(sb.runDir, 'instances')).map((i) => `instances/${i}`) : []) : [];
-  return { mounts, procs, loops, runDir: runDir.sort() };
-}
+const footprint = (): Footprint => sandboxFootprint(sb);
 
 function image(name: string, mib: number): string {
   const f = path.join(sb.root, name);

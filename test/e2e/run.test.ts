@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { e2eSuite } from '../helpers/e2e';
-import { Sandbox, errnoOf, waitFor, python } from '../helpers/cli';
+import { Sandbox, errnoOf, waitFor, python, sandboxFootprint, type Footprint } from '../helpers/cli';
 
 // SPEC §5: `loopfs run` — private and self-cleaning, however CMD ends.
 const test = e2eSuite('run');
@@ -15,32 +15,7 @@ test.after.each(() => {
   sb.cleanup();
 });
 
-/** What a sandbox could leave behind, as the host sees it. */
-function footprint(): { mounts: string[]; procs: string[]; loops: string[]; runDir: string[] } {
-  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(sb.root));
-  const procs: string[] = [];
-  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ');
-      // (A sandbox's init names the run directory in its configuration; other runs on the host are not ours.)
-      if (cmd.includes(sb.runDir)) procs.push(`${p} ${cmd}`);
-    } catch {
-      /* gone */
-    }
-  }
-  // Kernel loop devices stacked on our devices: backed by a path under the sandbox, or — once
-  // their mount namespace is gone — by a bare "/loopN" on a detached FUSE mount.
-  const loops = fs.readdirSync('/sys/block').filter((b) => {
-    try {
-      const back = fs.readFileSync(`/sys/block/${b}/loop/backing_file`, 'utf8').trim();
-      return back.includes(sb.root) || /^\/loop\d+$/.test(back);
-    } catch {
-      return false;
-    }
-  });
-  const runDir = fs.existsSync(sb.runDir) ? fs.readdirSync(sb.runDir).concat(fs.existsSync(path.join(sb.runDir, 'instances')) ? fs.readdirSync(path.join(sb.runDir, 'instances')).map((i) => `instances/${i}`) : []) : [];
-  return { mounts, procs, loops, runDir: runDir.sort() };
-}
+const footprint = (): Footprint => sandboxFootprint(sb);
 
 function image(name: string, mib: number): string {
   const f = path.join(sb.root, name);

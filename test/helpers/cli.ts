@@ -131,3 +131,41 @@ export function errnoOf(r: Result): string | undefined {
   for (const [name, text] of Object.entries(STRERROR)) if (last.endsWith(`: ${text}`)) return name;
   return undefined;
 }
+
+export interface Footprint {
+  mounts: string[];
+  procs: string[];
+  loops: string[];
+  runDir: string[];
+}
+
+/**
+ * What a sandbox's runs could leave behind, as the host sees it: mounts
+ * under it, processes naming it, kernel loop devices stacked on its files
+ * (or, once their mount namespace is gone, on a bare "/loopN" of a detached
+ * FUSE mount), and the state in its run directory.
+ */
+export function sandboxFootprint(sb: Sandbox): Footprint {
+  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(sb.root));
+  const procs: string[] = [];
+  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      // (A sandbox's init names the run directory in its configuration; other runs on the host are not ours.)
+      if (cmd.includes(sb.runDir) || cmd.includes(sb.root)) procs.push(`${p} ${cmd}`);
+    } catch {
+      /* gone */
+    }
+  }
+  const loops = fs.readdirSync('/sys/block').filter((b) => {
+    try {
+      const back = fs.readFileSync(`/sys/block/${b}/loop/backing_file`, 'utf8').trim();
+      return back.includes(sb.root) || /^\/loop\d+$/.test(back);
+    } catch {
+      return false;
+    }
+  });
+  const inst = path.join(sb.runDir, 'instances');
+  const runDir = fs.existsSync(sb.runDir) ? fs.readdirSync(sb.runDir).concat(fs.existsSync(inst) ? fs.readdirSync(inst).map((i) => `instances/${i}`) : []) : [];
+  return { mounts, procs, loops, runDir: runDir.sort() };
+}
