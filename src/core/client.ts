@@ -7,29 +7,38 @@ import { connect, readLine, closeFds } from '../sys/unixsock';
 import type { AttachRequest, AttachResult, InstanceClient, OverlayAction, OverlayClient } from './api';
 import type { DeviceIndex, DeviceInfo, OverlayInfo } from '../base/types';
 
-/** One request over an instance's control socket. */
-export async function request<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], fds: number[] = []): Promise<Requests[K]['result']> {
-  const sock = path.join(stateDir, SOCKET_FILE);
-  let conn;
+type Conn = Awaited<ReturnType<typeof connect>>;
+
+/** A connection to the control socket of the instance whose state is `stateDir`; ESRCH when no daemon listens. */
+async function connectTo(stateDir: string): Promise<Conn> {
   try {
-    conn = await connect(sock);
+    return await connect(path.join(stateDir, SOCKET_FILE));
   } catch (e) {
     if (e instanceof LoopfsError && (e.errno === 'ECONNREFUSED' || e.errno === 'ENOENT')) {
       throw new LoopfsError('ESRCH', path.basename(stateDir), 'the instance daemon is not running (see loopfs list, loopfs gc)');
     }
     throw e;
   }
+}
+
+/** Sends one request line (with `fds`) and reads its answer; the connection is closed after. */
+async function exchange<K extends Op>(conn: Conn, who: string, op: K, args: Requests[K]['args'], fds: number[]): Promise<Requests[K]['result']> {
   try {
     await conn.send(Buffer.from(`${JSON.stringify({ v: PROTOCOL_VERSION, op, args })}\n`), fds);
     const r = await readLine(conn);
     closeFds(r.fds);
-    if (r.line === null) throw new LoopfsError('EPIPE', path.basename(stateDir), 'the daemon closed the connection without answering');
+    if (r.line === null) throw new LoopfsError('EPIPE', who, 'the daemon closed the connection without answering');
     const res = JSON.parse(r.line) as Response<K>;
     if (!res.ok) throw new LoopfsError(res.errno, res.what, res.reason);
     return res.result;
   } finally {
     conn.close();
   }
+}
+
+/** One request over an instance's control socket. */
+export async function request<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], fds: number[] = []): Promise<Requests[K]['result']> {
+  return exchange(await connectTo(stateDir), path.basename(stateDir), op, args, fds);
 }
 
 /**
@@ -40,9 +49,8 @@ export async function request<K extends Op>(stateDir: string, op: K, args: Reque
  * asked every 100 ms, may give up sooner (the daemon is stopped, say).
  */
 export async function requestWithin<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], ms: number, worthWaiting?: (elapsedMs: number) => boolean): Promise<Requests[K]['result']> {
-  const sock = path.join(stateDir, SOCKET_FILE);
   const who = path.basename(stateDir);
-  let conn: Awaited<ReturnType<typeof connect>> | undefined;
+  let conn: Conn | undefined;
   let late = false;
   let timer: NodeJS.Timeout | undefined;
   const t0 = Date.now();
@@ -55,32 +63,14 @@ export async function requestWithin<K extends Op>(stateDir: string, op: K, args:
       reject(new LoopfsError('ETIMEDOUT', who, `the daemon did not answer within ${Math.round(elapsed / 1000)} s`));
     }, Math.min(100, ms));
   });
-  const exchange = async (): Promise<Requests[K]['result']> => {
-    try {
-      conn = await connect(sock);
-    } catch (e) {
-      if (e instanceof LoopfsError && (e.errno === 'ECONNREFUSED' || e.errno === 'ENOENT')) {
-        throw new LoopfsError('ESRCH', who, 'the instance daemon is not running (see loopfs list, loopfs gc)');
-      }
-      throw e;
-    }
+  const work = (async (): Promise<Requests[K]['result']> => {
+    conn = await connectTo(stateDir);
     if (late) {
       conn.close();
       throw new LoopfsError('ETIMEDOUT', who);
     }
-    try {
-      await conn.send(Buffer.from(`${JSON.stringify({ v: PROTOCOL_VERSION, op, args })}\n`), []);
-      const r = await readLine(conn);
-      closeFds(r.fds);
-      if (r.line === null) throw new LoopfsError('EPIPE', who, 'the daemon closed the connection without answering');
-      const res = JSON.parse(r.line) as Response<K>;
-      if (!res.ok) throw new LoopfsError(res.errno, res.what, res.reason);
-      return res.result;
-    } finally {
-      conn.close();
-    }
-  };
-  const work = exchange();
+    return exchange(conn, who, op, args, []);
+  })();
   work.catch(() => {});
   try {
     return await Promise.race([work, timeout]);

@@ -241,19 +241,24 @@ export class Overlay implements Lower {
   }
 
   async discard(position: ByteOffset, length: number): Promise<void> {
-    const bs = this.blockSize;
-    const end = position + length;
     const parts: Promise<unknown>[] = [];
-    let at = position;
-    while (at < end) {
-      const b = Math.floor(at / bs);
-      const stop = Math.min(end, (b + 1) * bs);
-      const from = at;
+    for (const [b, from, stop] of this.pieces(position, length)) {
       if (this.has(b)) parts.push(this.delta.discard(this.dataOffset + from, stop - from));
-      else parts.push(this.copyUp(b, (blk, off) => blk.fill(0, off, off + stop - from), from - b * bs, stop - from, undefined, from, true));
-      at = stop;
+      else parts.push(this.copyUp(b, (blk, off) => blk.fill(0, off, off + stop - from), from - b * this.blockSize, stop - from, undefined, from, true));
     }
     await settleAll(parts);
+  }
+
+  /** The pieces of [position, position + length) that lie in one block each: [block, from, stop). */
+  private *pieces(position: number, length: number): Generator<[number, number, number]> {
+    const bs = this.blockSize;
+    const end = position + length;
+    for (let from = position; from < end; ) {
+      const b = Math.floor(from / bs);
+      const stop = Math.min(end, (b + 1) * bs);
+      yield [b, from, stop];
+      from = stop;
+    }
   }
 
   sync(datasync: boolean): Promise<void> {
