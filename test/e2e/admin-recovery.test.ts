@@ -262,26 +262,9 @@ test('an orphaned daemon that is also stopped: umount and gc still end it within
 });
 
 test('a directory on the way moved and replaced by a symlink to another mount: umount of the recorded path unmounts only the instance', () => {
-  const user = 'loopfs-e2e-adm';
-  let made = false;
-  if (spawnSync('id', [user]).status !== 0) {
-    execFileSync('useradd', ['-M', '-s', '/bin/sh', user]);
-    made = true;
-  }
   const otherParent = sb.dir('o');
   const other = sb.dir('o/mnt');
-  let tmpfs = false;
-  try {
-    const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }));
-    fs.chmodSync(sb.root, 0o755);
-    const home = sb.dir('home');
-    fs.chownSync(home, uid, uid);
-    const asUser = (...argv: string[]): void => {
-      execFileSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', ...argv]);
-    };
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', other]);
-    tmpfs = true;
-    fs.writeFileSync(path.join(other, 'keep'), 'kept');
+  withUserAndTmpfs(other, path.join(sb.root, 'home', 'd2', 'mnt'), (uid, home, asUser) => {
     const d = path.join(home, 'd');
     const mnt = path.join(d, 'mnt');
     asUser('mkdir', '-p', mnt);
@@ -298,11 +281,7 @@ test('a directory on the way moved and replaced by a symlink to another mount: u
     assert.is(fs.readFileSync(path.join(other, 'keep'), 'utf8'), 'kept');
     assert.equal(sb.daemons(), []);
     assert.equal(JSON.parse(sb.ok(['list', '--json'])), []);
-  } finally {
-    abortMountAt(path.join(sb.root, 'home', 'd2', 'mnt'));
-    if (tmpfs) spawnSync('umount', [other]);
-    if (made) spawnSync('userdel', [user]);
-  }
+  });
 });
 
 test('inside loopfs run: umount, and umount -l with a device open, leave nothing mounted at the directory', () => {
@@ -331,27 +310,42 @@ test('inside loopfs run: umount, and umount -l with a device open, leave nothing
   assert.match(r.stdout, /^left 1$/m);
 });
 
-test('symlink swap: an ordinary user repoints the mountpoint symlink at another mount; root\'s umount DIR unmounts only the instance', () => {
+/**
+ * Runs `body` as the set-up of an attack by an ordinary user: the user (made
+ * for the test when missing) owns SANDBOX/home, and a tmpfs holding a file
+ * "keep" is mounted at `other` — the unrelated filesystem the attack aims at.
+ * Whatever happens, the instance's mount at `instance` is aborted, the tmpfs
+ * unmounted and a user made here removed.
+ */
+function withUserAndTmpfs(other: string, instance: string, body: (uid: number, home: string, asUser: (...argv: string[]) => void) => void): void {
   const user = 'loopfs-e2e-adm';
   let made = false;
   if (spawnSync('id', [user]).status !== 0) {
     execFileSync('useradd', ['-M', '-s', '/bin/sh', user]);
     made = true;
   }
-  const other = sb.dir('other');
   let tmpfs = false;
   try {
     const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }));
     fs.chmodSync(sb.root, 0o755);
     const home = sb.dir('home');
     fs.chownSync(home, uid, uid);
-    const asUser = (...argv: string[]): void => {
-      execFileSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', ...argv]);
-    };
-    // The unrelated filesystem: a tmpfs with a file in it.
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', other]);
     tmpfs = true;
     fs.writeFileSync(path.join(other, 'keep'), 'kept');
+    body(uid, home, (...argv) => {
+      execFileSync('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', ...argv]);
+    });
+  } finally {
+    abortMountAt(instance);
+    if (tmpfs) spawnSync('umount', [other]);
+    if (made) spawnSync('userdel', [user]);
+  }
+}
+
+test('symlink swap: an ordinary user repoints the mountpoint symlink at another mount; root\'s umount DIR unmounts only the instance', () => {
+  const other = sb.dir('other');
+  withUserAndTmpfs(other, path.join(sb.root, 'home', 'empty'), (uid, home, asUser) => {
     const empty = path.join(home, 'empty');
     const link = path.join(home, 'link');
     asUser('mkdir', empty);
@@ -378,11 +372,7 @@ test('symlink swap: an ordinary user repoints the mountpoint symlink at another 
     assert.is(again.status, 1);
     assert.match(again.stderr, /not a loopfs instance/);
     assert.ok(mounts().some((m) => m.mountpoint === other && m.fstype === 'tmpfs'));
-  } finally {
-    abortMountAt(path.join(sb.root, 'home', 'empty'));
-    if (tmpfs) spawnSync('umount', [other]);
-    if (made) spawnSync('userdel', [user]);
-  }
+  });
 });
 
 test.run();

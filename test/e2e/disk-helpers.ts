@@ -37,6 +37,13 @@ export function q(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/** An empty (sparse) file of `size` bytes. */
+export function sparseImage(file: string, size: number): string {
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, size);
+  return file;
+}
+
 /** A file of `size` random bytes. */
 export function randomFile(file: string, size: number): string {
   const fd = fs.openSync(file, 'w');

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { e2eSuite } from '../helpers/e2e';
+import { sparseImage } from './disk-helpers';
 import { Sandbox, errnoOf, sandboxFootprint, type Footprint } from '../helpers/cli';
 
 // issue 14, item 4: `loopfs run --attach IMG[,losetup options] -- CMD`: the devices are
@@ -19,12 +20,7 @@ test.after.each(() => {
 
 const footprint = (): Footprint => sandboxFootprint(sb);
 
-function image(name: string, mib: number): string {
-  const f = path.join(sb.root, name);
-  fs.writeFileSync(f, '');
-  fs.truncateSync(f, mib * 2 ** 20);
-  return f;
-}
+const image = (name: string, mib: number): string => sparseImage(path.join(sb.root, name), mib * 2 ** 20);
 
 const EXT4_MAGIC = (f: string): boolean => fs.readFileSync(f).subarray(1024 + 56, 1024 + 58).equals(Buffer.from([0x53, 0xef]));
 

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { e2eSuite } from '../helpers/e2e';
+import { sparseImage } from './disk-helpers';
 import { Sandbox, errnoOf, waitFor, python, sandboxFootprint, type Footprint } from '../helpers/cli';
 
 // SPEC §5: `loopfs run` — private and self-cleaning, however CMD ends.
@@ -17,12 +18,7 @@ test.after.each(() => {
 
 const footprint = (): Footprint => sandboxFootprint(sb);
 
-function image(name: string, mib: number): string {
-  const f = path.join(sb.root, name);
-  fs.writeFileSync(f, '');
-  fs.truncateSync(f, mib * 2 ** 20);
-  return f;
-}
+const image = (name: string, mib: number): string => sparseImage(path.join(sb.root, name), mib * 2 ** 20);
 
 test('the CI-job flow runs, and afterwards nothing of it remains', () => {
   const img = image('disk.img', 64);

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { e2eSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { releaseKernelLoops } from '../helpers/ioctl';
-import { attach, kernelAttach, shOk, q } from './disk-helpers';
+import { attach, kernelAttach, shOk, q, sparseImage } from './disk-helpers';
 
 /*
  * Issue 11: the logical sector size of a `-b 4096` device reaches the tools
@@ -34,12 +34,7 @@ test.after.each(() => {
   releaseKernelLoops(sb.root);
 });
 
-function image(name: string, size: number): string {
-  const img = path.join(sb.root, name);
-  fs.writeFileSync(img, '');
-  fs.truncateSync(img, size);
-  return img;
-}
+const image = (name: string, size: number): string => sparseImage(path.join(sb.root, name), size);
 
 test('BLKSSZGET, BLKPBSZGET and st_blksize say 4096, as on a kernel loop device with -b 4096', () => {
   const img = image('ask.img', 64 * MiB);
