@@ -1,6 +1,7 @@
 import type { CAC } from 'cac';
 import { selector, type GlobalFlags } from './common';
-import { errorLine } from './report';
+import { LoopfsError } from '../base/errors';
+import { reportError } from './report';
 
 export function register(cli: CAC): void {
   cli
@@ -25,16 +26,14 @@ export function register(cli: CAC): void {
             const what = done.how === 'aborted' ? `aborted ${r.id} (${r.state.mountpoint}): ${done.why}` : `stopped ${r.id} (${r.state.mountpoint}): orphaned, ${probe.why}`;
             process.stdout.write(`${what}\n`);
           } catch (e) {
-            errorLine('loopfs gc', (e as Error).message, (e as { errno?: string }).errno ?? 'EIO');
-            status = 1;
+            status = reportError('gc', e);
           }
           continue;
         }
         if (r.alive) continue;
         if (!r.state) {
           // Never trusted, never removed: a person should look at it.
-          errorLine('loopfs gc', r.problem ?? r.stateDir, r.problemErrno ?? 'EINVAL');
-          status = 1;
+          status = reportError('gc', new LoopfsError(r.problemErrno ?? 'EINVAL', r.problem ?? r.stateDir, ''));
           continue;
         }
         await reap(r);

@@ -1,4 +1,4 @@
-import { LoopfsError, type Errno } from '../base/errors';
+import { LoopfsError, toLoopfsError, type Errno } from '../base/errors';
 import type { InstanceSelector } from '../core/api';
 import { GetoptError, getoptLong, type LongOpt } from './losetup-getopt';
 import { COLUMNS, DEFAULT_COLUMNS, columnByName, type ColumnInfo, type TableFormat } from './losetup-output';
@@ -28,16 +28,11 @@ export const errWith = (errno: Errno, what: string): LoopfsError => new LoopfsEr
 
 /** The text losetup prints on stderr for an error: one line, and util-linux's "Try" line after a usage error. */
 export function losetupErrorText(err: unknown): string {
-  let line: string;
-  if (err instanceof LoopfsError) {
-    const own = err.reason !== '' && err.reason !== strerror(err.errno);
-    line = err.reason ? `${err.what}: ${err.reason}${own ? ` (${err.errno})` : ''}` : err.what;
-  }
-  else {
-    const e = err as NodeJS.ErrnoException;
-    const code = e && typeof e.code === 'string' && /^E[A-Z0-9]+$/.test(e.code) ? (e.code as Errno) : undefined;
-    line = code ? `${e.path ?? e.syscall ?? 'error'}: ${strerror(code)}` : err instanceof Error ? err.message : String(err);
-  }
+  const e = toLoopfsError(err);
+  // A system error from below is worded as util-linux's err() words it: strerror(errno).
+  const reason = e === err ? e.reason : e.reason && strerror(e.errno);
+  const own = reason !== '' && reason !== strerror(e.errno);
+  const line = reason ? `${e.what}: ${reason}${own ? ` (${e.errno})` : ''}` : e.what;
   const tryHelp = err instanceof GetoptError ? `Try '${PROG} --help' for more information.\n` : '';
   return `${PROG}: ${line}\n${tryHelp}`;
 }

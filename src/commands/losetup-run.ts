@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { AttachRequest, DeviceRef, InstanceClient, InstanceSelector } from '../core/api';
 import type { DeviceIndex, DeviceInfo } from '../base/types';
-import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
+import { LoopfsError, errnoOf, type Errno } from '../base/errors';
 import { VERSION } from '../version';
 import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type LosetupArgs } from './losetup-args';
 import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './losetup-output';
@@ -59,19 +59,9 @@ interface UsedDevice {
  * (`errno` replaces it where util-linux would see another one).
  */
 function relabel(err: unknown, what: string, errno?: (e: Errno) => Errno): unknown {
-  let e: LoopfsError | undefined;
-  if (err instanceof LoopfsError) e = err;
-  else {
-    const x = err as NodeJS.ErrnoException;
-    if (x && typeof x.code === 'string' && /^E[A-Z0-9]+$/.test(x.code)) e = fromSystemError(err, what);
-  }
+  const e = errnoOf(err);
   if (!e) return err;
-  return errWith(errno ? errno(e.errno) : e.errno, what);
-}
-
-/** What util-linux prints for an error (see losetupErrorText). */
-export function errorLine(e: unknown): string {
-  return losetupErrorText(e);
+  return errWith(errno ? errno(e) : e, what);
 }
 
 export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Promise<number> {
@@ -192,7 +182,7 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
           u = i === 0 ? (checked.get(act.devices[0]) as UsedDevice) : await useDevice(act.devices[i], true);
         } catch (err) {
           if (!(err instanceof LoopfsError) || !prev) throw err;
-          deps.stderr(errorLine(err));
+          deps.stderr(losetupErrorText(err));
           // util-linux's A_DELETE loop detaches again the device it still holds (prints "detach failed").
           u = prev;
         }
@@ -240,7 +230,7 @@ async function detachOne(client: InstanceClient, index: DeviceIndex, path: strin
   } catch (err) {
     const e = relabel(err, `${path}: detach failed`);
     if (!(e instanceof LoopfsError)) throw e;
-    deps.stderr(errorLine(e));
+    deps.stderr(losetupErrorText(e));
     return 1;
   }
 }

@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
 import { SOCKET_FILE } from './state';
 import { connect, readLine, closeFds } from '../sys/unixsock';
@@ -168,7 +168,7 @@ export function openBacking(file: string, readOnly: boolean): { fd: number; writ
       fd = openOrThrow(file, 'r');
       writable = false;
     } else {
-      throw code === 'EISDIR' ? new LoopfsError('EISDIR', file, 'is a directory') : fromSystemError(e, file);
+      throw code === 'EISDIR' ? new LoopfsError('EISDIR', file, 'is a directory') : toLoopfsError(e, file);
     }
   }
   const st = fs.fstatSync(fd);
@@ -193,6 +193,6 @@ function openOrThrow(file: string, flags: string | number, mode?: number): numbe
   try {
     return fs.openSync(file, flags, mode);
   } catch (e) {
-    throw fromSystemError(e, file);
+    throw toLoopfsError(e, file);
   }
 }

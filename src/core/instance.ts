@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
-import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
+import { LoopfsError, errnoOf, toLoopfsError, type Errno } from '../base/errors';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
 import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, requestWithin } from './client';
@@ -137,7 +137,7 @@ export async function mountPinned(runDirOpt: string | undefined, dir: string, op
   try {
     fd = fs.openSync(abs, O_PATH | fs.constants.O_DIRECTORY);
   } catch (e) {
-    const err = fromSystemError(e, dir);
+    const err = toLoopfsError(e, dir);
     throw new LoopfsError(err.errno, dir, err.errno === 'ENOENT' ? 'mountpoint does not exist' : err.errno === 'ENOTDIR' ? 'mountpoint is not a directory' : err.reason);
   }
   try {
@@ -184,7 +184,7 @@ function checkMountpoint(runDir: string, dir: string): void {
   try {
     st = fs.statSync(dir);
   } catch (e) {
-    throw new LoopfsError(((e as NodeJS.ErrnoException).code as Errno) ?? 'ENOENT', dir, 'mountpoint does not exist');
+    throw new LoopfsError(errnoOf(e) ?? 'ENOENT', dir, 'mountpoint does not exist');
   }
   if (!st.isDirectory()) throw new LoopfsError('ENOTDIR', dir, 'mountpoint is not a directory');
   const holder = findInstance(runDir, dir);
@@ -369,9 +369,8 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
     try {
       detachExactMount(mount, lazy);
     } catch (e) {
-      const err = fromSystemError(e, mountpoint);
-      if (err.errno === 'EBUSY') throw new LoopfsError('EBUSY', mountpoint, `${err.reason} (loopfs umount -l detaches now)`);
-      throw err;
+      const err = toLoopfsError(e);
+      throw new LoopfsError(err.errno, mountpoint, err.errno === 'EBUSY' ? `${err.reason} (loopfs umount -l detaches now)` : err.reason);
     }
   } else {
     // Not mounted any more (unmounted lazily before): the daemon finishes when its last opener closes.

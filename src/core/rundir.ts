@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 
 /**
  * The run directory (SPEC §1): --run-dir, else $LOOPFS_RUNDIR, else
@@ -31,7 +31,7 @@ export function ensurePrivateDir(dir: string): string {
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
-    const err = fromSystemError(e, dir);
+    const err = toLoopfsError(e, dir);
     throw new LoopfsError(err.errno, dir, `cannot create the run directory: ${err.reason}`);
   }
   checkPrivateDir(dir);

@@ -1,5 +1,5 @@
 import { constants as fsConstants } from 'node:fs';
-import { LoopfsError } from '../base/errors';
+import { LoopfsError, errnoOf, toLoopfsError } from '../base/errors';
 import { S_IFDIR, S_IFREG, RENAME_EXCHANGE, FUSE_ROOT_ID } from '../fuse/kernel';
 import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult, RequestContext, SetattrRequest, StatfsResult } from '../fuse/types';
 import type { BlockIO } from '../engine/device';
@@ -271,9 +271,9 @@ export class LoopFilesystem implements FileSystem {
     try {
       return await this.anyIoctl(ctx, ino, fh, cmd, arg);
     } catch (e) {
-      if (e instanceof LoopfsError && e.errno === 'ENOSYS') throw new LoopfsError('ENOTTY', e.what, e.reason);
-      if ((e as { code?: unknown } | null)?.code === 'ENOSYS') throw new LoopfsError('ENOTTY', `inode ${ino}`, String((e as Error).message));
-      throw e;
+      if (errnoOf(e) !== 'ENOSYS') throw e;
+      const err = toLoopfsError(e, `inode ${ino}`);
+      throw new LoopfsError('ENOTTY', err.what, err.reason);
     }
   }
 

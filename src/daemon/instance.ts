@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import * as os from 'node:os';
 import type { AttachRequest, AttachResult, OverlayAction } from '../core/api';
 import type { DeviceIndex, DeviceInfo, OverlayInfo, PartitionInfo } from '../base/types';
@@ -223,7 +223,7 @@ export class Instance {
       if (ours) throw new LoopfsError('EBADF', backing.path, 'a file of this instance cannot back one of its devices');
     } catch (e) {
       closeQuietly(backing.fd);
-      throw fromSystemError(e, backing.path);
+      throw toLoopfsError(e, backing.path);
     }
   }
 

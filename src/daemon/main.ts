@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { InstanceStatus } from '../core/protocol';
 import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
 import { mountFuse, unmountFuse, type Mounted } from '../fuse/mount';
@@ -96,7 +96,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
       },
     }, log);
   } catch (e) {
-    const err = fromSystemError(e, a.mountpoint);
+    const err = toLoopfsError(e, a.mountpoint);
     tellParent(`error ${err.errno} ${JSON.stringify({ what: err.what, reason: err.reason })}`);
     return 1;
   }

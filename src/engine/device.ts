@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
 import { ioctlBuf } from '../sys/libc';
 import { FileIO, type IoCounts } from './file';
@@ -120,7 +120,7 @@ export class Device extends Window implements BlockIO {
           // as above
         }
       }
-      throw fromSystemError(e, backing.path);
+      throw toLoopfsError(e, backing.path);
     }
     if (opts.directIo) dev.directIo = true;
     return dev;
@@ -288,7 +288,7 @@ export function windowSize(fileSize: ByteOffset, offset: ByteOffset, sizelimit: 
 }
 
 function fstat(b: { fd: number; path: string }): Promise<fs.Stats> {
-  return new Promise((resolve, reject) => fs.fstat(b.fd, (err, st) => (err ? reject(fromSystemError(err, b.path)) : resolve(st))));
+  return new Promise((resolve, reject) => fs.fstat(b.fd, (err, st) => (err ? reject(toLoopfsError(err, b.path)) : resolve(st))));
 }
 
 function backingSize(b: { fd: number; path: string }, st: fs.Stats): ByteOffset {

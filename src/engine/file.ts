@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
 import { koffi } from '../sys/ffi';
 import { punchHole } from '../sys/libc';
@@ -80,7 +80,7 @@ export class FileIO implements Lower {
       try {
         this.dfd = fs.openSync(`/proc/self/fd/${this.fd}`, flags);
       } catch (e) {
-        throw fromSystemError(e, `${this.path}: O_DIRECT`);
+        throw toLoopfsError(e, `${this.path}: O_DIRECT`);
       }
       this.align = logicalBlockSize(stDev);
     }
@@ -106,7 +106,7 @@ export class FileIO implements Lower {
     if (this.closed) return Promise.reject(this.closedError());
     return this.track(
       new Promise<void>((resolve, reject) => {
-        (datasync ? fs.fdatasync : fs.fsync)(this.fd, (err) => (err ? reject(fromSystemError(err, `${this.path}: fsync`)) : resolve()));
+        (datasync ? fs.fdatasync : fs.fsync)(this.fd, (err) => (err ? reject(toLoopfsError(err, `${this.path}: fsync`)) : resolve()));
       }),
     );
   }
@@ -116,7 +116,7 @@ export class FileIO implements Lower {
     const what = `${this.path}: discard`;
     return this.track(
       punchHole(this.fd, position, length).catch((e: unknown) => {
-        throw e instanceof LoopfsError ? new LoopfsError(e.errno, what, e.reason) : fromSystemError(e, what);
+        throw e instanceof LoopfsError ? new LoopfsError(e.errno, what, e.reason) : toLoopfsError(e, what);
       }),
     );
   }
@@ -138,7 +138,7 @@ export class FileIO implements Lower {
         first ??= e;
       }
     }
-    if (first) throw fromSystemError(first, `${this.path}: close`);
+    if (first) throw toLoopfsError(first, `${this.path}: close`);
   }
 
   private request(kind: Kind, buf: Buffer, length: number, position: ByteOffset): Promise<number> {
@@ -191,7 +191,7 @@ export class FileIO implements Lower {
   private async finish(kind: Kind, fd: number, buf: Buffer, length: number, position: ByteOffset, err: NodeJS.ErrnoException | null, n: number): Promise<number> {
     let done = 0;
     if (err) {
-      if (!(fd === this.dfd && err.code === 'EINVAL')) throw fromSystemError(err, this.what(kind, length, position));
+      if (!(fd === this.dfd && err.code === 'EINVAL')) throw toLoopfsError(err, this.what(kind, length, position));
     } else {
       done = n;
     }
@@ -203,7 +203,7 @@ export class FileIO implements Lower {
         });
       } catch (e) {
         if (done > 0 && kind === WRITE) return done;
-        throw fromSystemError(e, this.what(kind, length - done, position + done));
+        throw toLoopfsError(e, this.what(kind, length - done, position + done));
       }
       if (got === 0) {
         if (kind === READ) {

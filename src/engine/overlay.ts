@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
 import { flock, LOCK_EX, LOCK_NB, LOCK_SH } from '../sys/libc';
 import { crc32 } from './crc32';
@@ -82,7 +82,7 @@ export function tmpDelta(dir: string): DeltaFile {
   try {
     return { fd: fs.openSync(dir, O_TMPFILE | fs.constants.O_RDWR, 0o600), path: `${dir} (unnamed overlay)`, named: false };
   } catch (e) {
-    throw fromSystemError(e, `${dir}: temporary overlay file`);
+    throw toLoopfsError(e, `${dir}: temporary overlay file`);
   }
 }
 
@@ -171,7 +171,7 @@ export class Overlay implements Lower {
       } catch {
         // the error that matters is the one below
       }
-      throw fromSystemError(e, delta.path);
+      throw toLoopfsError(e, delta.path);
     }
   }
 
@@ -538,7 +538,7 @@ async function firstBlockCrc(base: FileIO, baseSize: number, blockSize: number):
 
 function writeAt(fd: number, buf: Buffer, position: number): Promise<void> {
   return new Promise((resolve, reject) =>
-    fs.write(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(fromSystemError(err, 'overlay map')) : n === buf.length ? resolve() : reject(new LoopfsError('EIO', 'overlay map', 'short write')))),
+    fs.write(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(toLoopfsError(err, 'overlay map')) : n === buf.length ? resolve() : reject(new LoopfsError('EIO', 'overlay map', 'short write')))),
   );
 }
 

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { toLoopfsError } from '../base/errors';
 import {
   Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, ATTR_OUT_SIZE, ENTRY_OUT_SIZE, INIT_OUT_SIZE, OPEN_OUT_SIZE,
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
@@ -122,7 +123,7 @@ export class Session {
       const len = await row(this, w, h, body, ctx);
       if (len !== null) this.send(w.out, OUT_HEADER_SIZE + len, 0, h.unique);
     } catch (e) {
-      const code = errorCode(e);
+      const code = -toLoopfsError(e).code;
       this.debug?.(`  -> error ${code}${code === osConstants.errno.EIO ? `: ${(e as Error)?.stack ?? e}` : ''}`);
       this.send(w.out, OUT_HEADER_SIZE, -code, h.unique);
     } finally {
@@ -305,18 +306,6 @@ export class Session {
   }
 }
 
-/** The positive errno of a thrown error: LoopfsError-like (`errno` name), Node (`code`), or a number. */
-export function errorCode(e: unknown): number {
-  const errnos = osConstants.errno as Record<string, number>;
-  if (typeof e === 'number') return Math.abs(e);
-  if (e && typeof e === 'object') {
-    const o = e as { errno?: unknown; code?: unknown };
-    if (typeof o.errno === 'string' && o.errno in errnos) return errnos[o.errno]!;
-    if (typeof o.code === 'string' && o.code in errnos) return errnos[o.code]!;
-    if (typeof o.errno === 'number') return Math.abs(o.errno);
-  }
-  return errnos.EIO!;
-}
 
 function openFlags(r: OpenResult): number {
   return (r.directIo ? FOPEN_DIRECT_IO : 0) | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);

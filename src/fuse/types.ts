@@ -103,9 +103,9 @@ export interface IoctlResult {
 }
 
 /**
- * What a FUSE filesystem implements. Errors are thrown as objects with a
- * negative or positive errno in `errno` or a name in `code` (see
- * session.ts: errorCode); a missing optional method answers ENOSYS.
+ * What a FUSE filesystem implements. Errors are thrown as LoopfsErrors (any
+ * other error answers as toLoopfsError makes it: its errno `code`, else
+ * EIO); a missing optional method answers ENOSYS.
  */
 export interface FileSystem {
   lookup(ctx: RequestContext, parent: NodeId, name: string): Promise<Entry> | Entry;
