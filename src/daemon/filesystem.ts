@@ -129,13 +129,11 @@ export class LoopFilesystem implements FileSystem {
 
   readdir(_ctx: RequestContext, ino: NodeId): DirEntry[] {
     if (ino !== FUSE_ROOT_ID) fail('ENOENT', `inode ${ino}`);
-    const root = this.attr({ kind: 'root' });
     const out: DirEntry[] = [
       { name: '.', ino: FUSE_ROOT_ID, mode: S_IFDIR },
       { name: '..', ino: FUSE_ROOT_ID, mode: S_IFDIR },
       { name: 'loop-control', ino: CONTROL_INO, mode: S_IFREG, attr: this.attr({ kind: 'control' }) },
     ];
-    void root;
     for (const dev of this.inst.table.all()) {
       out.push({ name: dev.name, ino: deviceIno(dev.index), mode: S_IFREG, attr: this.attr({ kind: 'device', dev }) });
       for (const [part, io] of dev.binding?.windows ?? []) {
@@ -308,7 +306,7 @@ export class LoopFilesystem implements FileSystem {
     const n = this.byName(parent, name);
     if (!n) fail('ENOENT', name);
     if (n.kind !== 'device') fail('EPERM', name);
-    this.inst.removeDevice(n.dev.index, false);
+    this.inst.removeDevice(n.dev.index);
   }
 
   rename(_ctx: RequestContext, parent: NodeId, name: string, newParent: NodeId, newName: string, flags: number): void {

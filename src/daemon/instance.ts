@@ -75,7 +75,7 @@ export class Instance {
     return this.table.add(index).index;
   }
 
-  removeDevice(index: DeviceIndex, _fromControl = true): void {
+  removeDevice(index: DeviceIndex): void {
     if (this.settingUp.has(index)) throw new LoopfsError('EBUSY', `loop${index}`, 'device is being set up');
     this.table.remove(index);
   }

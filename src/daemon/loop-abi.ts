@@ -25,9 +25,6 @@ export const LO_FLAGS_PARTSCAN = 8;
 export const LO_FLAGS_DIRECT_IO = 16;
 /** What LOOP_CONFIGURE accepts in lo_flags (anything else: EINVAL). */
 export const LOOP_CONFIGURE_SETTABLE_FLAGS = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | LO_FLAGS_PARTSCAN | LO_FLAGS_DIRECT_IO;
-/** What LOOP_SET_STATUS(64) may set, and clear; other bits are ignored. */
-export const LOOP_SET_STATUS_SETTABLE_FLAGS = LO_FLAGS_AUTOCLEAR | LO_FLAGS_PARTSCAN;
-export const LOOP_SET_STATUS_CLEARABLE_FLAGS = LO_FLAGS_AUTOCLEAR;
 
 export const LO_NAME_SIZE = 64;
 export const LO_KEY_SIZE = 32;

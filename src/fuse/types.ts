@@ -52,18 +52,6 @@ export interface OpenResult {
    * node invalidated. Session.takeWritten(fh) tells whether it wrote.
    */
   backing?: BackedRange;
-  /**
-   * Let the kernel serve this handle from the file open as `fd` (FUSE
-   * passthrough, when negotiated and allowed): reads and mmap of a read-only
-   * handle never reach the FileSystem, at the file's own offsets and up to
-   * its own end, so only for a node whose bytes are exactly the whole file.
-   * A writable handle still sends READ and WRITE (opened FOPEN_DIRECT_IO; the
-   * kernel would let a passthrough write grow the file), and so does an
-   * O_DIRECT one (its reads reach the file through our buffered descriptor,
-   * as a kernel loop device without direct I/O reads its file); both map the
-   * file. The FileSystem cannot tell whether passthrough happened.
-   */
-  passthrough?: { fd: number };
 }
 
 /** `length` bytes of the file open as `fd`, from `start`. */
@@ -121,9 +109,7 @@ export interface FileSystem {
   fsync?(ctx: RequestContext, node: NodeId, fh: number, datasync: boolean): Promise<void> | void;
   fallocate?(ctx: RequestContext, node: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> | void;
   ioctl?(ctx: RequestContext, node: NodeId, fh: number, cmd: number, arg: bigint, input: Buffer, outSize: number): Promise<IoctlResult> | IoctlResult;
-  opendir?(ctx: RequestContext, node: NodeId): Promise<number> | number;
   readdir(ctx: RequestContext, node: NodeId): Promise<DirEntry[]> | DirEntry[];
-  releasedir?(ctx: RequestContext, node: NodeId, fh: number): void;
   statfs?(ctx: RequestContext, node: NodeId): Promise<StatfsResult> | StatfsResult;
   access?(ctx: RequestContext, node: NodeId, mask: number): Promise<void> | void;
   unlink?(ctx: RequestContext, parent: NodeId, name: string): Promise<void> | void;

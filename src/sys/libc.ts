@@ -15,7 +15,6 @@ function libc(): Record<string, Fn> {
   const k = koffi();
   const l = k.load('libc.so.6');
   lib = {
-    ioctl_int: l.func('int ioctl(int fd, unsigned long req, unsigned long arg)') as Fn,
     ioctl_ptr: l.func('int ioctl(int fd, unsigned long req, _Inout_ uint8_t *arg)') as Fn,
     fallocate: l.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as Fn,
     flock: l.func('int flock(int fd, int op)') as Fn,
@@ -46,11 +45,6 @@ function check(rc: number, what: string): number {
     throw new LoopfsError(name, what);
   }
   return rc;
-}
-
-/** ioctl with an integer argument (or none). Returns the call's result. */
-export function ioctlInt(fd: number, req: number, arg = 0): number {
-  return check(libc().ioctl_int!(fd, req, arg), `ioctl 0x${req.toString(16)}`);
 }
 
 /** ioctl whose argument is a buffer the kernel reads and/or fills in. */
@@ -92,7 +86,6 @@ export function flock(fd: number, op: number): void {
   check(libc().flock!(fd, op), 'flock');
 }
 
-export const MNT_FORCE = 1;
 export const MNT_DETACH = 2;
 
 export function umount2(target: string, flags: number): void {
@@ -111,7 +104,6 @@ export function fileStatusFlags(fd: number): number {
 // holder dies.
 const F_OFD_GETLK = 36;
 const F_OFD_SETLK = 37;
-export const F_RDLCK = 0;
 export const F_WRLCK = 1;
 export const F_UNLCK = 2;
 
@@ -125,7 +117,7 @@ function flockStruct(type: number, start: number, len: number): Buffer {
   return b;
 }
 
-/** Sets (F_WRLCK/F_RDLCK) or clears (F_UNLCK) an OFD lock on [start, start+len); never waits (EAGAIN if held). */
+/** Sets (F_WRLCK) or clears (F_UNLCK) an OFD lock on [start, start+len); never waits (EAGAIN if held). */
 export function ofdSetLock(fd: number, type: number, start: number, len: number): void {
   check(libc().fcntl_ptr!(fd, F_OFD_SETLK, flockStruct(type, start, len)), 'fcntl(F_OFD_SETLK)');
 }
