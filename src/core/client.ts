@@ -3,7 +3,9 @@ import * as fs from 'node:fs';
 import { LoopfsError, toLoopfsError } from '../base/errors';
 import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
 import { SOCKET_FILE } from './state';
-import { connect, readLine, closeFds } from '../sys/unixsock';
+import { connect } from '../sys/unixsock';
+import { readLine } from '../sys/lines';
+import { closeFds } from '../sys/socket-calls';
 import type { AttachRequest, AttachResult, InstanceClient, OverlayAction, OverlayClient } from './api';
 import type { DeviceIndex, DeviceInfo, OverlayInfo } from '../base/types';
 

@@ -1,6 +1,8 @@
 import { LoopfsError, toLoopfsError } from '../base/errors';
 import { PROTOCOL_VERSION, type InstanceStatus, type Op, type Request, type Requests, type Response } from '../core/protocol';
-import { UnixServer, readLine, closeFds, type UnixConn } from '../sys/unixsock';
+import { UnixServer, type UnixConn } from '../sys/unixsock';
+import { readLine } from '../sys/lines';
+import { closeFds } from '../sys/socket-calls';
 import type { Instance } from './instance';
 import { backingAccess } from './backing';
 

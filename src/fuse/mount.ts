@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
-import { socketPair, closeFds } from '../sys/unixsock';
+import { socketPair } from '../sys/unixsock';
+import { closeFds } from '../sys/socket-calls';
 import { umount2, MNT_DETACH } from '../sys/libc';
 import { LoopfsError, errnoOf, type Errno } from '../base/errors';
 
