@@ -49,7 +49,7 @@ export class LoopFilesystem implements FileSystem {
   private readonly created = Date.now();
   private readonly ioctls: DeviceIoctls;
 
-  constructor(private readonly inst: Instance) {
+  constructor(readonly inst: Instance) {
     this.ioctls = new DeviceIoctls(inst);
   }
 
@@ -218,7 +218,7 @@ export class LoopFilesystem implements FileSystem {
    */
   async flush(_ctx: RequestContext, _ino: NodeId, fh: number): Promise<void> {
     const h = this.handles.get(fh);
-    const wroteOnThread = this.inst.session?.takeWritten(fh) ?? false;
+    const wroteOnThread = this.inst.kernel.takeWritten(fh);
     if (!h || !(h.wrote || wroteOnThread) || h.node.kind !== 'device') return;
     h.wrote = false;
     const dev = h.node.dev;

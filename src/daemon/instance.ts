@@ -12,7 +12,7 @@ import { deviceIno, partitionIno } from './inodes';
 import { FUSE_ROOT_ID } from '../fuse/kernel';
 import { connectionOfDeviceFd, fuseConnection, mountOfFd } from '../fuse/mount';
 import { backingAccess } from './backing';
-import type { Session } from '../fuse/session';
+import type { KernelNotifier } from '../fuse/types';
 
 /**
  * One instance as the daemon holds it: the device table plus the engine
@@ -45,26 +45,26 @@ export interface StatusChange {
 
 export class Instance {
   readonly table: DeviceTable;
-  session: Session | undefined;
   /** Devices being set up by an attach that has not finished yet. */
   private readonly settingUp = new Set<DeviceIndex>();
-  /** Where unnamed overlay deltas are made (O_TMPFILE): the instance's private state directory. */
-  overlayDir: string | undefined;
 
   constructor(
     readonly id: string,
     readonly mountpoint: string,
     readonly owner: Owner,
     max: number,
+    /** The FUSE session serving the instance: the kernel's caches to keep honest. */
+    readonly kernel: KernelNotifier,
     limits: Pick<TableHooks, 'reserve' | 'release'> = {},
+    /** Where unnamed overlay deltas are made (O_TMPFILE): the instance's private state directory. */
+    readonly overlayDir?: string,
   ) {
     this.table = new DeviceTable(max, { ...limits, changed: (dev, what, oldName) => this.changed(dev, what, oldName) });
   }
 
   /** Keeps the kernel's caches honest when devices change behind its back. */
   private changed(dev: LoopDevice, what: string, oldName?: string): void {
-    const s = this.session;
-    if (!s) return;
+    const s = this.kernel;
     const ino = deviceIno(dev.index);
     if (what === 'removed') void s.deleteEntry(FUSE_ROOT_ID, ino, dev.name);
     else if (what === 'renamed' && oldName) void s.invalidateEntry(FUSE_ROOT_ID, oldName);
@@ -186,7 +186,7 @@ export class Instance {
         for (const p of table.partitions) binding.windows.set(p.number, new PartitionWindow(device, p));
       }
       this.table.bind(dev, binding);
-      for (const p of binding.partitions) void this.session?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
+      for (const p of binding.partitions) void this.kernel.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
       return { device: this.infoOf(dev), warnings };
     } catch (e) {
       dropDelta();
@@ -211,7 +211,7 @@ export class Instance {
   async notOwnEntry(backing: { fd: number; path: string }): Promise<void> {
     try {
       const mount = mountOfFd(backing.fd);
-      const own = this.session ? connectionOfDeviceFd(this.session.fd) : undefined;
+      const own = connectionOfDeviceFd(this.kernel.fd);
       let ours: boolean;
       if (mount && own !== undefined) ours = fuseConnection(mount) === own;
       else {
@@ -266,7 +266,7 @@ export class Instance {
   private async unbind(dev: LoopDevice): Promise<void> {
     const parts = dev.binding?.partitions ?? [];
     const b = this.table.unbind(dev);
-    for (const p of parts) void this.session?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+    for (const p of parts) void this.kernel.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
     await b?.device.close();
   }
 
@@ -292,13 +292,13 @@ export class Instance {
     b.partitions = parts;
     b.windows.clear();
     for (const [n, w] of windows) b.windows.set(n, w);
-    const s = this.session;
+    const s = this.kernel;
     for (const p of old) {
-      if (!windows.has(p.number)) void s?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+      if (!windows.has(p.number)) void s.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
     }
     for (const p of parts) {
-      void s?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
-      void s?.invalidateNode(partitionIno(dev.index, p.number));
+      void s.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
+      void s.invalidateNode(partitionIno(dev.index, p.number));
     }
   }
 
@@ -318,7 +318,7 @@ export class Instance {
     b.autoclear = st.autoclear;
     const scan = st.partscan && !b.partscan;
     if (st.partscan) b.partscan = true;
-    if (moved) await this.session?.invalidateNode(deviceIno(dev.index));
+    if (moved) await this.kernel.invalidateNode(deviceIno(dev.index));
     if (scan || (moved && b.partscan)) await this.rescanPartitions(dev);
     return this.infoOf(dev);
   }
@@ -353,7 +353,7 @@ export class Instance {
     b.device = next;
     b.windows.clear();
     for (const p of b.partitions) b.windows.set(p.number, new PartitionWindow(next, p));
-    await this.session?.invalidateNode(deviceIno(dev.index));
+    await this.kernel.invalidateNode(deviceIno(dev.index));
     await old.close();
     if (b.partscan) await this.rescanPartitions(dev);
     return this.infoOf(dev);
@@ -364,7 +364,7 @@ export class Instance {
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     await dev.binding.device.refreshCapacity();
     // Done when it returns, as LOOP_SET_CAPACITY is: a descriptor open all along sees the new size at once.
-    await this.session?.invalidateNode(deviceIno(dev.index));
+    await this.kernel.invalidateNode(deviceIno(dev.index));
     return this.infoOf(dev);
   }
 
@@ -388,7 +388,7 @@ export class Instance {
     const d = dev.binding?.device;
     if (!d) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     d.setSectorSize(size);
-    await this.session?.invalidateNode(deviceIno(dev.index));
+    await this.kernel.invalidateNode(deviceIno(dev.index));
     await this.rescanPartitions(dev);
     return this.infoOf(dev);
   }
@@ -399,7 +399,7 @@ export class Instance {
    * FileSystem sent back to it. Resolves once the kernel has it.
    */
   async refresh(dev: LoopDevice, part?: number): Promise<void> {
-    await this.session?.invalidateNode(part === undefined ? deviceIno(dev.index) : partitionIno(dev.index, part));
+    await this.kernel.invalidateNode(part === undefined ? deviceIno(dev.index) : partitionIno(dev.index, part));
   }
 
   /**

@@ -5,6 +5,7 @@ import type { InstanceStatus } from '../core/protocol';
 import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
 import { mountFuse, unmountFuse, type Mounted } from '../fuse/mount';
 import { Session } from '../fuse/session';
+import type { KernelNotifier } from '../fuse/types';
 import { Budget, levelsFor } from '../core/limits';
 import { ControlServer } from './control';
 import { LoopFilesystem } from './filesystem';
@@ -68,20 +69,20 @@ export async function runDaemon(argv: string[]): Promise<number> {
   };
   // No process.title: it rewrites /proc/PID/cmdline, which liveness checks read.
   let control: ControlServer;
-  let session: Session;
+  let session: Session<LoopFilesystem>;
   let inst: Instance;
   let mounted: Mounted;
   try {
     // Devices count against the owner's max_loop_devices here and in every run directory above.
     const budget = new Budget(levelsFor(a.runDir, a.uid));
-    inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, { reserve: (n) => budget.reserve(n), release: (n) => budget.release(n) });
-    inst.overlayDir = a.state;
-    const fsys = new LoopFilesystem(inst);
+    const limits = { reserve: (n: number) => budget.reserve(n), release: (n: number) => budget.release(n) };
     // allow_other lets root reach an instance it mounted for another owner; an
     // ordinary user's instance (through fusermount3) is the owner's alone.
     mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
-    session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined });
-    inst.session = session;
+    // The instance is made with the session that serves it, as its KernelNotifier.
+    const made = (kernel: KernelNotifier): LoopFilesystem => new LoopFilesystem(new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, kernel, limits, a.state));
+    session = new Session(mounted.fd, made, { debug: debug ? log : undefined });
+    inst = session.fsys.inst;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),
       remount: (max) => {

@@ -9,7 +9,7 @@ import {
   FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
-import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
+import type { DirEntry, Entry, FileSystem, KernelNotifier, OpenResult, RequestContext, SetattrRequest } from './types';
 import { BackedTable, runThreads, threadData } from './threads';
 
 /**
@@ -55,9 +55,10 @@ const KiB = 1 << 10;
 /** Notifications written at once: the libuv pool less one thread for the main thread's read and one for a socket's poll. */
 const NOTIFY_SLOTS = Math.max(1, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 2);
 
-export class Session {
+export class Session<F extends FileSystem = FileSystem> implements KernelNotifier {
   readonly fd: number;
-  private readonly fsys: FileSystem;
+  /** The FileSystem served. */
+  readonly fsys: F;
   private readonly maxWrite: number;
   private readonly attrTtl: number;
   private readonly workers: number;
@@ -73,14 +74,15 @@ export class Session {
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
 
-  constructor(fd: number, fsys: FileSystem, opts: SessionOptions = {}) {
+  /** `fsys`: the FileSystem served, or its maker, given this session as the FileSystem's KernelNotifier. */
+  constructor(fd: number, fsys: F | ((kernel: KernelNotifier) => F), opts: SessionOptions = {}) {
     this.fd = fd;
-    this.fsys = fsys;
     this.maxWrite = opts.maxWrite ?? 128 * KiB;
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.lazyThreads = opts.lazyThreads ?? true;
     this.debug = opts.debug;
+    this.fsys = typeof fsys === 'function' ? (fsys as (kernel: KernelNotifier) => F)(this) : fsys;
   }
 
   /** Serves until the filesystem is unmounted (a read fails ENODEV). */

@@ -91,6 +91,21 @@ export interface IoctlResult {
 }
 
 /**
+ * What a FileSystem may do outside a request: tell the kernel that what it
+ * cached is stale, and ask what the session's threads did. Given to the
+ * FileSystem's maker when the Session is constructed (Session's `fsys`).
+ */
+export interface KernelNotifier {
+  /** The /dev/fuse descriptor served (it names the FUSE connection). */
+  readonly fd: number;
+  invalidateNode(node: NodeId): Promise<void>;
+  invalidateEntry(parent: NodeId, name: string): Promise<void>;
+  deleteEntry(parent: NodeId, child: NodeId, name: string): Promise<void>;
+  /** Whether a WRITE to backed handle `fh` was served on a thread since the last call. */
+  takeWritten(fh: number): boolean;
+}
+
+/**
  * What a FUSE filesystem implements. Errors are thrown as LoopfsErrors (any
  * other error answers as toLoopfsError makes it: its errno `code`, else
  * EIO); a missing optional method answers ENOSYS.
