@@ -2,9 +2,9 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, kernelAttach, q, randomFile, releaseKernelState, sh, sha, shOk } from './disk-helpers';
+import { attach, kernelAttach, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
 
 // SPEC §3, "the kernel wins": I/O at the edges of a device — its end, a
 // backing file that grows or shrinks while it is attached, truncation, a
@@ -12,15 +12,8 @@ import { attach, kernelAttach, q, randomFile, releaseKernelState, sh, sha, shOk 
 // (losetup -f --show …) over an identical file gives: the same byte counts,
 // the same errnos, the same bytes in the backing file afterwards. Every case
 // runs on both and the results are compared, never against a table.
-const test = e2eSuite('I/O at the edges: a loopfs device does what a kernel loop device does');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('ioe');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('I/O at the edges: a loopfs device does what a kernel loop device does', 'ioe', (s) => (sb = s), releaseKernelState);
 
 const KiB = 1 << 10;
 const MiB = 1 << 20;

@@ -3,20 +3,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf, waitFor } from '../helpers/cli';
-import { attach, q, randomFile, releaseKernelState, sh, sha, shOk } from './disk-helpers';
+import { attach, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
 
 // SPEC §8: copy-on-write devices over a shared base (losetup --overlay, loopfs overlay).
-const test = e2eSuite('overlay: copy-on-write devices over a shared base');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('overlay');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('overlay: copy-on-write devices over a shared base', 'overlay', (s) => (sb = s), releaseKernelState);
 
 /** A 64 MiB ext4 image holding a few files (mke2fs -d). */
 function goldenImage(name = 'golden.img'): string {

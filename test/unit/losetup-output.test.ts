@@ -15,6 +15,7 @@ import {
 } from '../../src/commands/losetup-output';
 import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup-text';
 import { parseSize } from '../../src/commands/losetup-size';
+import { requiring } from '../helpers/e2e';
 
 /**
  * The formatter against the real thing: kernel loop devices made with
@@ -114,7 +115,6 @@ function stable(check: (rows: JsonRow[]) => void): void {
 
 const skip = whyNot();
 const test = suite('losetup output = util-linux 2.38');
-if (skip) console.log(`  skipping "losetup output = util-linux 2.38": ${skip}`);
 
 test.before(() => {
   if (skip) return;
@@ -130,7 +130,7 @@ test.after(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const t = (name: string, fn: () => void | Promise<void>): void => (skip ? test.skip(name, fn) : test(name, fn));
+const t = requiring(test, skip);
 
 t('every cell of every device equals util-linux (but MAJ:MIN, empty by design)', () => {
   stable((rows) => {
@@ -189,7 +189,7 @@ t('formatTable in the C locale escapes non-ASCII like util-linux', () => {
 });
 
 const noScript = spawnSync('script', ['--version']).status !== 0;
-(noScript ? test.skip : t)('formatTable on a terminal fits the width like libsmartcols', () => {
+requiring(test, skip ?? (noScript ? 'script(1) is not installed' : undefined))('formatTable on a terminal fits the width like libsmartcols', () => {
   for (const width of [200, 80, 72, 60, 45, 30, 12]) {
     for (const [args, names] of [[['-l'], DEFAULT_COLUMNS], [['-l', '--output-all'], COLUMNS.map((c) => c.name)], [['-l', '-O', 'NAME,BACK-FILE'], ['NAME', 'BACK-FILE']]] as const) {
       stable((rows) => {
