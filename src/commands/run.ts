@@ -43,8 +43,8 @@ export async function parseAttach(spec: string): Promise<AttachRequest> {
   const words = cut < 0 ? [] : spec.slice(cut + 1).split(',');
   const bad = (why: string, errno: Errno = 'EINVAL'): LoopfsError => usageError(errno, `--attach ${spec}`, why);
   if (file === '') throw bad('no image given (--attach IMG[,losetup options])');
-  const { parseLosetupArgs } = await import('./losetup-args');
-  const { attachRequest } = await import('./losetup-run');
+  const { parseLosetupArgs } = await import('./losetup/args');
+  const { attachRequest } = await import('./losetup/run');
   let a;
   try {
     a = parseLosetupArgs(['-f', ...words, file]);

@@ -7,14 +7,14 @@ import * as path from 'node:path';
 import type { DeviceRef, InstanceClient } from '../../src/core/api';
 import type { DeviceInfo } from '../../src/base/types';
 import { LoopfsError } from '../../src/base/errors';
-import { runLosetup, type LosetupDeps } from '../../src/commands/losetup-run';
-import { PROG, losetupErrorText } from '../../src/commands/losetup-args';
+import { runLosetup, type LosetupDeps } from '../../src/commands/losetup/run';
+import { PROG, losetupErrorText } from '../../src/commands/losetup/args';
 import {
   COLUMNS, DEFAULT_COLUMNS, cellValue, columnByName, devMajor, devMinor, formatOldLine, formatTable,
   type ColumnInfo, type TableOptions,
-} from '../../src/commands/losetup-output';
-import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup-text';
-import { parseSize } from '../../src/commands/losetup-size';
+} from '../../src/commands/losetup/output';
+import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup/text';
+import { parseSize } from '../../src/commands/losetup/size';
 
 /**
  * The formatter against the real thing: kernel loop devices made with

@@ -5,8 +5,8 @@ import type { AttachRequest, AttachResult, DeviceRef, InstanceClient } from '../
 import type { DeviceInfo } from '../../src/base/types';
 import { LoopfsError } from '../../src/base/errors';
 import { losetupArgv, register } from '../../src/commands/losetup';
-import { parseLosetupArgs } from '../../src/commands/losetup-args';
-import { runLosetup, type FileStat, type LosetupDeps } from '../../src/commands/losetup-run';
+import { parseLosetupArgs } from '../../src/commands/losetup/args';
+import { runLosetup, type FileStat, type LosetupDeps } from '../../src/commands/losetup/run';
 
 /** `loopfs losetup` on a fake instance: option parsing, the requests it makes, what it prints. */
 

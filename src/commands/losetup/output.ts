@@ -1,10 +1,10 @@
-import type { DeviceInfo } from '../base/types';
-import { jsonQuote, rawEncode, safeEncode } from './losetup-text';
+import type { DeviceInfo } from '../../base/types';
+import { jsonQuote, rawEncode, safeEncode } from './text';
 
 /**
  * What `losetup` prints, reproduced from util-linux 2.38.1: the `--list`
  * table as libsmartcols lays it out (human, --raw, --json), and the old
- * `-a` line. Pure functions of DeviceInfo; losetup.ts does the I/O.
+ * `-a` line. Pure functions of DeviceInfo; run.ts does the I/O.
  */
 
 export type JsonType = 'string' | 'number' | 'boolean';

@@ -1,11 +1,11 @@
 import { join } from 'node:path';
-import type { AttachRequest, DeviceRef, InstanceClient, InstanceSelector } from '../core/api';
-import type { DeviceIndex, DeviceInfo } from '../base/types';
-import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
-import { VERSION } from '../version';
-import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type LosetupArgs } from './losetup-args';
-import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './losetup-output';
-import { isUtf8Locale } from './losetup-text';
+import type { AttachRequest, DeviceRef, InstanceClient, InstanceSelector } from '../../core/api';
+import type { DeviceIndex, DeviceInfo } from '../../base/types';
+import { LoopfsError, fromSystemError, type Errno } from '../../base/errors';
+import { VERSION } from '../../version';
+import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type LosetupArgs } from './args';
+import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './output';
+import { isUtf8Locale } from './text';
 
 /**
  * `loopfs losetup`: util-linux 2.38.1 losetup's actions over an instance.

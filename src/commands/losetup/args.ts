@@ -1,14 +1,14 @@
-import { LoopfsError, type Errno } from '../base/errors';
-import type { InstanceSelector } from '../core/api';
-import { GetoptError, getoptLong, type LongOpt } from './losetup-getopt';
-import { COLUMNS, DEFAULT_COLUMNS, columnByName, type ColumnInfo, type TableFormat } from './losetup-output';
-import { sizeOrError } from './losetup-size';
-import { strerror } from './losetup-strerror';
+import { LoopfsError, type Errno } from '../../base/errors';
+import type { InstanceSelector } from '../../core/api';
+import { GetoptError, getoptLong, type LongOpt } from './getopt';
+import { COLUMNS, DEFAULT_COLUMNS, columnByName, type ColumnInfo, type TableFormat } from './output';
+import { sizeOrError } from './size';
+import { strerror } from './strerror';
 
 /**
  * The command line of util-linux 2.38.1 `losetup` (sys-utils/losetup.c
  * main()), turned into one action. Pure: naming a device here only records
- * the argument; losetup.ts resolves it.
+ * the argument; run.ts resolves it.
  */
 
 export const PROG = 'loopfs losetup';

@@ -1,9 +1,9 @@
 import type { CAC } from 'cac';
 import * as fs from 'node:fs';
-import { runLosetup, type FileStat, type LosetupDeps } from './losetup-run';
-import { losetupErrorText } from './losetup-args';
+import { runLosetup, type FileStat, type LosetupDeps } from './run';
+import { losetupErrorText } from './args';
 
-export { runLosetup, type LosetupDeps } from './losetup-run';
+export { runLosetup, type LosetupDeps } from './run';
 
 /**
  * `loopfs losetup`: util-linux 2.38 losetup, device paths inside the
@@ -77,7 +77,7 @@ export function losetupCommandArgv(argv: readonly string[]): string[] | undefine
  */
 export async function losetupMain(argv: string[]): Promise<number> {
   try {
-    const { openInstance, resolveDevice } = await import('../core/instance');
+    const { openInstance, resolveDevice } = await import('../../core/instance');
     return await runLosetup(argv, processDeps(openInstance, resolveDevice));
   } catch (e) {
     if (process.env.LOOPFS_DEBUG === '1' && e instanceof Error) process.stderr.write(`${e.stack}\n`);
