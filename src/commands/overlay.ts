@@ -1,6 +1,6 @@
 import type { CAC } from 'cac';
 import { LoopfsError, usageError } from '../base/errors';
-import type { OverlayAction, OverlayClient } from '../core/api';
+import type { OverlayAction } from '../core/api';
 import type { OverlayInfo } from '../base/types';
 import { selector, type GlobalFlags } from './common';
 import { reportError } from './report';
@@ -25,9 +25,7 @@ export function register(cli: CAC): void {
         try {
           const ref = await resolveDevice(d, selector(flags));
           if (ref.partition !== undefined) throw new LoopfsError('EINVAL', d, 'a partition is not an overlay device; name its device');
-          const c = ref.client as typeof ref.client & Partial<OverlayClient>;
-          if (!c.overlay) throw new LoopfsError('EOPNOTSUPP', d, 'the instance does not offer overlays');
-          const info = await c.overlay(ref.index, action as OverlayAction).catch((e: unknown) => {
+          const info = await ref.client.overlay(ref.index, action as OverlayAction).catch((e: unknown) => {
             throw e instanceof LoopfsError ? new LoopfsError(e.errno, d, e.reason) : e;
           });
           rows.push({ name: d, info });

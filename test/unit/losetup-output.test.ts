@@ -235,6 +235,8 @@ function fakeDeps(rows: JsonRow[], out: string[], err: string[]): LosetupDeps {
     attach: async () => { throw new LoopfsError('ENOSYS', 'attach'); },
     detach: async () => {}, detachAll: async () => {}, setCapacity: async (i) => devs[i],
     addDevice: async () => 0, removeDevice: async () => {}, getFree: async () => 0,
+    setDirectIo: async (i) => devs[i], setSectorSize: async (i) => devs[i],
+    overlay: async () => { throw new LoopfsError('EOPNOTSUPP', 'overlay'); },
   };
   return {
     openInstance: async () => client,
