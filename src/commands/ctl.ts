@@ -1,8 +1,7 @@
 import type { CAC } from 'cac';
 import { usageError } from '../base/errors';
+import { MAX_INDEX } from '../base/loopdev';
 import { parseCount, selector, type GlobalFlags } from './common';
-
-const MAX_INDEX = (1 << 20) - 1;
 
 export function register(cli: CAC): void {
   cli

@@ -1,5 +1,6 @@
 import type { CAC } from 'cac';
 import { LoopfsError, usageError } from '../base/errors';
+import { MAX_DEVICES } from '../base/loopdev';
 import { parseCount, selector, str, type GlobalFlags } from './common';
 
 export interface MountOptions {
@@ -8,8 +9,6 @@ export interface MountOptions {
   gid?: number;
   remount: boolean;
 }
-
-export const MAX_LIMIT = 1_048_576;
 
 /** Parses `-o max=N,uid=U,gid=G,remount`. */
 export function parseMountOptions(text: string | undefined): MountOptions {
@@ -21,7 +20,7 @@ export function parseMountOptions(text: string | undefined): MountOptions {
     if (key === 'remount' && value === undefined) {
       out.remount = true;
     } else if ((key === 'max' || key === 'uid' || key === 'gid') && value !== undefined) {
-      out[key] = parseCount(value, key, key === 'max' ? 1 : 0, key === 'max' ? MAX_LIMIT : 2 ** 32 - 2);
+      out[key] = parseCount(value, key, key === 'max' ? 1 : 0, key === 'max' ? MAX_DEVICES : 2 ** 32 - 2);
     } else {
       throw usageError('EINVAL', part, 'unknown mount option (known: max=N, uid=U, gid=G, remount)');
     }

@@ -2,7 +2,7 @@ import type { CAC } from 'cac';
 import type { AttachRequest } from '../core/api';
 import { LoopfsError, usageError, type Errno } from '../base/errors';
 import { parseCount, selector, str, type GlobalFlags } from './common';
-import { MAX_LIMIT } from './mount';
+import { MAX_DEVICES } from '../base/loopdev';
 
 export function register(cli: CAC): void {
   cli
@@ -20,7 +20,7 @@ export function register(cli: CAC): void {
       for (const part of (str(flags.options) ?? '').split(',').filter(Boolean)) {
         const [k, v] = part.split('=', 2);
         if (k !== 'max' || v === undefined) throw usageError('EINVAL', part, 'unknown run option (known: max=N)');
-        max = parseCount(v, 'max', 1, MAX_LIMIT);
+        max = parseCount(v, 'max', 1, MAX_DEVICES);
       }
       const specs = flags.attach === undefined ? [] : Array.isArray(flags.attach) ? (flags.attach as unknown[]) : [flags.attach];
       const attach = await Promise.all(specs.map((s) => parseAttach(typeof s === 'string' ? s : String(s))));

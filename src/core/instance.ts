@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
 import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
+import { MAX_DEVICES } from '../base/loopdev';
 import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
 import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, requestWithin } from './client';
@@ -18,7 +19,6 @@ const cp = (): typeof ChildProcess => require('node:child_process') as typeof Ch
 
 /** Finding, starting and stopping instances: what every command stands on. */
 
-export const DEFAULT_MAX = 1_048_576;
 export const DEFAULT_ID = 'default';
 
 export interface StartOptions {
@@ -78,7 +78,7 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     // Inside `loopfs run` the daemon gets a mount namespace of its own (see sandboxMountpoint).
     const sandboxed = fs.existsSync(path.join(runDir, PARENTS_FILE));
     const bound = sandboxed ? sandboxMountpoint(runDir, mountpoint) : false;
-    const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? DEFAULT_MAX), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : [])];
+    const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? MAX_DEVICES), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : [])];
     const argv = sandboxed ? ['unshare', '--mount', '--propagation', 'unchanged', '--', ...daemonArgv] : daemonArgv;
     const child = cp().spawn(argv[0]!, argv.slice(1), {
       detached: true,

@@ -10,11 +10,12 @@ import { LoopfsError } from '../../src/base/errors';
 import { runLosetup, type LosetupDeps } from '../../src/commands/losetup/run';
 import { PROG, losetupErrorText } from '../../src/commands/losetup/args';
 import {
-  COLUMNS, DEFAULT_COLUMNS, cellValue, columnByName, devMajor, devMinor, formatOldLine, formatTable,
+  COLUMNS, DEFAULT_COLUMNS, cellValue, columnByName, formatOldLine, formatTable,
   type ColumnInfo, type TableOptions,
 } from '../../src/commands/losetup/output';
 import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup/text';
 import { parseSize } from '../../src/commands/losetup/size';
+import { devMajor, devMinor } from '../../src/base/loopdev';
 
 /**
  * The formatter against the real thing: kernel loop devices made with

@@ -6,6 +6,7 @@ import { VERSION } from '../../version';
 import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type Action, type LosetupArgs } from './args';
 import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './output';
 import { isUtf8Locale } from './text';
+import { findOverlap, sizeWarning } from '../../base/loopdev';
 
 /**
  * `loopfs losetup`: util-linux 2.38.1 losetup's actions over an instance.
@@ -298,7 +299,6 @@ async function associated(devs: DeviceInfo[], file: string, offset: number | und
 
 async function create(c: Call, file: string, dev: UsedDevice | undefined): Promise<number> {
   const { a, deps } = c;
-  const bound = (client: InstanceClient): Promise<DeviceInfo[]> => c.bound(client);
   // Like util-linux: a size limit that is no multiple of 512 and an offset
   // past the end are accepted (the size is rounded down; a device of size
   // 0); a bad sector size is the kernel's EINVAL, from the engine.
@@ -307,11 +307,10 @@ async function create(c: Call, file: string, dev: UsedDevice | undefined): Promi
 
   const client = dev ? dev.client : await deps.openInstance(a.selector);
   let device: DeviceInfo | undefined;
-  // An overlay never writes its base: -L has nothing to guard.
-  if (a.nooverlap && a.overlay === undefined) device = await overlap(client, dev !== undefined, a, file, st, bound);
+  if (a.nooverlap) device = await overlap(c, client, dev !== undefined, file, st);
   if (!device) {
     // A bound DEV is busy (LOOP_CONFIGURE's EBUSY), found here before the daemon is handed the file.
-    if (dev && (await bound(client)).some((d) => d.index === dev.index)) throw errWith('EBUSY', setupFailed);
+    if (dev && (await c.bound(client)).some((d) => d.index === dev.index)) throw errWith('EBUSY', setupFailed);
     const req = attachRequest(a, file);
     if (dev) req.index = dev.index;
     try {
@@ -326,7 +325,8 @@ async function create(c: Call, file: string, dev: UsedDevice | undefined): Promi
     }
   }
   if (a.show) deps.stdout(`${device.path}\n`);
-  warnSize(file, a, st, deps);
+  const warning = sizeWarning(file, a.sizelimit, st && !st.isBlockDevice ? st.size : undefined, a.offset);
+  if (warning) deps.stderr(`${PROG}: ${warning}\n`);
   return 0;
 }
 
@@ -345,48 +345,19 @@ export function attachRequest(a: LosetupArgs, file: string): AttachRequest {
 }
 
 /**
- * `-L`: util-linux's loopcxt_find_overlap() over the instance's devices.
- * With -f, a device with the same file, offset and size limit is reused
- * (returned); any other overlap, or any overlap at all with `DEV FILE`, is
- * an error. The daemon checks again, atomically, with req.nooverlap.
+ * `-L` (findOverlap) over the instance's devices: with -f, a device with
+ * the same file, offset and size limit is reused (returned); any other
+ * overlap is an error. The daemon checks again, atomically, with
+ * req.nooverlap.
  */
-async function overlap(
-  client: InstanceClient,
-  hasDev: boolean,
-  a: LosetupArgs,
-  file: string,
-  st: FileStat | undefined,
-  bound: (c: InstanceClient) => Promise<DeviceInfo[]>,
-): Promise<DeviceInfo | undefined> {
-  const offset = a.offset ?? 0;
-  const sizelimit = a.sizelimit ?? 0;
-  for (const d of await bound(client)) {
-    if (!isUsed(d, st, file, undefined)) continue;
-    if (d.sizelimit === sizelimit && d.offset === offset && !hasDev) {
-      if (d.readOnly && !a.readOnly) throw errx(`${file}: overlapping read-only loop device exists`, 'EBUSY');
-      // util-linux also clears the reused device's autoclear flag; InstanceClient has no call for that.
-      return d;
-    }
-    if (d.sizelimit !== 0 && offset >= d.offset + d.sizelimit) continue;
-    if (sizelimit !== 0 && offset + sizelimit <= d.offset) continue;
-    throw errx(`${file}: overlapping loop device exists`, 'EBUSY');
-  }
-  return undefined;
-}
-
-/** util-linux warn_size(): the file's usable size is under, or not a multiple of, 512 bytes. */
-function warnSize(file: string, a: LosetupArgs, st: FileStat | undefined, deps: LosetupDeps): void {
-  let size = BigInt(a.sizelimit ?? 0);
-  if (!size) {
-    if (!st || st.isBlockDevice) return;
-    size = BigInt(st.size);
-    if (a.offset !== undefined) size = (size - BigInt(a.offset)) & ((1n << 64n) - 1n);
-  }
-  if (size < 512n) {
-    deps.stderr(`${PROG}: ${file}: Warning: file is smaller than 512 bytes; the loop device may be useless or invisible for system tools.\n`);
-  } else if (size % 512n) {
-    deps.stderr(`${PROG}: ${file}: Warning: file does not fit into a 512-byte sector; the end of the file will be ignored.\n`);
-  }
+async function overlap(c: Call, client: InstanceClient, hasDev: boolean, file: string, st: FileStat | undefined): Promise<DeviceInfo | undefined> {
+  const { a } = c;
+  const want = { offset: a.offset ?? 0, sizelimit: a.sizelimit ?? 0, readOnly: a.readOnly, overlay: a.overlay !== undefined };
+  const found = findOverlap(await c.bound(client), (d) => isUsed(d, st, file, undefined), want, !hasDev);
+  if (found?.kind === 'read-only') throw errx(`${file}: overlapping read-only loop device exists`, 'EBUSY');
+  if (found?.kind === 'overlap') throw errx(`${file}: overlapping loop device exists`, 'EBUSY');
+  // util-linux also clears the reused device's autoclear flag; InstanceClient has no call for that.
+  return found?.device;
 }
 
 /**
