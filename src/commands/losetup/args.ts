@@ -145,162 +145,195 @@ export interface LosetupArgs {
 const usage = (what: string): LoopfsError => errx(what);
 
 export function parseLosetupArgs(argv: readonly string[], env: Record<string, string | undefined> = {}): LosetupArgs {
+  const o = newOptions();
   const excl = EXCL.map(() => 0);
-  let act: Action['kind'] | undefined;
-  let file: string | undefined;
-  const checkDevices: string[] = [];
-  let lastDevOpt: string | undefined;
-  let list = false;
-  let outarg: string | undefined;
-  let columns: ColumnInfo[] = [];
-  let raw = false;
-  let json = false;
-  let noHeadings = false;
-  let offset: number | undefined;
-  let sizelimit: number | undefined;
-  let sectorSize = 0;
-  let setSectorSize = false;
-  let readOnly = false;
-  let partscan = false;
-  let dioFlag = false;
-  let setDio = false;
-  let useDio = false;
-  let show = false;
-  let nooverlap = false;
-  let overlay: true | string | undefined;
-  let extTokens = 0;
-  const selector: InstanceSelector = {};
-
-  const exclusive = (c: number): void => {
-    for (let e = 0; e < EXCL.length && EXCL[e][0] <= c; e++) {
-      for (const op of EXCL[e]) {
-        if (op > c) break;
-        if (op !== c) continue;
-        if (excl[e] === 0) excl[e] = c;
-        else if (excl[e] !== c) {
-          const names = EXCL[e].map((o) => {
-            const l = LONGOPTS.find((x) => x.val === o);
-            return l ? `--${l.name}` : `-${String.fromCharCode(o)}`;
-          });
-          throw errx(`mutually exclusive arguments: ${names.join(' ')}`);
-        }
-        break;
-      }
-    }
-  };
-
-  const onOpt = (c: number, optarg: string | undefined, tokens: number): boolean => {
-    exclusive(c);
-    const arg = optarg ?? '';
-    switch (c) {
-      case ch('a'): act = 'show'; break;
-      case ch('b'):
-        setSectorSize = true;
-        sectorSize = sizeOrError(arg, 'failed to parse logical block size');
-        break;
-      case ch('c'): act = 'set-capacity'; checkDevices.push(arg); lastDevOpt = arg; break;
-      case ch('r'): readOnly = true; break;
-      case ch('d'): act = 'detach'; checkDevices.push(arg); lastDevOpt = arg; break;
-      case ch('D'): act = 'detach-all'; break;
-      case ch('f'): act = 'find'; break;
-      case ch('J'): json = true; break;
-      case ch('j'): act = 'show'; file = arg; break;
-      case ch('l'): list = true; break;
-      case ch('L'): nooverlap = true; break;
-      case ch('n'): noHeadings = true; break;
-      case OPT_RAW: raw = true; break;
-      case ch('o'): offset = sizeOrError(arg, 'failed to parse offset'); break;
-      case ch('O'): outarg = arg; list = true; break;
-      case OPT_OUTPUT_ALL: columns = [...COLUMNS]; break;
-      case ch('P'): partscan = true; break;
-      case OPT_SHOW: show = true; break;
-      case OPT_DIO:
-        setDio = true;
-        useDio = true;
-        if (optarg !== undefined) {
-          if (optarg === 'on') useDio = true;
-          else if (optarg === 'off') useDio = false;
-          else throw errx(`argument error: '${optarg}'`);
-        }
-        if (useDio) dioFlag = true;
-        break;
-      case OPT_OVERLAY:
-        if (optarg === '') throw new LoopfsError('EINVAL', 'argument error', "'': --overlay= wants a file name");
-        overlay = optarg ?? true;
-        break;
-      case ch('v'): break;
-      case OPT_SIZELIMIT: sizelimit = sizeOrError(arg, 'failed to parse size'); break;
-      case OPT_INSTANCE: selector.instance = arg; extTokens += tokens; break;
-      case OPT_RUNDIR: selector.runDir = arg; extTokens += tokens; break;
-      case ch('h'): act = 'help'; return true;
-      case ch('V'): act = 'version'; return true;
-    }
-    return false;
-  };
-
-  const args = getoptLong(argv, SHORTOPTS, LONGOPTS, env.POSIXLY_CORRECT !== undefined, onOpt);
-  const format: TableFormat = json ? 'json' : raw ? 'raw' : 'human';
-  const result = (action: Action, deferred?: LoopfsError): LosetupArgs => ({
-    action, checkDevices, deferred, selector, list, columns, format, noHeadings, offset, sizelimit, sectorSize,
-    readOnly, partscan, directIo: dioFlag, show, nooverlap, overlay,
+  const args = getoptLong(argv, SHORTOPTS, LONGOPTS, env.POSIXLY_CORRECT !== undefined, (c, optarg, tokens) => {
+    exclusive(excl, c);
+    return applyOption(o, c, optarg, tokens);
   });
-  if (act === 'help' || act === 'version') return result({ kind: act });
-
+  if (o.act === 'help' || o.act === 'version') return result(o, { kind: o.act });
   // util-linux looks at argc; loopfs's own --instance/--run-dir do not count.
-  const argc = 1 + argv.length - extTokens;
-  if (argc === 1) { act = 'show'; list = true; }
-  if (!act && argc === 2 && (raw || json)) { act = 'show'; list = true; }
-  if (list && columns.length === 0) columns = DEFAULT_COLUMNS.map((n) => columnByName(n) as ColumnInfo);
+  const action = chooseAction(o, args, 1 + argv.length - o.extTokens);
+  return result(o, action, deferredError(o, action));
+}
+
+/** The options seen so far, as util-linux's main() keeps them in its locals. */
+interface Options {
+  act?: Action['kind'];
+  /** -j FILE; then the FILE of `-f FILE`. */
+  file?: string;
+  checkDevices: string[];
+  /** The argument of the last -c or -d. */
+  lastDevOpt?: string;
+  list: boolean;
+  outarg?: string;
+  columns: ColumnInfo[];
+  raw: boolean;
+  json: boolean;
+  noHeadings: boolean;
+  offset?: number;
+  sizelimit?: number;
+  sectorSize: number;
+  setSectorSize: boolean;
+  readOnly: boolean;
+  partscan: boolean;
+  /** --direct-io[=on] during setup (LO_FLAGS_DIRECT_IO). */
+  dioFlag: boolean;
+  /** --direct-io given at all, and its value (`--direct-io DEV`). */
+  setDio: boolean;
+  useDio: boolean;
+  show: boolean;
+  nooverlap: boolean;
+  overlay?: true | string;
+  /** argv tokens taken by loopfs's own --instance/--run-dir. */
+  extTokens: number;
+  selector: InstanceSelector;
+}
+
+function newOptions(): Options {
+  return {
+    checkDevices: [], list: false, columns: [], raw: false, json: false, noHeadings: false, sectorSize: 0, setSectorSize: false,
+    readOnly: false, partscan: false, dioFlag: false, setDio: false, useDio: false, show: false, nooverlap: false, extTokens: 0, selector: {},
+  };
+}
+
+/** util-linux's err_exclusive_options(): `excl` holds the option seen first in each group of EXCL. */
+function exclusive(excl: number[], c: number): void {
+  for (let e = 0; e < EXCL.length && EXCL[e][0] <= c; e++) {
+    for (const op of EXCL[e]) {
+      if (op > c) break;
+      if (op !== c) continue;
+      if (excl[e] === 0) excl[e] = c;
+      else if (excl[e] !== c) {
+        const names = EXCL[e].map((x) => {
+          const l = LONGOPTS.find((y) => y.val === x);
+          return l ? `--${l.name}` : `-${String.fromCharCode(x)}`;
+        });
+        throw errx(`mutually exclusive arguments: ${names.join(' ')}`);
+      }
+      break;
+    }
+  }
+}
+
+/** One option (util-linux's getopt_long loop body); true stops the parsing (-h, -V). */
+function applyOption(o: Options, c: number, optarg: string | undefined, tokens: number): boolean {
+  const arg = optarg ?? '';
+  switch (c) {
+    case ch('a'): o.act = 'show'; break;
+    case ch('b'):
+      o.setSectorSize = true;
+      o.sectorSize = sizeOrError(arg, 'failed to parse logical block size');
+      break;
+    case ch('c'): o.act = 'set-capacity'; o.checkDevices.push(arg); o.lastDevOpt = arg; break;
+    case ch('r'): o.readOnly = true; break;
+    case ch('d'): o.act = 'detach'; o.checkDevices.push(arg); o.lastDevOpt = arg; break;
+    case ch('D'): o.act = 'detach-all'; break;
+    case ch('f'): o.act = 'find'; break;
+    case ch('J'): o.json = true; break;
+    case ch('j'): o.act = 'show'; o.file = arg; break;
+    case ch('l'): o.list = true; break;
+    case ch('L'): o.nooverlap = true; break;
+    case ch('n'): o.noHeadings = true; break;
+    case OPT_RAW: o.raw = true; break;
+    case ch('o'): o.offset = sizeOrError(arg, 'failed to parse offset'); break;
+    case ch('O'): o.outarg = arg; o.list = true; break;
+    case OPT_OUTPUT_ALL: o.columns = [...COLUMNS]; break;
+    case ch('P'): o.partscan = true; break;
+    case OPT_SHOW: o.show = true; break;
+    case OPT_DIO:
+      o.setDio = true;
+      o.useDio = true;
+      if (optarg !== undefined) {
+        if (optarg === 'on') o.useDio = true;
+        else if (optarg === 'off') o.useDio = false;
+        else throw errx(`argument error: '${optarg}'`);
+      }
+      if (o.useDio) o.dioFlag = true;
+      break;
+    case OPT_OVERLAY:
+      if (optarg === '') throw new LoopfsError('EINVAL', 'argument error', "'': --overlay= wants a file name");
+      o.overlay = optarg ?? true;
+      break;
+    case ch('v'): break;
+    case OPT_SIZELIMIT: o.sizelimit = sizeOrError(arg, 'failed to parse size'); break;
+    case OPT_INSTANCE: o.selector.instance = arg; o.extTokens += tokens; break;
+    case OPT_RUNDIR: o.selector.runDir = arg; o.extTokens += tokens; break;
+    case ch('h'): o.act = 'help'; return true;
+    case ch('V'): o.act = 'version'; return true;
+  }
+  return false;
+}
+
+/**
+ * What util-linux's main() does after the options: the action the options
+ * and the remaining arguments (`args`; `argc` as util-linux counts it) ask
+ * for, or a usage error.
+ */
+function chooseAction(o: Options, args: readonly string[], argc: number): Action {
+  let act = o.act;
+  if (argc === 1) { act = 'show'; o.list = true; }
+  if (!act && argc === 2 && (o.raw || o.json)) { act = 'show'; o.list = true; }
+  if (o.list && o.columns.length === 0) o.columns = DEFAULT_COLUMNS.map((n) => columnByName(n) as ColumnInfo);
 
   let optind = 0;
-  let device: string | undefined;
   if (act === 'find' && optind < args.length) {
-    act = 'create';
-    file = args[optind++];
+    const file = args[optind++];
     if (optind < args.length) throw usage('unexpected arguments');
+    return { kind: 'create', file };
   }
-  if (list && !act && optind === args.length) act = 'show';
+  if (o.list && !act && optind === args.length) act = 'show';
   if (!act && optind + 1 === args.length) {
-    if (setDio) { act = 'set-direct-io'; dioFlag = false; }
-    else if (setSectorSize) act = 'set-sector-size';
-    else act = 'show-one';
-    device = args[optind++];
-    checkDevices.push(device);
+    const device = args[optind++];
+    o.checkDevices.push(device);
+    if (o.setDio) {
+      o.dioFlag = false;
+      return { kind: 'set-direct-io', device, on: o.useDio };
+    }
+    if (o.setSectorSize) return { kind: 'set-sector-size', device, size: o.sectorSize };
+    return { kind: 'show-one', device };
   }
   if (!act) {
-    act = 'create';
     if (optind >= args.length) throw usage('no loop device specified');
-    device = args[optind++];
+    const device = args[optind++];
     if (optind >= args.length) throw usage('no file specified');
-    file = args[optind++];
+    return { kind: 'create', device, file: args[optind++] };
   }
-
-  let deferred: LoopfsError | undefined;
-  if (act !== 'create' && (sizelimit || readOnly || partscan || dioFlag || show)) {
-    deferred = usage('the options --{sizelimit,partscan,read-only,show} are allowed during loop device setup only');
-  } else if (act !== 'create' && overlay !== undefined) {
-    deferred = usage('the option --overlay is allowed during loop device setup only');
-  } else if (offset !== undefined && act !== 'create' && (act !== 'show' || file === undefined)) {
-    deferred = usage('the option --offset is not allowed in this context');
-  } else if (outarg !== undefined) {
-    const r = parseColumns(outarg, columns);
-    if (r instanceof LoopfsError) deferred = r;
-    else columns = r;
-  }
-
-  let action: Action;
   switch (act) {
-    case 'create': action = { kind: 'create', device, file: file as string }; break;
-    case 'detach': action = { kind: 'detach', devices: [lastDevOpt as string, ...args.slice(optind)] }; break;
-    case 'detach-all': action = { kind: 'detach-all' }; break;
-    case 'find': action = { kind: 'find' }; break;
-    case 'show': action = { kind: 'show', file }; break;
-    case 'show-one': action = { kind: 'show-one', device: device as string }; break;
-    case 'set-capacity': action = { kind: 'set-capacity', device: lastDevOpt as string }; break;
-    case 'set-direct-io': action = { kind: 'set-direct-io', device: device as string, on: useDio }; break;
-    case 'set-sector-size': action = { kind: 'set-sector-size', device: device as string, size: sectorSize }; break;
+    case 'detach': return { kind: 'detach', devices: [o.lastDevOpt as string, ...args.slice(optind)] };
+    case 'detach-all': return { kind: 'detach-all' };
+    case 'find': return { kind: 'find' };
+    case 'show': return { kind: 'show', file: o.file };
+    case 'set-capacity': return { kind: 'set-capacity', device: o.lastDevOpt as string };
+    default: throw new Error(`losetup: action ${act} after the options`);
   }
-  return result(action, deferred);
+}
+
+/** The usage error util-linux reports only after checking the devices (LosetupArgs.deferred). */
+function deferredError(o: Options, action: Action): LoopfsError | undefined {
+  const create = action.kind === 'create';
+  if (!create && (o.sizelimit || o.readOnly || o.partscan || o.dioFlag || o.show)) {
+    return usage('the options --{sizelimit,partscan,read-only,show} are allowed during loop device setup only');
+  }
+  if (!create && o.overlay !== undefined) return usage('the option --overlay is allowed during loop device setup only');
+  if (o.offset !== undefined && !create && (action.kind !== 'show' || action.file === undefined)) {
+    return usage('the option --offset is not allowed in this context');
+  }
+  if (o.outarg !== undefined) {
+    const r = parseColumns(o.outarg, o.columns);
+    if (r instanceof LoopfsError) return r;
+    o.columns = r;
+  }
+  return undefined;
+}
+
+function result(o: Options, action: Action, deferred?: LoopfsError): LosetupArgs {
+  return {
+    action, checkDevices: o.checkDevices, deferred, selector: o.selector, list: o.list, columns: o.columns,
+    format: o.json ? 'json' : o.raw ? 'raw' : 'human', noHeadings: o.noHeadings, offset: o.offset, sizelimit: o.sizelimit,
+    sectorSize: o.sectorSize, readOnly: o.readOnly, partscan: o.partscan, directIo: o.dioFlag, show: o.show,
+    nooverlap: o.nooverlap, overlay: o.overlay,
+  };
 }
 
 /**
