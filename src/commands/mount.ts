@@ -1,7 +1,7 @@
 import type { CAC } from 'cac';
 import { LoopfsError, usageError } from '../base/errors';
 import { MAX_DEVICES } from '../base/loopdev';
-import { parseCount, selector, str, type GlobalFlags } from './common';
+import { parseCount, selection, str, type GlobalFlags } from './common';
 
 export interface MountOptions {
   max?: number;
@@ -41,13 +41,13 @@ export function register(cli: CAC): void {
       if (opts.remount) {
         if (opts.uid !== undefined || opts.gid !== undefined) throw usageError('EINVAL', 'remount', 'only max=N can change on remount');
         if (opts.max === undefined) throw usageError('EINVAL', 'remount', 'nothing to change (give max=N)');
-        const rec = await selectInstance({ ...selector(flags), instance: dir }, false);
+        const rec = await selectInstance({ ...(await selection(flags)()), instance: dir }, false);
         await request(rec.stateDir, 'remount', { max: opts.max });
         return 0;
       }
       const uid = process.getuid?.() ?? 0;
       if (uid !== 0 && (opts.uid !== undefined || opts.gid !== undefined)) throw new LoopfsError('EPERM', 'uid=/gid=', 'only root may mount an instance for another owner');
-      const rec = await mountPinned(selector(flags).runDir, dir, { ...(opts.max !== undefined ? { max: opts.max } : {}), ...(opts.uid !== undefined ? { uid: opts.uid } : {}), ...(opts.gid !== undefined ? { gid: opts.gid } : {}) });
+      const rec = await mountPinned((await selection(flags)()).runDir, dir, { ...(opts.max !== undefined ? { max: opts.max } : {}), ...(opts.uid !== undefined ? { uid: opts.uid } : {}), ...(opts.gid !== undefined ? { gid: opts.gid } : {}) });
       process.stdout.write(`${rec.state!.mountpoint}\n`);
       return 0;
     });

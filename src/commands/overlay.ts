@@ -2,7 +2,7 @@ import type { CAC } from 'cac';
 import { LoopfsError, usageError } from '../base/errors';
 import type { OverlayAction } from '../core/api';
 import type { OverlayInfo } from '../base/types';
-import { selector, type GlobalFlags } from './common';
+import { selection, type GlobalFlags } from './common';
 import { reportError } from './report';
 
 const ACTIONS: readonly OverlayAction[] = ['status', 'discard', 'commit'];
@@ -21,9 +21,10 @@ export function register(cli: CAC): void {
       const { resolveDevice } = await import('../core/instance');
       let status = 0;
       const rows: { name: string; info: OverlayInfo }[] = [];
+      const selected = selection(flags);
       for (const d of devices) {
         try {
-          const ref = await resolveDevice(d, selector(flags));
+          const ref = await resolveDevice(d, await selected());
           if (ref.partition !== undefined) throw new LoopfsError('EINVAL', d, 'a partition is not an overlay device; name its device');
           const info = await ref.client.overlay(ref.index, action as OverlayAction).catch((e: unknown) => {
             throw e instanceof LoopfsError ? new LoopfsError(e.errno, d, e.reason) : e;
