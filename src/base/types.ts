@@ -47,22 +47,3 @@ export interface PartitionInfo {
   start: ByteOffset;         // relative to the device
   size: ByteOffset;
 }
-
-/**
- * `length` bytes of the file open as `fd`, from `start`: what the engine
- * hands out (BlockIO.fileRange) and the FUSE threads serve READ and WRITE
- * from (fuse/threads.ts).
- */
-export interface FileRange {
-  fd: number;
-  start: ByteOffset;
-  length: ByteOffset;
-  readOnly: boolean;
-  /**
-   * With direct I/O on: the O_DIRECT descriptor, for requests whose absolute
-   * position and length are multiples of `align` (from aligned memory);
-   * anything else, or what it refuses (EINVAL) or leaves short, goes to `fd`.
-   */
-  directFd?: number;
-  align?: number;
-}

@@ -1,7 +1,7 @@
+import type { InstanceSelector } from './api';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LoopfsError, fromSystemError } from '../base/errors';
-import type { InstanceSelector } from './api';
 
 /**
  * The run directory (SPEC §1): --run-dir, else $LOOPFS_RUNDIR, else

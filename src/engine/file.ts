@@ -1,10 +1,10 @@
 import * as fs from 'node:fs';
 import { LoopfsError, fromSystemError } from '../base/errors';
-import type { ByteOffset, FileRange } from '../base/types';
-import { devMajor, devMinor } from '../base/loopdev';
+import type { ByteOffset } from '../base/types';
 import { koffi } from '../sys/ffi';
 import { punchHole } from '../sys/libc';
-import type { Lower } from './window';
+import type { FileRange, Lower } from './window';
+import { devMajor, devMinor } from '../base/loopdev';
 
 /**
  * The bottom of the stack: pread/pwrite on the backing file at absolute

@@ -1,5 +1,5 @@
 import { LoopfsError } from '../base/errors';
-import type { ByteOffset, FileRange } from '../base/types';
+import type { ByteOffset } from '../base/types';
 
 /** A block device as the rest of loopfs sees it: a byte range with a logical sector size. */
 export interface BlockIO {
@@ -24,6 +24,21 @@ export interface BlockIO {
    * read/write: undefined once the file is closed.
    */
   fileRange?(): FileRange | undefined;
+}
+
+/** `length` bytes of the file open as `fd`, from `start`. */
+export interface FileRange {
+  fd: number;
+  start: ByteOffset;
+  length: ByteOffset;
+  readOnly: boolean;
+  /**
+   * With direct I/O on: the O_DIRECT descriptor, for requests whose absolute
+   * position and length are multiples of `align` (from aligned memory);
+   * anything else, or what it refuses (EINVAL) or leaves short, goes to `fd`.
+   */
+  directFd?: number;
+  align?: number;
 }
 
 /** What a window maps onto: absolute positions, no bounds of its own. */

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { Worker as Thread } from 'node:worker_threads';
-import type { FileRange } from '../base/types';
+import type { BackedRange } from './types';
 import { threadMain, type SlotLayout, type ThreadData } from './thread-main';
 import { koffi } from '../sys/ffi';
 
@@ -62,7 +62,7 @@ export class BackedTable {
   }
 
   /** Lets the threads serve READ/WRITE of `fh` from `range`. False when its slot is taken (the main thread serves it then). */
-  register(fh: number, node: number, range: FileRange): boolean {
+  register(fh: number, node: number, range: BackedRange): boolean {
     if (!Number.isSafeInteger(fh) || fh < 0) return false;
     const s = this.slot(fh);
     const w = s * 16;

@@ -1,5 +1,3 @@
-import type { FileRange } from '../base/types';
-
 /** The filesystem interface the session calls. Knows files and directories, nothing more. */
 
 export type NodeId = number;
@@ -53,7 +51,7 @@ export interface OpenResult {
    * threads.ts for the exact semantics) until the handle is released or its
    * node invalidated. Session.takeWritten(fh) tells whether it wrote.
    */
-  backing?: FileRange;
+  backing?: BackedRange;
   /**
    * Let the kernel serve this handle from the file open as `fd` (FUSE
    * passthrough, when negotiated and allowed): reads and mmap of a read-only
@@ -66,6 +64,17 @@ export interface OpenResult {
    * file. The FileSystem cannot tell whether passthrough happened.
    */
   passthrough?: { fd: number };
+}
+
+/** `length` bytes of the file open as `fd`, from `start`. */
+export interface BackedRange {
+  fd: number;
+  start: number;
+  length: number;
+  readOnly: boolean;
+  /** The same file open O_DIRECT: aligned requests (position, length: multiples of `align`) use it. */
+  directFd?: number;
+  align?: number;
 }
 
 export interface SetattrRequest {
