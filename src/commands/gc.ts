@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { selector, type GlobalFlags } from './common';
+import { selection, type GlobalFlags } from './common';
 import { LoopfsError } from '../base/errors';
 import { reportError } from './report';
 
@@ -9,11 +9,10 @@ export function register(cli: CAC): void {
     .example('loopfs gc')
     .example('loopfs gc --run-dir /srv/ci/loopfs')
     .action(async (flags: GlobalFlags) => {
-      const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
       const { reap, probeInstance, stopInstance, forceStop } = await import('../core/instance');
       let status = 0;
-      const all = listInstances(ensureRunDir(selector(flags).runDir));
+      const all = listInstances((await selection(flags)()).runDir);
       // Live daemons are asked all at once: a wedged one costs its deadline once.
       const probes = await Promise.all(all.map((r) => (r.alive && r.state ? probeInstance(r).catch(() => ({ health: 'answers' as const, why: undefined })) : undefined)));
       for (const [i, r] of all.entries()) {

@@ -6,7 +6,7 @@ import { SOCKET_FILE } from './state';
 import { connect } from '../sys/unixsock';
 import { readLine } from '../sys/lines';
 import { closeFds } from '../sys/socket-calls';
-import type { AttachRequest, AttachResult, InstanceClient, OverlayAction, OverlayClient } from './api';
+import type { AttachRequest, AttachResult, InstanceClient, OverlayAction } from './api';
 import type { DeviceIndex, DeviceInfo, OverlayInfo } from '../base/types';
 
 type Conn = Awaited<ReturnType<typeof connect>>;
@@ -82,7 +82,7 @@ export async function requestWithin<K extends Op>(stateDir: string, op: K, args:
 }
 
 /** InstanceClient over the control socket. Backing files are opened here, with the caller's rights. */
-export class ControlClient implements InstanceClient, OverlayClient {
+export class ControlClient implements InstanceClient {
   constructor(readonly id: string, readonly mountpoint: string, private readonly stateDir: string) {}
 
   list(): Promise<DeviceInfo[]> {

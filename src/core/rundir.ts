@@ -1,3 +1,4 @@
+import type { InstanceSelector } from './api';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LoopfsError, toLoopfsError } from '../base/errors';
@@ -16,6 +17,17 @@ export function runDirPath(explicit?: string): string {
   const xdg = process.env.XDG_RUNTIME_DIR;
   if (!xdg) throw new LoopfsError('ENOENT', 'run directory', 'XDG_RUNTIME_DIR is not set; give --run-dir or LOOPFS_RUNDIR');
   return path.join(xdg, 'loopfs');
+}
+
+/** An InstanceSelector whose run directory is resolved and ready: what core's functions take. */
+export interface Selection {
+  instance?: string;
+  runDir: RunDir;
+}
+
+/** An InstanceSelector with its run directory resolved and made ready (the one ensureRunDir of a command). */
+export function resolveSelector(sel: InstanceSelector): Selection {
+  return { ...sel, runDir: ensureRunDir(sel.runDir) };
 }
 
 export function instancesDir(runDir: string): string {
@@ -47,9 +59,16 @@ export function checkPrivateDir(dir: string): void {
   if ((st.mode & 0o022) !== 0) throw new LoopfsError('EPERM', dir, `writable by group or others (mode ${(st.mode & 0o777).toString(8)}); refused`);
 }
 
+declare const READY: unique symbol;
+/**
+ * A run directory that ensureRunDir resolved and made ready: what core's
+ * functions take. A command resolves it once and passes it on as a value.
+ */
+export type RunDir = string & { readonly [READY]: true };
+
 /** The run directory with its fixed layout: instances/, lock (instance creation), limits (max_loop_devices). */
-export function ensureRunDir(explicit?: string): string {
-  const dir = ensurePrivateDir(runDirPath(explicit));
+export function ensureRunDir(explicit?: string): RunDir {
+  const dir = ensurePrivateDir(runDirPath(explicit)) as RunDir;
   ensurePrivateDir(instancesDir(dir));
   for (const f of ['lock', 'limits']) {
     fs.closeSync(fs.openSync(path.join(dir, f), fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600));

@@ -3,6 +3,7 @@ import { LoopfsError, toLoopfsError } from '../base/errors';
 import * as os from 'node:os';
 import type { AttachRequest, AttachResult, OverlayAction } from '../core/api';
 import type { DeviceIndex, DeviceInfo, OverlayInfo, PartitionInfo } from '../base/types';
+import { findOverlap } from '../base/loopdev';
 import { Device, type AttachOptions } from '../engine/device';
 import { tmpDelta, type Overlay } from '../engine/overlay';
 import { scanPartitions, PartitionWindow } from '../engine/partitions';
@@ -163,9 +164,8 @@ export class Instance {
         // readOnly is what was asked: the engine itself falls back to read-only (and warns) for a read-only fd.
         { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly, directIo: !!req.directIo, overlay },
       );
-      // An overlay never writes its base: nothing to overlap.
-      if (req.nooverlap && !overlay) {
-        const reuse = this.overlapping(device);
+      if (req.nooverlap) {
+        const reuse = this.overlapping(device, req.index === undefined);
         if (reuse) {
           // util-linux -L: an identical window is reused (and loses autoclear), not duplicated.
           await device.close();
@@ -175,9 +175,7 @@ export class Instance {
           return { device: this.infoOf(reuse), warnings: [] };
         }
       }
-      // The size warning is left to the client: losetup prints util-linux's own, once.
-      const sizeWarning = device.sizeWarning;
-      const warnings = device.warnings.filter((w) => w !== sizeWarning);
+      const warnings = [...device.warnings];
       const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map(), fileName };
       if (req.partscan) {
         const table = await scanPartitions(device);
@@ -228,20 +226,19 @@ export class Instance {
   }
 
   /**
-   * --nooverlap: the device mapping exactly this window of the same file (to
-   * reuse), or EBUSY when another device maps an overlapping region.
+   * --nooverlap (findOverlap): the device mapping exactly this window of the
+   * same file (to reuse, when the device is to be found), or EBUSY when
+   * another device maps an overlapping region.
    */
-  private overlapping(d: Device): LoopDevice | undefined {
-    for (const other of this.table.all()) {
-      const b = other.binding;
-      if (!b || b.device.overlay) continue;
-      if (b.device.sameWindow(d.dev, d.ino, d.offset, d.sizelimit)) {
-        if (b.device.readOnly && !d.readOnly) throw new LoopfsError('EBUSY', d.path, `overlapping read-only loop device exists (${other.name})`);
-        return other;
-      }
-      if (b.device.overlaps(d.dev, d.ino, d.offset, d.sizelimit)) throw new LoopfsError('EBUSY', d.path, `overlapping loop device exists (${other.name})`);
-    }
-    return undefined;
+  private overlapping(d: Device, findsDevice: boolean): LoopDevice | undefined {
+    const bound = this.table.all().flatMap((dev) => {
+      const b = dev.binding?.device;
+      return b ? [{ dev, b, offset: b.offset, sizelimit: b.sizelimit, readOnly: b.readOnly, overlay: b.overlay }] : [];
+    });
+    const found = findOverlap(bound, (o) => o.b.dev === d.dev && o.b.ino === d.ino, d, findsDevice);
+    if (found?.kind === 'read-only') throw new LoopfsError('EBUSY', d.path, `overlapping read-only loop device exists (${found.device.dev.name})`);
+    if (found?.kind === 'overlap') throw new LoopfsError('EBUSY', d.path, `overlapping loop device exists (${found.device.dev.name})`);
+    return found?.device.dev;
   }
 
   /**

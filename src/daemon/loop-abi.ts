@@ -1,4 +1,5 @@
 import { LoopfsError } from '../base/errors';
+import { devMajor, devMinor } from '../base/loopdev';
 
 /**
  * The loop driver's ioctl ABI as the kernel defines it, and the block
@@ -171,9 +172,8 @@ export function decodeConfig(b: Buffer): LoopConfig {
 
 /** A Linux dev_t as Node's stat gives it (glibc's encoding) → the kernel's huge_encode_dev(). */
 export function hugeEncodeDev(dev: number | bigint): bigint {
-  const d = BigInt(dev);
-  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
-  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
+  const major = BigInt(devMajor(dev));
+  const minor = BigInt(devMinor(dev));
   return (minor & 0xffn) | (major << 8n) | ((minor & ~0xffn) << 12n);
 }
 

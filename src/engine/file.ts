@@ -4,6 +4,7 @@ import type { ByteOffset } from '../base/types';
 import { koffi } from '../sys/ffi';
 import { punchHole } from '../sys/libc';
 import type { FileRange, Lower } from './window';
+import { devMajor, devMinor } from '../base/loopdev';
 
 /**
  * The bottom of the stack: pread/pwrite on the backing file at absolute
@@ -306,12 +307,9 @@ function alignedUnsafe(size: number, align: number): Buffer {
  * a filesystem without one (tmpfs, btrfs, overlay: st_dev major 0).
  */
 function logicalBlockSize(stDev: number): number {
-  const d = BigInt(stDev);
-  // glibc's dev_t encoding (gnu_dev_major / gnu_dev_minor).
-  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
-  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
-  if (major === 0n) return 4096;
-  const dir = `/sys/dev/block/${major}:${minor}`;
+  const major = devMajor(stDev);
+  if (major === 0) return 4096;
+  const dir = `/sys/dev/block/${major}:${devMinor(stDev)}`;
   for (const f of [`${dir}/queue/logical_block_size`, `${dir}/../queue/logical_block_size`]) {
     try {
       const n = Number(fs.readFileSync(f, 'utf8').trim());

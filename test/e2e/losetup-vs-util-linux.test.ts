@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, type Result } from '../helpers/cli';
 import { instDir, py, releaseKernelState } from '../helpers/disk';
-import { LOOPFS_ADDITIONS } from '../../src/commands/losetup-run';
+import { LOOPFS_ADDITIONS } from '../../src/commands/losetup/run';
 
 // Issue 11, build item 3: `loopfs losetup` says what util-linux 2.38 losetup
 // says. One sequence of commands — every option, every error case of

@@ -7,14 +7,15 @@ import * as path from 'node:path';
 import type { DeviceRef, InstanceClient } from '../../src/core/api';
 import type { DeviceInfo } from '../../src/base/types';
 import { LoopfsError } from '../../src/base/errors';
-import { runLosetup, type LosetupDeps } from '../../src/commands/losetup-run';
-import { PROG, losetupErrorText } from '../../src/commands/losetup-args';
+import { runLosetup, type LosetupDeps } from '../../src/commands/losetup/run';
+import { PROG, losetupErrorText } from '../../src/commands/losetup/args';
 import {
-  COLUMNS, DEFAULT_COLUMNS, cellValue, columnByName, devMajor, devMinor, formatOldLine, formatTable,
+  COLUMNS, DEFAULT_COLUMNS, cellValue, columnByName, formatOldLine, formatTable,
   type ColumnInfo, type TableOptions,
-} from '../../src/commands/losetup-output';
-import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup-text';
-import { parseSize } from '../../src/commands/losetup-size';
+} from '../../src/commands/losetup/output';
+import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup/text';
+import { parseSize } from '../../src/commands/losetup/size';
+import { devMajor, devMinor } from '../../src/base/loopdev';
 import { requiring } from '../helpers/e2e';
 
 /**
@@ -235,6 +236,8 @@ function fakeDeps(rows: JsonRow[], out: string[], err: string[]): LosetupDeps {
     attach: async () => { throw new LoopfsError('ENOSYS', 'attach'); },
     detach: async () => {}, detachAll: async () => {}, setCapacity: async (i) => devs[i],
     addDevice: async () => 0, removeDevice: async () => {}, getFree: async () => 0,
+    setDirectIo: async (i) => devs[i], setSectorSize: async (i) => devs[i],
+    overlay: async () => { throw new LoopfsError('EOPNOTSUPP', 'overlay'); },
   };
   return {
     openInstance: async () => client,
