@@ -9,6 +9,7 @@ import { Budget, levelsFor } from '../core/limits';
 import { ControlServer } from './control';
 import { LoopFilesystem } from './filesystem';
 import { Instance } from './instance';
+import { ioThreadProgram } from './io-thread-program';
 
 /**
  * The daemon of one instance: `loopfs __daemon --id … --mountpoint … --state …`.
@@ -81,7 +82,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     // ordinary user's instance (through fusermount3) is the owner's alone.
     mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
     // No passthrough: a device's size is fixed at attach, the backing file's is not (see LoopFilesystem.open).
-    session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined, passthrough: false });
+    session = new Session(mounted.fd, fsys, { threadProgram: ioThreadProgram(), debug: debug ? log : undefined, passthrough: false });
     inst.session = session;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),
