@@ -1,5 +1,6 @@
 import { constants } from 'node:os';
 import { REPLY_DATA, runThread, WRITE_DATA, type BackedSlot, type ThreadIO } from '../fuse/thread-main';
+import { OverlayMap, type OverlayShare } from '../engine/overlay-map';
 import { transfer } from '../engine/transfer';
 import { readSpan, writeSpan } from '../engine/window';
 
@@ -9,7 +10,9 @@ import { readSpan, writeSpan } from '../engine/window';
  * serves a device's (or partition's) READ and WRITE with the engine's rules
  * — the window's clamping (engine/window.ts), the file's transfer rules and
  * choice of the O_DIRECT descriptor (engine/transfer.ts) — as
- * Window.read/write over FileIO would on the main thread.
+ * Window.read/write over FileIO would on the main thread; an overlay's
+ * handle with the overlay's shared block map (engine/overlay-map.ts), as
+ * Overlay.read/write do.
  *
  * A read-only range refuses a write with EPERM (a read-only block device's
  * errno, as LoopFilesystem.write).
@@ -17,10 +20,32 @@ import { readSpan, writeSpan } from '../engine/window';
 
 const { EPERM, ENOSPC } = constants.errno;
 
+/** The overlays this thread has seen, by id (BackedRange.shared's tag). */
+const overlays = new Map<number, OverlayMap>();
+
+/** The handle's overlay map; undefined for a plain range, null when its map has not arrived (forward the request). */
+function overlayOf(slot: BackedSlot, io: ThreadIO): OverlayMap | undefined | null {
+  if (slot.tag === 0) return undefined;
+  let m = overlays.get(slot.tag);
+  if (!m) {
+    const share = io.shared(slot.tag) as OverlayShare | undefined;
+    if (!share) return null;
+    overlays.set(slot.tag, (m = new OverlayMap(share)));
+  }
+  return m;
+}
+
 runThread({
   read(slot: BackedSlot, off: number, size: number, io: ThreadIO): boolean {
+    const overlay = overlayOf(slot, io);
+    if (overlay === null) return false;
     const len = readSpan(slot.length, off, size);
     const pos = slot.start + off;
+    if (overlay) {
+      overlay.read(io.out.subarray(REPLY_DATA), len, pos);
+      io.replyRead(len);
+      return true;
+    }
     if (io.dout && slot.directFd >= 0 && len > 0 && pos % slot.align === 0 && len % slot.align === 0) {
       transfer(false, slot, io.dout, len, pos, true);
       io.replyReadFrom(io.dout, len);
@@ -32,6 +57,8 @@ runThread({
   },
 
   write(slot: BackedSlot, off: number, size: number, io: ThreadIO): boolean {
+    const overlay = overlayOf(slot, io);
+    if (overlay === null) return false;
     if (slot.readOnly) {
       io.replyError(EPERM);
       return true;
@@ -41,7 +68,10 @@ runThread({
       io.replyError(ENOSPC);
       return true;
     }
-    io.replyWritten(len === 0 ? 0 : transfer(true, slot, io.req.subarray(WRITE_DATA), len, slot.start + off, io.dout !== undefined));
+    const data = io.req.subarray(WRITE_DATA);
+    const pos = slot.start + off;
+    if (len === 0) io.replyWritten(0);
+    else io.replyWritten(overlay ? overlay.write(data, len, pos) : transfer(true, slot, data, len, pos, io.dout !== undefined));
     return true;
   },
 });

@@ -1,5 +1,6 @@
 import { LoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
+import type { OverlayShare } from './overlay-map';
 
 /** A block device as the rest of loopfs sees it: a byte range with a logical sector size. */
 export interface BlockIO {
@@ -39,6 +40,12 @@ export interface FileRange {
    */
   directFd?: number;
   align?: number;
+  /**
+   * An overlay's shared block map (overlay-map.ts): positions are the base's
+   * (`fd`), and a block present in the map is read from and written to the
+   * delta instead.
+   */
+  overlay?: OverlayShare;
 }
 
 /** What a window maps onto: absolute positions, no bounds of its own. */
