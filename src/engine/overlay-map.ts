@@ -105,6 +105,11 @@ export class OverlayMap {
     }
   }
 
+  /** Whether some bitmap page changed since takeDirty() last ran. */
+  get dirty(): boolean {
+    return Atomics.load(this.meta, DIRTY) !== 0;
+  }
+
   /** The bitmap pages changed since the last call (their dirty marks cleared), in order. */
   takeDirty(): number[] {
     if (Atomics.exchange(this.meta, DIRTY, 0) === 0) return [];

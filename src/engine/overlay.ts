@@ -119,6 +119,7 @@ export class Overlay implements Lower {
     if (this.named) {
       // Bits set by any thread reach the delta at the latest FLUSH_MS later (also without fsync).
       this.timer = setInterval(() => {
+        if (!this.map.dirty) return;
         this.flushMap(true).catch(() => {
           // a failed flush leaves the pages dirty; the next sync reports it
         });
