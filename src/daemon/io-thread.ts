@@ -20,18 +20,16 @@ import { readSpan, writeSpan } from '../engine/window';
 
 const { EPERM, ENOSPC } = constants.errno;
 
-/** The overlays this thread has seen, by id (BackedRange.shared's tag). */
-const overlays = new Map<number, OverlayMap>();
+/** The overlays this thread has seen, by their shared data (gone with it once the main thread withdraws it). */
+const overlays = new WeakMap<OverlayShare, OverlayMap>();
 
 /** The handle's overlay map; undefined for a plain range, null when its map has not arrived (forward the request). */
 function overlayOf(slot: BackedSlot, io: ThreadIO): OverlayMap | undefined | null {
   if (slot.tag === 0) return undefined;
-  let m = overlays.get(slot.tag);
-  if (!m) {
-    const share = io.shared(slot.tag) as OverlayShare | undefined;
-    if (!share) return null;
-    overlays.set(slot.tag, (m = new OverlayMap(share)));
-  }
+  const share = io.shared(slot.tag) as OverlayShare | undefined;
+  if (!share) return null;
+  let m = overlays.get(share);
+  if (!m) overlays.set(share, (m = new OverlayMap(share)));
   return m;
 }
 

@@ -10,9 +10,10 @@ import { readRest, writeRest } from './transfer';
  * Shared state (OverlayShare, structured-cloned to the threads):
  *   bits   one bit per block, set (Atomics.or) only after the block's data
  *          is in the delta;
- *   meta   Int32: the count of present blocks, a "some page dirty" flag,
- *          then LOCKS block locks (a block's lock is its number modulo
- *          LOCKS; 0 free, 1 taken);
+ *   meta   the base's size (a Float64: losetup -c changes it), then Int32s:
+ *          the count of present blocks, a "some page dirty" flag, then
+ *          LOCKS block locks (a block's lock is its number modulo LOCKS;
+ *          0 free, 1 taken);
  *   dirty  one byte per bitmap page whose bits changed since the main
  *          thread last took it (a named delta persists those pages).
  *
@@ -26,9 +27,10 @@ import { readRest, writeRest } from './transfer';
  */
 
 const PAGE = 4096;
-const COUNT = 0;
-const DIRTY = 1;
-const LOCK0 = 2;
+// Int32 words of meta, after the Float64 base size.
+const COUNT = 2;
+const DIRTY = 3;
+const LOCK0 = 4;
 export const LOCKS = 4096;
 
 export interface OverlayShare {
@@ -39,7 +41,6 @@ export interface OverlayShare {
   dirty: SharedArrayBuffer;
   blockSize: number;
   dataOffset: number;
-  baseSize: number;
   /** The base, read only (buffered descriptor). */
   baseFd: number;
   deltaFd: number;
@@ -49,15 +50,12 @@ export interface OverlayShare {
 
 let nextId = 1;
 
-/** A new map with room for `bitBytes` bytes of bitmap (`from`'s bits copied in, when given). */
-export function newShare(s: Omit<OverlayShare, 'id' | 'bits' | 'meta' | 'dirty'>, bitBytes: number, from?: OverlayShare): OverlayShare {
+/** A new, empty map of a base of `baseSize` bytes, with room for `bitBytes` bytes of bitmap. */
+export function newShare(s: Omit<OverlayShare, 'id' | 'bits' | 'meta' | 'dirty'>, baseSize: number, bitBytes: number): OverlayShare {
   const bits = new SharedArrayBuffer(Math.max(1, bitBytes));
   const meta = new SharedArrayBuffer((LOCK0 + LOCKS) * 4);
   const dirty = new SharedArrayBuffer(Math.max(1, Math.ceil(bitBytes / PAGE)));
-  if (from) {
-    new Uint8Array(bits).set(new Uint8Array(from.bits).subarray(0, bitBytes));
-    Atomics.store(new Int32Array(meta), COUNT, Atomics.load(new Int32Array(from.meta), COUNT));
-  }
+  new Float64Array(meta, 0, 1)[0] = baseSize;
   return { ...s, id: nextId++, bits, meta, dirty };
 }
 
@@ -65,6 +63,7 @@ export class OverlayMap {
   readonly share: OverlayShare;
   private readonly bits: Uint8Array;
   private readonly meta: Int32Array;
+  private readonly size: Float64Array;
   private readonly dirtyPages: Uint8Array;
   private readonly bs: number;
   /** A block's worth of memory for copy-ups. */
@@ -74,8 +73,19 @@ export class OverlayMap {
     this.share = share;
     this.bits = new Uint8Array(share.bits);
     this.meta = new Int32Array(share.meta);
+    this.size = new Float64Array(share.meta, 0, 1);
     this.dirtyPages = new Uint8Array(share.dirty);
     this.bs = share.blockSize;
+  }
+
+  /** The base's size: the last block may be short. */
+  get baseSize(): number {
+    return this.size[0]!;
+  }
+
+  /** losetup -c: every thread sees the new size (the bitmap has room: the caller checked). */
+  set baseSize(n: number) {
+    this.size[0] = n;
   }
 
   /** Blocks present in the delta. */
@@ -201,7 +211,7 @@ export class OverlayMap {
 
   /** Bytes of block b that the base holds (the last block may be short). */
   private blockLen(b: number): number {
-    return Math.min(this.bs, Math.max(0, this.share.baseSize - b * this.bs)) || this.bs;
+    return Math.min(this.bs, Math.max(0, this.size[0]! - b * this.bs)) || this.bs;
   }
 
   private whole(b: number, s: number, e: number): boolean {

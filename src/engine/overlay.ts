@@ -4,7 +4,7 @@ import type { ByteOffset } from '../base/types';
 import { flock, LOCK_EX, LOCK_NB, LOCK_SH, punchHoleSync } from '../sys/libc';
 import { crc32 } from './crc32';
 import { FileIO } from './file';
-import { newShare, OverlayMap, type OverlayShare } from './overlay-map';
+import { newShare, OverlayMap } from './overlay-map';
 import type { FileRange, Lower } from './window';
 
 /**
@@ -99,7 +99,7 @@ export class Overlay implements Lower {
   private baseSize: number;
   private baseCrc: number;
   /** The block map and the I/O that follows it, shared with the I/O threads (overlay-map.ts). */
-  private map: OverlayMap;
+  private readonly map: OverlayMap;
   /** Serializes map flushes, resets and commits. */
   private chain: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
@@ -114,7 +114,9 @@ export class Overlay implements Lower {
     this.mapBytes = h.mapBytes;
     this.dataOffset = h.dataOffset;
     this.baseCrc = h.baseCrc;
-    this.map = new OverlayMap(newShare(this.shareFields(), this.roomFor(h.baseSize)));
+    // Room for MAP_ROOM times the base's blocks, at least a page (the base may grow: losetup -c); a named delta's whole map.
+    const room = this.named ? this.mapBytes : Math.max(PAGE, Math.ceil((Math.ceil(h.baseSize / this.blockSize) * MAP_ROOM) / 8));
+    this.map = new OverlayMap(newShare({ blockSize: this.blockSize, dataOffset: this.dataOffset, baseFd: base.fd, deltaFd: this.delta.fd, named: this.named }, h.baseSize, room));
     if (bits) this.map.load(bits);
     if (this.named) {
       // Bits set by any thread reach the delta at the latest FLUSH_MS later (also without fsync).
@@ -182,6 +184,11 @@ export class Overlay implements Lower {
     }
   }
 
+  /** The id of the map shared with the I/O threads (BackedRange.shared's tag). */
+  get mapId(): number {
+    return this.map.share.id;
+  }
+
   /** The delta's path, undefined for an unnamed one. */
   get deltaPath(): string | undefined {
     return this.named ? this.delta.path : undefined;
@@ -237,24 +244,21 @@ export class Overlay implements Lower {
   }
 
   /**
-   * losetup -c: the base is now `baseSize` bytes. A named delta records it
-   * (EFBIG when its bitmap has no room for that many blocks). The map is a
-   * new one (with a new id: the threads' handles were revoked by the
-   * window's change), its bits carried over.
+   * losetup -c: the base is now `baseSize` bytes. A named delta records it.
+   * EFBIG when the bitmap has no room for that many blocks (a named delta's
+   * map, or MAP_ROOM times the blocks the base had at attach): the map is
+   * shared with the I/O threads and does not move.
    */
   async resize(baseSize: ByteOffset): Promise<void> {
     if (baseSize === this.baseSize) return;
     const blocks = Math.ceil(baseSize / this.blockSize);
-    if (this.named && Math.ceil(blocks / 8) > this.mapBytes) {
-      throw new LoopfsError('EFBIG', this.delta.path, `the overlay's map has room for a base of ${this.mapBytes * 8 * this.blockSize} bytes`);
+    if (Math.ceil(blocks / 8) > this.map.bitBytes) {
+      throw new LoopfsError('EFBIG', this.delta.path, `the overlay's map has room for a base of ${this.map.bitBytes * 8 * this.blockSize} bytes`);
     }
     this.baseSize = baseSize;
-    const old = this.map.share;
-    this.map = new OverlayMap(newShare(this.shareFields(), Math.max(this.roomFor(baseSize), this.map.bitBytes), old));
+    this.map.baseSize = baseSize;
     cover(this.delta.fd, this.dataOffset, blocks * this.blockSize);
     if (this.named) {
-      // Pages dirty in the old map are written whole with the next flush.
-      for (let p = 0; p * PAGE < this.map.bitBytes; p++) this.map.redirty([p]);
       await this.serial(async () => {
         await this.delta.sync(true);
         writeHeader(this.delta.fd, this.header());
@@ -332,16 +336,6 @@ export class Overlay implements Lower {
     this.closed = true;
     await this.delta.close();
     if (first) throw first;
-  }
-
-  private shareFields(): Omit<OverlayShare, 'id' | 'bits' | 'meta' | 'dirty'> {
-    return { blockSize: this.blockSize, dataOffset: this.dataOffset, baseSize: this.baseSize, baseFd: this.base.fd, deltaFd: this.delta.fd, named: this.named };
-  }
-
-  /** Bitmap bytes for a base of `size`: a named delta's whole map, else room for MAP_ROOM times the blocks (the base may grow). */
-  private roomFor(size: number): number {
-    if (this.named) return this.mapBytes;
-    return Math.ceil((Math.ceil(size / this.blockSize) * MAP_ROOM) / 8);
   }
 
   /** Data first (fdatasync), then the bitmap pages that were dirty before it, then fdatasync again. */
