@@ -180,33 +180,28 @@ export class OverlayMap {
     let all = true;
     for (let b = b0; b <= b1 && all; b++) all = this.has(b);
     if (all) return writeRest(this.share.deltaFd, src, 0, length, this.share.dataOffset + position);
-    return this.locked(b0, b1, () => this.change(src, length, position, b0, b1));
+    return this.locked(b0, b1, () =>
+      this.change(position, length, b0, b1, (blk, off, s, e) => src.copy(blk, off, s - position, e - position), (from, to) =>
+        writeRest(this.share.deltaFd, src, from - position, to - position, this.share.dataOffset + position) - (from - position),
+      ),
+    );
   }
 
   /**
-   * Makes [position, position + length) read zeros and mask the base: a
-   * present block's range and an absent block's whole slot are punched
-   * (`punch`: synchronous), an absent block covered in part is copied up
-   * with zeros.
+   * Makes [position, position + length) read zeros and mask the base: an
+   * absent block covered in part is copied up with zeros, the rest is
+   * punched at once (`punch`: synchronous) and its blocks become present.
    */
   discard(position: number, length: number, punch: (fd: number, position: number, length: number) => void): void {
     if (length === 0) return;
-    const bs = this.bs;
-    const b0 = Math.floor(position / bs);
-    const b1 = Math.floor((position + length - 1) / bs);
-    const slot = (b: number): number => this.share.dataOffset + b * bs;
-    this.locked(b0, b1, () => {
-      for (let b = b0; b <= b1; b++) {
-        const s = Math.max(position, b * bs);
-        const e = Math.min(position + length, (b + 1) * bs);
-        if (this.has(b)) punch(this.share.deltaFd, this.share.dataOffset + s, e - s);
-        else if (this.whole(b, s, e)) {
-          punch(this.share.deltaFd, slot(b), bs);
-          this.set(b);
-        } else this.copyUp(b, (blk, off) => blk.fill(0, off, off + e - s), s);
-      }
-      return 0;
-    });
+    const b0 = Math.floor(position / this.bs);
+    const b1 = Math.floor((position + length - 1) / this.bs);
+    this.locked(b0, b1, () =>
+      this.change(position, length, b0, b1, (blk, off, s, e) => blk.fill(0, off, off + e - s), (from, to) => {
+        punch(this.share.deltaFd, this.share.dataOffset + from, to - from);
+        return to - from;
+      }),
+    );
   }
 
   /** Bytes of block b that the base holds (the last block may be short). */
@@ -218,26 +213,28 @@ export class OverlayMap {
     return s === b * this.bs && e - s >= this.blockLen(b);
   }
 
-  /** Under the locks of b0..b1. */
-  private change(src: Buffer, length: number, position: number, b0: number, b1: number): number {
+  /**
+   * Under the locks of b0..b1: an absent block covered in part (only the
+   * first and the last can be) is copied up with `patch` applied; the rest,
+   * [from, to), goes to the delta through `rest` (bytes done, short if it
+   * stopped early), and the blocks it filled become present.
+   */
+  private change(position: number, length: number, b0: number, b1: number, patch: (blk: Buffer, off: number, s: number, e: number) => void, rest: (from: number, to: number) => number): number {
     const bs = this.bs;
     const end = position + length;
     const edge = (b: number): boolean => {
       const s = Math.max(position, b * bs);
       const e = Math.min(end, (b + 1) * bs);
       if (this.has(b) || this.whole(b, s, e)) return false;
-      this.copyUp(b, (blk, off) => src.copy(blk, off, s - position, e - position), s);
+      this.copyUp(b, (blk, off) => patch(blk, off, s, e), s);
       return true;
     };
-    // Only the first and the last block can be covered in part.
     let from = position;
     let to = end;
     if (edge(b0)) from = Math.min(end, (b0 + 1) * bs);
     if (b1 > b0 && edge(b1)) to = b1 * bs;
     if (from >= to) return length;
-    const n = writeRest(this.share.deltaFd, src, from - position, to - position, this.share.dataOffset + position) - (from - position);
-    // Blocks the write filled from `from` on (all of them, unless it came back short).
-    const filled = from + n;
+    const filled = from + rest(from, to);
     for (let b = Math.floor(from / bs); b <= b1 && Math.min(end, (b + 1) * bs) <= filled; b++) this.set(b);
     return filled < to ? filled - position : length;
   }
