@@ -6,7 +6,7 @@ import type { Binding } from '../src/daemon/devices';
 import type { KernelNotifier } from '../src/fuse/types';
 
 /** No FUSE session here: nothing to tell a kernel. */
-const noKernel: KernelNotifier = { fd: -1, invalidateNode: async () => {}, invalidateEntry: async () => {}, deleteEntry: async () => {}, takeWritten: () => false };
+const noKernel: KernelNotifier = { fd: -1, invalidateNode: async () => {}, invalidateEntry: async () => {}, deleteEntry: async () => {}, takeWritten: () => false, unshare: () => {} };
 const n = Number(process.argv[2] ?? 10_000);
 const inst = new Instance('bench', '/nonexistent', { uid: 0, gid: 0 }, 1 << 20, noKernel);
 for (let i = 0; i < n; i++) inst.addDevice(i);

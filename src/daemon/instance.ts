@@ -264,6 +264,8 @@ export class Instance {
     const parts = dev.binding?.partitions ?? [];
     const b = this.table.unbind(dev);
     for (const p of parts) void this.kernel.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+    const overlay = b?.device.overlay;
+    if (overlay) this.kernel.unshare(overlay.mapId);
     await b?.device.close();
   }
 

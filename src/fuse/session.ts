@@ -24,6 +24,11 @@ import { BackedTable, runThreads, threadData } from './threads';
  */
 
 export interface SessionOptions {
+  /**
+   * The program the threads run: the text of a bundled program that calls
+   * thread-main.ts's runThread with the backend that serves backed handles.
+   */
+  threadProgram: string;
   /** Threads reading /dev/fuse: backed READ/WRITE requests served at once (default 4). */
   workers?: number;
   /**
@@ -69,18 +74,22 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
   private readonly lazyThreads: boolean;
   private notifying = 0;
   private readonly notifyQueue: (() => void)[] = [];
+  private readonly threadProgram: string;
   private wantThreads = (): void => {};
+  private share: (tag: number, data: unknown) => void = () => {};
+  private readonly sharedTags = new Set<number>();
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
 
   /** `fsys`: the FileSystem served, or its maker, given this session as the FileSystem's KernelNotifier. */
-  constructor(fd: number, fsys: F | ((kernel: KernelNotifier) => F), opts: SessionOptions = {}) {
+  constructor(fd: number, fsys: F | ((kernel: KernelNotifier) => F), opts: SessionOptions) {
     this.fd = fd;
     this.maxWrite = opts.maxWrite ?? 128 * KiB;
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.lazyThreads = opts.lazyThreads ?? true;
+    this.threadProgram = opts.threadProgram;
     this.debug = opts.debug;
     this.fsys = typeof fsys === 'function' ? (fsys as (kernel: KernelNotifier) => F)(this) : fsys;
   }
@@ -89,7 +98,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
   serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
     const outs: Buffer[] = [];
-    const readers = runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+    const readers = runThreads(this.threadProgram, Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
       const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
       try {
         await this.dispatch(w, req.length);
@@ -98,6 +107,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
       }
     }, this.lazyThreads);
     this.wantThreads = readers.want;
+    this.share = readers.share;
     return readers.done;
   }
 
@@ -254,6 +264,11 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
 
   /** Registers what an open returned. */
   opened(fh: number, node: number, r: OpenResult): void {
+    const shared = r.backing?.shared;
+    if (shared && !this.sharedTags.has(shared.tag)) {
+      this.sharedTags.add(shared.tag);
+      this.share(shared.tag, shared.data);
+    }
     if (r.backing && this.backed.register(fh, node, r.backing)) this.wantThreads();
   }
 
@@ -265,6 +280,11 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
    */
   releasing(fh: number): Promise<void> | undefined {
     return this.backed.revoke(fh);
+  }
+
+  /** The threads may forget what was shared under `tag` (BackedRange.shared): no handle names it any more. */
+  unshare(tag: number): void {
+    if (this.sharedTags.delete(tag)) this.share(tag, undefined);
   }
 
   interrupt(unique: bigint): void {

@@ -1,5 +1,7 @@
 /** The filesystem interface the session calls. Knows files and directories, nothing more. */
 
+import type { FileRange } from '../base/types';
+
 export type NodeId = number;
 
 export interface Attr {
@@ -54,15 +56,15 @@ export interface OpenResult {
   backing?: BackedRange;
 }
 
-/** `length` bytes of the file open as `fd`, from `start`. */
-export interface BackedRange {
-  fd: number;
-  start: number;
-  length: number;
-  readOnly: boolean;
-  /** The same file open O_DIRECT: aligned requests (position, length: multiples of `align`) use it. */
-  directFd?: number;
-  align?: number;
+/** A range of a file the threads serve themselves (base/types.ts FileRange), with what their backend needs. */
+export interface BackedRange extends FileRange {
+  /**
+   * What else the threads' backend needs to serve the handle, shared with
+   * every thread (Readers.share) under `tag` (a positive int32, unique in the
+   * session) before the handle is registered; `data` is structured-cloned
+   * (SharedArrayBuffers stay shared).
+   */
+  shared?: { tag: number; data: unknown };
 }
 
 export interface SetattrRequest {
@@ -103,6 +105,8 @@ export interface KernelNotifier {
   deleteEntry(parent: NodeId, child: NodeId, name: string): Promise<void>;
   /** Whether a WRITE to backed handle `fh` was served on a thread since the last call. */
   takeWritten(fh: number): boolean;
+  /** The threads may forget what was shared under `tag` (BackedRange.shared): no handle names it any more. */
+  unshare(tag: number): void;
 }
 
 /**
