@@ -198,7 +198,7 @@ export function runThread(backend: ThreadBackend): void {
       try {
         return op === READ ? backend.read(slot, off, Math.min(size, bufferSize - H), io) : backend.write(slot, off, size, io);
       } catch (e) {
-        reply(H, -toLoopfsError(e).code);
+        reply(H, toLoopfsError(e).code);
         return true;
       }
     } finally {
