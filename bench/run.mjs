@@ -351,7 +351,8 @@ async function bench() {
   const failed = rows.filter((r) => r.met === false).map((r) => `${r.mode ? `${r.mode} ` : ''}${r.name}`);
   const judged = rows.filter((r) => r.met !== undefined).length;
   console.log(`\n${judged - failed.length} of ${judged} targets met${failed.length ? `; missed: ${failed.join(', ')}` : ''}`);
-  console.log(`(${((Date.now() - t0) / 1000).toFixed(0)} s; ${RUNS} run(s) per figure, median; ${SIZE_MIB} MiB backing file, ${fsDesc}, ${MODES.join(' and ')} cache)`);
+  const ioRan = IO_GROUPS.some((g) => ONLY.has(g));
+  console.log(`(${((Date.now() - t0) / 1000).toFixed(0)} s; ${RUNS} run(s) per figure, median${ioRan ? `; ${SIZE_MIB} MiB backing file, ${fsDesc}, ${MODES.join(' and ')} cache` : ''})`);
   if (writeResults) {
     writeResultsMd(tables, m, fsDesc, Date.now() - t0);
     log('bench: wrote bench/RESULTS.md');
