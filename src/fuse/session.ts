@@ -318,8 +318,18 @@ export function errorCode(e: unknown): number {
   return errnos.EIO!;
 }
 
+/**
+ * A direct-I/O handle of a plain file range (`backing`: positional
+ * pread/pwrite, on the threads or, revoked, through the FileSystem) also gets
+ * FOPEN_PARALLEL_DIRECT_WRITES: without it the kernel takes the inode lock
+ * exclusively around every write of the node, so writers of one device (fio
+ * --numjobs, a database's threads) wait for each other where a block device
+ * lets them run at once. The kernel still takes it exclusively for a write
+ * that reaches past the end.
+ */
 function openFlags(r: OpenResult): number {
-  return (r.directIo ? FOPEN_DIRECT_IO : 0) | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
+  return (r.directIo ? FOPEN_DIRECT_IO | (r.backing ? FOPEN_PARALLEL_DIRECT_WRITES : 0) : 0)
+    | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
 }
 
 /**
