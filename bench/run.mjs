@@ -915,8 +915,8 @@ const HOW_MEASURED = `## How it is measured
 
 /**
  * bench/RESULTS.md keeps the latest table of each kind (warm I/O, cold I/O,
- * the rest): a run replaces the sections it measured and keeps the others,
- * then how it is measured.
+ * the rest): a run replaces the sections it measured and keeps the others
+ * and the hand-written <!-- tried --> section, then how it is measured.
  */
 function writeResultsMd(tables, m, fsDesc, ms) {
   const file = path.join(here, 'RESULTS.md');
@@ -949,6 +949,8 @@ ${t.table}
     /* first run */
   }
   const sections = ['warm', 'cold', 'other'].map((k) => made.get(k) ?? new RegExp(`<!-- ${k} -->[\\s\\S]*?<!-- /${k} -->`).exec(old)?.[0]);
+  // Written by hand, kept as it is: what was tried against each miss (commit, figure before, after).
+  sections.push(/<!-- tried -->[\s\S]*?<!-- \/tried -->/.exec(old)?.[0]);
   const text = `# loopfs benchmark results
 
 \`npm run bench\` (\`node bench/run.mjs\`) as root: each loopfs figure beside two kernel loop devices
