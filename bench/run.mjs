@@ -410,12 +410,14 @@ function alive(pid) {
 /*
  * Sequential jobs: 1 MiB requests, one at a time (psync), over the whole
  * device; buffered and O_DIRECT. Random jobs: 4 KiB, O_DIRECT, libaio at
- * queue depth 1 and 16. libaio because it is asynchronous on all three
- * targets with O_DIRECT (FUSE with FUSE_ASYNC_DIO queues several requests);
+ * queue depth 1 and 16. libaio because it is asynchronous on every
+ * target with O_DIRECT (FUSE with FUSE_ASYNC_DIO queues several requests);
  * buffered libaio would be synchronous, so queue depth would mean nothing.
  * Writes end with an fsync (--end_fsync) so that buffered figures include
  * reaching the backing file, and are verified (crc32c) after the cache is
- * dropped. Caches are dropped before every job.
+ * dropped. Every job starts from the cache mode's state (prepareCache).
+ * The same jobs run on the whole device, a window and a partition, each
+ * against both kernel devices (default, --direct-io=on).
  */
 const seq = (rw, direct) => ({ rw, direct, bs: '1M', engine: 'psync', qd: 1 });
 const rnd = (rw, qd) => ({ rw, direct: 1, bs: '4k', engine: 'libaio', qd, ioSize: qd === 1 ? 32 * MiB : 64 * MiB });
