@@ -78,6 +78,7 @@ export const FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 = 1 << (36 - 32);
 export const FOPEN_DIRECT_IO = 1 << 0;
 export const FOPEN_KEEP_CACHE = 1 << 1;
 export const FOPEN_NONSEEKABLE = 1 << 2;
+export const FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6;
 
 // fuse_setattr_in.valid
 export const FATTR_MODE = 1 << 0;

@@ -5,7 +5,7 @@ import {
   Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, ATTR_OUT_SIZE, ENTRY_OUT_SIZE, INIT_OUT_SIZE, OPEN_OUT_SIZE,
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
   FUSE_AUTO_INVAL_DATA, FUSE_PARALLEL_DIROPS, FUSE_ATOMIC_O_TRUNC, FUSE_ASYNC_DIO, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
-  FOPEN_NONSEEKABLE, FUSE_INIT_EXT, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
+  FOPEN_NONSEEKABLE, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_EXT, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
   FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
@@ -307,8 +307,18 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
 }
 
 
+/**
+ * A direct-I/O handle of a plain file range (`backing`: positional
+ * pread/pwrite, on the threads or, revoked, through the FileSystem) also gets
+ * FOPEN_PARALLEL_DIRECT_WRITES: without it the kernel takes the inode lock
+ * exclusively around every write of the node, so writers of one device (fio
+ * --numjobs, a database's threads) wait for each other where a block device
+ * lets them run at once. The kernel still takes it exclusively for a write
+ * that reaches past the end.
+ */
 function openFlags(r: OpenResult): number {
-  return (r.directIo ? FOPEN_DIRECT_IO : 0) | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
+  return (r.directIo ? FOPEN_DIRECT_IO | (r.backing ? FOPEN_PARALLEL_DIRECT_WRITES : 0) : 0)
+    | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
 }
 
 /** fuse_open_out (no backing id: no FUSE passthrough). */
