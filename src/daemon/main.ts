@@ -81,7 +81,11 @@ export async function runDaemon(argv: string[]): Promise<number> {
     // ordinary user's instance (through fusermount3) is the owner's alone.
     mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
     // No passthrough: a device's size is fixed at attach, the backing file's is not (see LoopFilesystem.open).
-    session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined, passthrough: false });
+    // io_uring where the administrator switched it on (the kernel offers it then); LOOPFS_URING=0 keeps /dev/fuse.
+    session = new Session(mounted.fd, fsys, {
+      debug: debug ? log : undefined, passthrough: false,
+      uring: process.env.LOOPFS_URING !== '0', uringDepth: Number(process.env.LOOPFS_URING_DEPTH) || undefined,
+    });
     inst.session = session;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),

@@ -81,6 +81,8 @@ export const FUSE_NO_OPENDIR_SUPPORT = 1 << 24;
 export const FUSE_INIT_EXT = 1 << 30;
 /** FUSE_PASSTHROUGH (1 << 37), as its bit of flags2. */
 export const FUSE_PASSTHROUGH_FLAGS2 = 1 << (37 - 32);
+/** FUSE_OVER_IO_URING (1 << 41), as its bit of flags2: requests through io_uring (offered only where enable_uring is on). */
+export const FUSE_OVER_IO_URING_FLAGS2 = 1 << (41 - 32);
 /** FUSE_DIRECT_IO_ALLOW_MMAP (1 << 36), as its bit of flags2: shared mmap of an FOPEN_DIRECT_IO handle. */
 export const FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 = 1 << (36 - 32);
 

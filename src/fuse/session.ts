@@ -6,11 +6,12 @@ import {
   FUSE_AUTO_INVAL_DATA, FUSE_PARALLEL_DIROPS, FUSE_ATOMIC_O_TRUNC, FUSE_ASYNC_DIO, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
   FOPEN_NONSEEKABLE, FOPEN_PASSTHROUGH, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_EXT, FUSE_PASSTHROUGH_FLAGS2,
   FUSE_PASSTHROUGH_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
-  FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
+  FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE, FUSE_OVER_IO_URING_FLAGS2,
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
-import { BackedTable, runThreads, threadData } from './threads';
+import { BackedTable, runThreads, threadData, type Readers } from './threads';
+import { possibleCpus } from './uring';
 import { Passthrough } from './passthrough';
 
 /**
@@ -43,6 +44,14 @@ export interface SessionOptions {
   attrTtl?: number;
   /** Negotiate FUSE passthrough when the kernel offers it (OpenResult.passthrough; it takes CAP_SYS_ADMIN). Default: when root. */
   passthrough?: boolean;
+  /**
+   * Take requests through FUSE over io_uring when the kernel offers it in
+   * INIT (it does only where /sys/module/fuse/parameters/enable_uring is on);
+   * default true. Needs lazyThreads.
+   */
+  uring?: boolean;
+  /** Ring entries each thread registers per queue (default 2). */
+  uringDepth?: number;
   debug?: (line: string) => void;
   /** Where the session says what it could not do (passthrough refused); default stderr. */
   log?: (line: string) => void;
@@ -76,6 +85,11 @@ export class Session {
   private notifying = 0;
   private readonly notifyQueue: (() => void)[] = [];
   private wantThreads = (): void => {};
+  private readers: Readers | undefined;
+  private readonly wantUring: boolean;
+  private readonly uringDepth: number;
+  /** Whether requests come through io_uring (once the threads run). */
+  uring = false;
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
@@ -87,6 +101,8 @@ export class Session {
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.lazyThreads = opts.lazyThreads ?? true;
+    this.wantUring = opts.uring ?? true;
+    this.uringDepth = opts.uringDepth ?? 2;
     this.debug = opts.debug;
     this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
     this.passthrough = new Passthrough(fd, opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
@@ -105,6 +121,7 @@ export class Session {
       }
     }, this.lazyThreads);
     this.wantThreads = readers.want;
+    this.readers = readers;
     return readers.done;
   }
 
@@ -136,6 +153,7 @@ export class Session {
 
   private send(b: Buffer, len: number, error: number, unique: bigint): void {
     writeOutHeader(b, len, error, unique);
+    if (this.readers?.reply(unique, b, len)) return;
     try {
       fs.writeSync(this.fd, b, 0, len);
     } catch (e) {
@@ -239,7 +257,10 @@ export class Session {
     const passthrough = this.wantPassthrough && minor >= FUSE_PASSTHROUGH_MINOR_VERSION && (kflags2 & FUSE_PASSTHROUGH_FLAGS2) !== 0;
     // Shared mmap of a handle opened with FOPEN_DIRECT_IO (else ENODEV), the kernel keeping it coherent.
     const dioMmap = minor >= FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION && (kflags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2) !== 0;
-    const flags2 = (passthrough ? FUSE_PASSTHROUGH_FLAGS2 : 0) | (dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0);
+    const uring = this.wantUring && (kflags2 & FUSE_OVER_IO_URING_FLAGS2) !== 0 && this.readers !== undefined
+      && this.readers.useUring({ queues: possibleCpus(readFileOr('/sys/devices/system/cpu/possible', '0')), depth: this.uringDepth });
+    this.uring = uring;
+    const flags2 = (uring ? FUSE_OVER_IO_URING_FLAGS2 : 0) | (passthrough ? FUSE_PASSTHROUGH_FLAGS2 : 0) | (dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0);
     const ours = passthrough ? FUSE_PASSTHROUGH_MINOR_VERSION : dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION;
     o.writeUInt32LE(Math.min(minor, ours), OUT_HEADER_SIZE + 4);
     o.writeUInt32LE(maxReadahead, OUT_HEADER_SIZE + 8);
@@ -256,7 +277,7 @@ export class Session {
     o.writeUInt32LE(1, OUT_HEADER_SIZE + 24); // time_gran: 1 ns
     o.writeUInt16LE(Math.ceil(this.maxWrite / 4096), OUT_HEADER_SIZE + 28); // max_pages
     this.initialized = true;
-    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} flags2=0x${kflags2.toString(16)} max_readahead=${maxReadahead} passthrough=${passthrough}`);
+    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} flags2=0x${kflags2.toString(16)} max_readahead=${maxReadahead} passthrough=${passthrough} uring=${uring}`);
     return INIT_OUT_SIZE;
   }
 
@@ -328,6 +349,14 @@ function openFlags(r: OpenResult): number {
  * (`viaUs`, see OpenResult.passthrough) adds FOPEN_DIRECT_IO: then only its
  * mmap goes to the backing file.
  */
+function readFileOr(file: string, fallback: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return fallback;
+  }
+}
+
 function writeOpenOut(o: Buffer, at: number, r: OpenResult, backingId?: number, viaUs = false): number {
   let flags = openFlags(r);
   if (backingId !== undefined) {

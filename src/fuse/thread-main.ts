@@ -18,6 +18,8 @@
  * short to the buffered one.
  */
 
+import type { ThreadIo, UringData } from './uring';
+
 /** Where the words of a slot of the backed table are (threads.ts BackedTable), and its sizes. */
 export interface SlotLayout {
   slots: number;
@@ -56,12 +58,17 @@ export interface ThreadData {
   memory?: SharedArrayBuffer;
   /** Offset of the first maxAlign-aligned byte of `memory`. */
   memoryBase?: number;
+  /** Serve requests from a FUSE-over-io_uring ring (uring.ts) instead of reading /dev/fuse. */
+  uring?: UringData;
 }
 
-export function threadMain(): void {
+/** The transport over io_uring (uring.ts uringLoop), passed in as a function like threadMain. */
+type Transport = (io: ThreadIo, u: UringData) => boolean;
+
+export function threadMain(transport?: Transport): void {
   const fs = require('node:fs') as typeof import('node:fs');
   const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const { fd, bufferSize, table, layout: L, order, fast, errno, memory, memoryBase } = workerData as ThreadData;
+  const { fd, bufferSize, table, layout: L, order, fast, errno, memory, memoryBase, uring } = workerData as ThreadData;
   const seq = new Uint32Array(order);
   const i32 = new Int32Array(table);
   const f64 = new Float64Array(table);
@@ -71,9 +78,14 @@ export function threadMain(): void {
   const WRITE_DATA = 80;
   // With aligned memory: WRITE data (at WRITE_DATA) starts on a maxAlign boundary, and so does dout.
   const span = Math.ceil(bufferSize / L.maxAlign) * L.maxAlign;
-  const req = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
+  const req0 = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
+  let req: Buffer = req0;
   const dout = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign + span, bufferSize) : undefined;
-  const out = Buffer.allocUnsafe(bufferSize);
+  const out0 = Buffer.allocUnsafe(bufferSize);
+  let out: Buffer = out0;
+  // Where replies go: /dev/fuse, or the ring entry the request came from.
+  let writeOut = (len: number): void => void fs.writeSync(fd, out, 0, len);
+  let writevOut = (bufs: Buffer[]): void => void fs.writevSync(fd, bufs);
   /** A request's failure: the negative errno of its reply. */
   interface Failure {
     errno?: number;
@@ -96,7 +108,7 @@ export function threadMain(): void {
     out.writeUInt32LE(len, 0);
     out.writeInt32LE(error, 4);
     req.copy(out, 8, 8, 16);
-    send(() => fs.writeSync(fd, out, 0, len));
+    send(() => writeOut(len));
   };
 
   const negErrno = (e: unknown): number => {
@@ -138,7 +150,7 @@ export function threadMain(): void {
       out.writeUInt32LE(H + len, 0);
       out.writeInt32LE(0, 4);
       req.copy(out, 8, 8, 16);
-      return send(() => fs.writevSync(fd, [out.subarray(0, H), dout.subarray(0, len)]));
+      return send(() => writevOut([out.subarray(0, H), dout.subarray(0, len)]));
     }
     fill(bfd, out, H, 0, len, pos);
     reply(H + len, 0);
@@ -210,6 +222,33 @@ export function threadMain(): void {
     }
   };
 
+  const forward = (r: Buffer, n: number, route: number): void => {
+    const ab = new ArrayBuffer(L.forwardHeader + n);
+    const head = new Uint32Array(ab, 0, 2);
+    head[0] = Atomics.add(seq, 0, 1);
+    head[1] = route + 1;
+    r.copy(Buffer.from(ab), L.forwardHeader, 0, n);
+    parentPort!.postMessage(ab, [ab]);
+  };
+
+  if (transport && uring) {
+    const io: ThreadIo = {
+      fd, fast, serve, forward,
+      bind: (r, o, w, wv) => {
+        req = r;
+        out = o;
+        writeOut = w;
+        writevOut = wv;
+      },
+    };
+    if (transport(io, uring)) return;
+    // No ring: read /dev/fuse like the others.
+    req = req0;
+    out = out0;
+    writeOut = (len) => void fs.writeSync(fd, out, 0, len);
+    writevOut = (bufs) => void fs.writevSync(fd, bufs);
+  }
+
   for (;;) {
     let n: number;
     try {
@@ -226,9 +265,6 @@ export function threadMain(): void {
     if (n < 40) continue;
     const op = req.readUInt32LE(4);
     if (fast && (op === READ || op === WRITE) && serve(op)) continue;
-    const ab = new ArrayBuffer(L.forwardHeader + n);
-    new Uint32Array(ab, 0, 1)[0] = Atomics.add(seq, 0, 1);
-    req.copy(Buffer.from(ab), L.forwardHeader, 0, n);
-    parentPort!.postMessage(ab, [ab]);
+    forward(req, n, -1);
   }
 }

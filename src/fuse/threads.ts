@@ -1,9 +1,11 @@
 import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { Worker as Thread } from 'node:worker_threads';
+import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
 import type { BackedRange } from './types';
 import { threadMain, type SlotLayout, type ThreadData } from './thread-main';
-import { koffi } from '../sys/ffi';
+import { uringLoop, type UringData, type UringReply } from './uring';
+import { koffi, koffiPath } from '../sys/ffi';
+import { eventfd } from '../sys/libc';
 
 /**
  * The threads that read /dev/fuse, and the table of backed handles they
@@ -144,7 +146,24 @@ export interface Readers {
   done: Promise<void>;
   /** The threads are needed (a backed handle exists): they start after the main thread's next read. */
   want(): void;
+  /**
+   * The kernel agreed to FUSE over io_uring (INIT): the threads, when they
+   * start, serve a ring, and the main thread goes on reading /dev/fuse
+   * (FORGET, INTERRUPT, what comes before the ring is ready). False when it
+   * is too late (the threads run) or koffi cannot be loaded on a thread.
+   */
+  useUring(ring: Pick<UringData, 'queues' | 'depth'>): boolean;
+  /** Hands the reply to a request that came from a ring to its thread; false when it did not. */
+  reply(unique: bigint, b: Buffer, len: number): boolean;
 }
+
+/** Where a request from a ring waits for its reply. */
+interface Route {
+  port: MessagePort;
+  eventfd: number;
+  route: number;
+}
+const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 /**
  * Starts `count` threads and hands each forwarded request to `dispatch`, in
@@ -163,13 +182,21 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
   let failure: unknown;
   let next = 0;
   let wanted = !lazy;
+  let started = !lazy;
+  let ring: Pick<UringData, 'queues' | 'depth' | 'koffi'> | undefined;
+  const routes = new Map<bigint, Route>();
   const early = new Map<number, ArrayBuffer>();
   let startThreads = (): void => {};
+  const order = new Uint32Array(data.order);
   const done = new Promise<void>((resolve, reject) => {
     const settle = (): void => (failure ? reject(failure) : resolve());
     const start = (m: ArrayBuffer): void => {
       pending++;
-      void dispatch(Buffer.from(m, FORWARD_HEADER)).finally(() => {
+      const req = Buffer.from(m, FORWARD_HEADER);
+      void dispatch(req).finally(() => {
+        // A ring entry must get an answer, or it is lost to the queue.
+        const r = routes.get(req.readBigUInt64LE(8));
+        if (r) sendReply(r, req.readBigUInt64LE(8), Buffer.from([16, 0, 0, 0, 0xfb, 0xff, 0xff, 0xff, ...req.subarray(8, 16)]), 16);
         if (--pending === 0 && live === 0) settle();
       });
     };
@@ -191,17 +218,39 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
       if (--live === 0 && pending === 0) settle();
     };
     startThreads = (): void => {
+      started = true;
       for (let i = 0; i < count; i++) {
-        const t = new Thread(THREAD_SOURCE, { eval: true, workerData: { ...data, ...alignedMemory(data.bufferSize) } });
+        let uring: UringData | undefined;
+        let wake: Route | undefined;
+        if (ring) {
+          const { port1, port2 } = new MessageChannel();
+          const efd = eventfd();
+          uring = { ...ring, payload: data.bufferSize, port: port2, eventfd: efd };
+          wake = { port: port1, eventfd: efd, route: 0 };
+        }
+        const t = new Thread(THREAD_SOURCE, {
+          eval: true,
+          workerData: { ...data, ...alignedMemory(data.bufferSize), uring },
+          transferList: uring ? [uring.port] : [],
+        });
         t.on('message', (m: unknown) => {
-          if (m instanceof ArrayBuffer) received(m);
+          if (!(m instanceof ArrayBuffer)) return;
+          const route = new Uint32Array(m, 4, 1)[0]!;
+          if (route && wake) routes.set(Buffer.from(m, FORWARD_HEADER + 8, 8).readBigUInt64LE(0), { ...wake, route: route - 1 });
+          received(m);
         });
         t.on('error', (e) => (failure ??= e));
-        t.on('exit', readerGone);
+        t.on('exit', () => {
+          if (wake) {
+            for (const [unique, r] of routes) if (r.port === wake.port) routes.delete(unique);
+            wake.port.close();
+            fs.closeSync(wake.eventfd);
+          }
+          readerGone();
+        });
       }
     };
     if (!lazy) return startThreads();
-    const order = new Uint32Array(data.order);
     const buf = Buffer.allocUnsafe(data.bufferSize);
     const readOnMain = (): void => {
       fs.read(data.fd, buf, 0, data.bufferSize, null, (err, n) => {
@@ -217,8 +266,12 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
           received(ab);
         }
         if (!wanted) return readOnMain();
-        live += count;
-        startThreads();
+        if (!started) {
+          live += count;
+          startThreads();
+        }
+        // With a ring, FORGET and INTERRUPT still come through /dev/fuse.
+        if (ring) return readOnMain();
         readerGone();
       });
     };
@@ -229,7 +282,36 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
     want: () => {
       wanted = true;
     },
+    useUring: (r) => {
+      const path = koffiPath();
+      if (started || !path) return false;
+      ring = { ...r, koffi: path };
+      // With io_uring agreed, the kernel holds every new request until the
+      // ring is ready: the threads start now (they register once the INIT
+      // reply is in: EAGAIN until then).
+      live += count;
+      startThreads();
+      return true;
+    },
+    reply: (unique, b, len) => {
+      const r = routes.get(unique);
+      if (!r) return false;
+      sendReply(r, unique, b, len);
+      return true;
+    },
   };
+
+  function sendReply(r: Route, unique: bigint, b: Buffer, len: number): void {
+    routes.delete(unique);
+    const reply = new ArrayBuffer(len);
+    b.copy(Buffer.from(reply), 0, 0, len);
+    r.port.postMessage({ route: r.route, reply } satisfies UringReply, [reply]);
+    try {
+      fs.writeSync(r.eventfd, WAKE);
+    } catch {
+      // The thread is gone (the connection with it).
+    }
+  }
 }
 
 
@@ -240,7 +322,7 @@ const LAYOUT: SlotLayout = {
 };
 
 /** The thread's program: threadMain's own text, called (it refers to nothing outside itself). */
-const THREAD_SOURCE = `(${threadMain.toString()})();`;
+const THREAD_SOURCE = `(${threadMain.toString()})(${uringLoop.toString()});`;
 
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
   const e = osConstants.errno;

@@ -20,6 +20,20 @@ export function koffi(): Koffi {
 
 const req = createRequire(typeof __filename === 'string' ? __filename : process.argv[1] ?? process.cwd());
 
+/**
+ * Where a worker thread can require koffi from; undefined inside the single
+ * executable (its koffi.node is an unnamed file, gone once loaded).
+ */
+export function koffiPath(): string | undefined {
+  const sea = seaModule();
+  if (sea && sea.isSea()) return undefined;
+  try {
+    return req.resolve('koffi');
+  } catch {
+    return undefined;
+  }
+}
+
 function load(): Koffi {
   const sea = seaModule();
   if (sea && sea.isSea()) return loadFromAsset(sea);
