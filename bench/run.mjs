@@ -4,6 +4,7 @@
 //
 //   npm run bench [-- --runs N] [--size MiB] [--only io,window,ctl,scale,startup,memory] [--match REGEX] [--quick]
 //                    [--cache warm|cold] [--no-results] [--dist DIR (a build to use instead of building)]
+//                    [--uring (FUSE over io_uring: enable_uring is switched on for the run, restored after)]
 //
 // Root only (FUSE mounts, kernel loop devices, drop_caches). Installs fio if
 // missing, builds the single executable into a private directory, and runs
@@ -51,7 +52,9 @@ const MATCH = new RegExp(opt('match', '.'));
  */
 const CACHE = opt('cache', 'warm');
 const DIST = opt('dist', undefined);
-const writeResults = !flag('no-results') && !quick && !argv.includes('--only') && !argv.includes('--match') && !DIST && RUNS >= 3;
+const URING = flag('uring');
+const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
+const writeResults = !flag('no-results') && !URING && !quick && !argv.includes('--only') && !argv.includes('--match') && !DIST && RUNS >= 3;
 
 if (!Number.isInteger(RUNS) || RUNS < 1 || !Number.isInteger(SIZE_MIB) || SIZE_MIB < 64 || !['warm', 'cold'].includes(CACHE)) {
   console.error('bench: --runs must be ≥ 1, --size ≥ 64 (MiB), --cache warm or cold');
@@ -163,6 +166,13 @@ async function main() {
 
   let status = 0;
   try {
+    if (URING) {
+      // Machine-wide: loopfs itself never flips it; the bench does for its run only, and puts it back.
+      const was = fs.readFileSync(URING_PARAM, 'utf8').trim();
+      cleanups.push(() => fs.writeFileSync(URING_PARAM, was));
+      fs.writeFileSync(URING_PARAM, 'Y');
+      log(`bench: FUSE over io_uring switched on for this run (${URING_PARAM} was ${was})`);
+    }
     await bench();
   } catch (e) {
     status = 1;

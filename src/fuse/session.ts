@@ -46,8 +46,8 @@ export interface SessionOptions {
   passthrough?: boolean;
   /**
    * Take requests through FUSE over io_uring when the kernel offers it in
-   * INIT (it does only where /sys/module/fuse/parameters/enable_uring is on);
-   * default true. Needs lazyThreads.
+   * INIT (it does only where /sys/module/fuse/parameters/enable_uring is on),
+   * once the threads start; default true. Needs lazyThreads.
    */
   uring?: boolean;
   /** Ring entries each thread registers per queue (default 2). */
@@ -259,8 +259,13 @@ export class Session {
     const dioMmap = minor >= FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION && (kflags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2) !== 0;
     const uring = this.wantUring && (kflags2 & FUSE_OVER_IO_URING_FLAGS2) !== 0 && this.readers !== undefined
       && this.readers.useUring({ queues: possibleCpus(readFileOr('/sys/devices/system/cpu/possible', '0')), depth: this.uringDepth });
+    // The offer is not taken up in the reply: a connection that took it holds
+    // every request until all queues have entries (fuse_block_alloc), so the
+    // threads would have to start with the mount. Unasked, the ring takes the
+    // requests once the threads (started with the first backed handle) have
+    // registered on every queue, and /dev/fuse serves until then.
     this.uring = uring;
-    const flags2 = (uring ? FUSE_OVER_IO_URING_FLAGS2 : 0) | (passthrough ? FUSE_PASSTHROUGH_FLAGS2 : 0) | (dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0);
+    const flags2 = (passthrough ? FUSE_PASSTHROUGH_FLAGS2 : 0) | (dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0);
     const ours = passthrough ? FUSE_PASSTHROUGH_MINOR_VERSION : dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION;
     o.writeUInt32LE(Math.min(minor, ours), OUT_HEADER_SIZE + 4);
     o.writeUInt32LE(maxReadahead, OUT_HEADER_SIZE + 8);

@@ -147,7 +147,7 @@ export interface Readers {
   /** The threads are needed (a backed handle exists): they start after the main thread's next read. */
   want(): void;
   /**
-   * The kernel agreed to FUSE over io_uring (INIT): the threads, when they
+   * The kernel offers FUSE over io_uring (INIT): the threads, when they
    * start, serve a ring, and the main thread goes on reading /dev/fuse
    * (FORGET, INTERRUPT, what comes before the ring is ready). False when it
    * is too late (the threads run) or koffi cannot be loaded on a thread.
@@ -286,11 +286,6 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
       const path = koffiPath();
       if (started || !path) return false;
       ring = { ...r, koffi: path };
-      // With io_uring agreed, the kernel holds every new request until the
-      // ring is ready: the threads start now (they register once the INIT
-      // reply is in: EAGAIN until then).
-      live += count;
-      startThreads();
       return true;
     },
     reply: (unique, b, len) => {

@@ -50,7 +50,7 @@ export interface UringData {
   port: import('node:worker_threads').MessagePort;
   /** Written by the main thread after posting a reply. */
   eventfd: number;
-  /** Where koffi is (require); undefined: no transport. */
+  /** Where koffi is: its package (require) or, in the single executable, /proc/self/fd/N (process.dlopen). */
   koffi: string;
 }
 
@@ -77,7 +77,11 @@ export function possibleCpus(text: string): number {
  */
 export function uringLoop(io: ThreadIo, u: UringData): boolean {
   const { receiveMessageOnPort } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const k = require(u.koffi) as typeof import('koffi');
+  const k = (u.koffi.startsWith('/proc/self/fd/') ? (() => {
+    const m = { exports: {} };
+    process.dlopen(m, u.koffi);
+    return m.exports;
+  })() : require(u.koffi)) as typeof import('koffi');
   const libc = k.load('libc.so.6');
   const syscall = libc.func('long syscall(long, ...)') as (...a: unknown[]) => number;
   const mmap = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)') as (...a: unknown[]) => unknown;
