@@ -50,7 +50,7 @@ export interface SessionOptions {
    * once the threads start; default true. Needs lazyThreads.
    */
   uring?: boolean;
-  /** Ring entries each thread registers per queue (default 2). */
+  /** Ring entries each thread registers per queue (default 1: an entry of a busy thread holds its request until that thread is free). */
   uringDepth?: number;
   debug?: (line: string) => void;
   /** Where the session says what it could not do (passthrough refused); default stderr. */
@@ -102,7 +102,7 @@ export class Session {
     this.workers = opts.workers ?? 4;
     this.lazyThreads = opts.lazyThreads ?? true;
     this.wantUring = opts.uring ?? true;
-    this.uringDepth = opts.uringDepth ?? 2;
+    this.uringDepth = opts.uringDepth ?? 1;
     this.debug = opts.debug;
     this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
     this.passthrough = new Passthrough(fd, opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
