@@ -2,7 +2,7 @@
 // Side-by-side benchmark: a loopfs device against a kernel loop device on the
 // same backing file, in the same run, plus the raw file as the ceiling.
 //
-//   npm run bench [-- --runs N] [--size MiB] [--only io,window,ctl,scale,startup,memory] [--match REGEX] [--quick]
+//   npm run bench [-- --runs N] [--size MiB] [--only io,window,overlay,ctl,scale,startup,memory] [--match REGEX] [--quick]
 //                    [--cache warm|cold] [--no-results] [--dist DIR (a build to use instead of building)]
 //                    [--uring (FUSE over io_uring: enable_uring is switched on for the run, restored after)]
 //
@@ -34,7 +34,7 @@ const flag = (name) => argv.includes(`--${name}`);
 const quick = flag('quick');
 const RUNS = Number(opt('runs', quick ? 1 : 3));
 const SIZE_MIB = Number(opt('size', quick ? 256 : 1024));
-const ONLY = new Set((opt('only', 'io,window,ctl,scale,startup,memory')).split(','));
+const ONLY = new Set((opt('only', 'io,window,overlay,ctl,scale,startup,memory')).split(','));
 const SCALE = quick ? [1000] : [1000, 10_000];
 const CTL_ITER = quick ? 5 : 15;
 const MATCH = new RegExp(opt('match', '.'));
@@ -251,7 +251,7 @@ async function bench() {
   const file = path.join(work, 'disk.img');
   BACKING = file;
   const size = SIZE_MIB * MiB;
-  if (ONLY.has('io') || ONLY.has('window') || ONLY.has('ctl')) {
+  if (ONLY.has('io') || ONLY.has('window') || ONLY.has('overlay') || ONLY.has('ctl')) {
     log(`bench: writing a ${SIZE_MIB} MiB backing file`);
     await run('fio', ['--name=fill', `--filename=${file}`, '--rw=write', '--bs=1M', `--size=${size}`, '--direct=1', '--ioengine=psync', '--refill_buffers', '--output-format=terse']);
   }
@@ -283,6 +283,7 @@ async function bench() {
     log(`bench: window (offset 1 MiB): loopfs ${targets.loopfs.path}, kernel ${targets.kernel.path}`);
     rows.push(...(await ioSuite('window', targets, WINDOW_JOBS.filter((j) => MATCH.test(`window ${j.name}`)))));
   }
+  if (ONLY.has('overlay')) rows.push(...(await overlaySuite(lfi, file, size, work)));
   if (ONLY.has('ctl')) rows.push(...(await ctlSuite(loopfs, lenv, file)));
   if (ONLY.has('scale')) rows.push(...(await scaleSuite(lf, loopfs, env, work, runDir)));
   if (ONLY.has('startup')) rows.push(...(await startupSuite(loopfs, env, lenv, work)));
@@ -434,6 +435,86 @@ async function ioSuite(kind, targets, jobs) {
 }
 
 const fmt = (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+
+// ---------------------------------------------------------------- overlay
+
+/*
+ * A copy-on-write overlay (`losetup --overlay`, unnamed delta) against the
+ * plain loopfs device on the same base, back to back in each run (the order
+ * rotating). Every overlay job gets a fresh overlay (attached just before,
+ * detached after): reads come from the base, writes copy up. Write jobs are
+ * fio-verified through the device that wrote them. Then the attach time of
+ * `losetup -f --show --overlay BASE` over a 1 GiB and a 10 GiB sparse base:
+ * it must not depend on the base's size.
+ */
+const OVERLAY_JOBS = [
+  { name: 'overlay seq read 1M', ...seq('read', 0), target: 0.8 },
+  { name: 'overlay seq write 1M', ...seq('write', 0), target: 0.8 },
+  { name: 'overlay rand write 4K QD16', ...rnd('randwrite', 16), target: 0.8 },
+];
+const OVERLAY_ATTACH_ITER = quick ? 5 : 15;
+
+async function overlaySuite(lfi, file, size, work) {
+  const plain = (await lfi(['losetup', '-f', '--show', file])).stdout.trim();
+  const attachOverlay = async (base) => (await lfi(['losetup', '-f', '--show', '--overlay', base])).stdout.trim();
+  const detach = (dev) => lfi(['losetup', '-d', dev]);
+  const results = new Map();
+  const jobs = OVERLAY_JOBS.filter((j) => MATCH.test(j.name));
+  for (let r = 0; r < RUNS; r++) {
+    for (const job of jobs) {
+      const order = r % 2 ? ['overlay', 'plain'] : ['plain', 'overlay'];
+      for (const t of order) {
+        const dev = t === 'plain' ? plain : await attachOverlay(file);
+        let v;
+        try {
+          v = await fio({ path: dev, size }, job);
+        } finally {
+          if (t === 'overlay') await detach(dev);
+        }
+        const k = `${job.name}\0${t}`;
+        if (!results.has(k)) results.set(k, []);
+        results.get(k).push(job.bs === '1M' ? v.mibs : v.iops);
+        log(`  ${job.name} ${t}: ${job.bs === '1M' ? `${v.mibs.toFixed(0)} MiB/s` : `${v.iops.toFixed(0)} IOPS`}`);
+      }
+    }
+  }
+  await detach(plain);
+  const section = 'overlay (`--overlay`, vs the plain loopfs device on the same base)';
+  const rows = jobs.map((job) => {
+    const all = (t) => results.get(`${job.name}\0${t}`);
+    const unit = job.bs === '1M' ? 'MiB/s' : 'IOPS';
+    const ratio = median(all('overlay').map((v, i) => v / all('plain')[i]));
+    return {
+      section, name: job.name, loopfs: `${fmt(median(all('overlay')))} ${unit}`, kernel: `plain loopfs: ${fmt(median(all('plain')))} ${unit}`,
+      ratio: ratio.toFixed(2), raw: '', target: `≥ ${job.target.toFixed(1)}`, met: ratio >= job.target,
+    };
+  });
+  if (MATCH.test('overlay attach')) {
+    const times = {};
+    for (const gib of [1, 10]) {
+      const base = path.join(work, `sparse-${gib}g.img`);
+      fs.closeSync(fs.openSync(base, 'w'));
+      fs.truncateSync(base, gib * 1024 * MiB);
+      times[gib] = [];
+      for (let i = 0; i < OVERLAY_ATTACH_ITER + 2; i++) {
+        const t0 = process.hrtime.bigint();
+        const dev = await attachOverlay(base);
+        const t = Number(process.hrtime.bigint() - t0) / 1e6;
+        await detach(dev);
+        if (i >= 2) times[gib].push(t); // warm-up
+      }
+      fs.rmSync(base);
+    }
+    const a1 = median(times[1]);
+    const a10 = median(times[10]);
+    const ratio = a10 / a1;
+    rows.push({
+      section, name: '`losetup -f --show --overlay BASE`: 10 GiB / 1 GiB sparse base', loopfs: `${a10.toFixed(1)} ms / ${a1.toFixed(1)} ms`, kernel: '',
+      ratio: ratio.toFixed(2), raw: '', target: '≤ 1.2 (size-independent)', met: ratio <= 1.2,
+    });
+  }
+  return rows;
+}
 
 // ---------------------------------------------------------------- control plane
 

@@ -147,8 +147,8 @@ export class LoopFilesystem implements FileSystem {
 
   /**
    * As a block device opens: a read-only device opens for writing too, and
-   * each write fails EPERM. A bound window of a plain descriptor: the
-   * session's threads serve READ/WRITE themselves.
+   * each write fails EPERM. A bound window of a plain descriptor or of an
+   * overlay: the session's threads serve READ/WRITE themselves.
    *
    * Writable O_DIRECT opens are FOPEN_DIRECT_IO: a write crossing the end
    * of the device is then sent piece after piece and comes back short, as
@@ -173,7 +173,10 @@ export class LoopFilesystem implements FileSystem {
     const directIo = io !== undefined && writable && (flags & O_DIRECT) !== 0;
     // A BLKROSET entry: every write comes here, to be refused.
     if (this.roSet(n)) return { fh, directIo };
-    return { fh, backing: io?.fileRange?.(), directIo };
+    const range = io?.fileRange?.();
+    // An overlay's map goes to the threads with the handle (its id is the tag).
+    const backing = range?.overlay ? { ...range, shared: { tag: range.overlay.id, data: range.overlay } } : range;
+    return { fh, backing, directIo };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {

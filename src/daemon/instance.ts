@@ -267,6 +267,8 @@ export class Instance {
     const parts = dev.binding?.partitions ?? [];
     const b = this.table.unbind(dev);
     for (const p of parts) void this.session?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+    const overlay = b?.device.overlay;
+    if (overlay) this.session?.unshare(overlay.mapId);
     await b?.device.close();
   }
 

@@ -9,6 +9,7 @@ import { Budget, levelsFor } from '../core/limits';
 import { ControlServer } from './control';
 import { LoopFilesystem } from './filesystem';
 import { Instance } from './instance';
+import { ioThreadProgram } from './io-thread-program';
 
 /**
  * The daemon of one instance: `loopfs __daemon --id … --mountpoint … --state …`.
@@ -83,7 +84,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     // No passthrough: a device's size is fixed at attach, the backing file's is not (see LoopFilesystem.open).
     // io_uring where the administrator switched it on (the kernel offers it then); LOOPFS_URING=0 keeps /dev/fuse.
     session = new Session(mounted.fd, fsys, {
-      debug: debug ? log : undefined, passthrough: false,
+      threadProgram: ioThreadProgram(), debug: debug ? log : undefined, passthrough: false,
       uring: process.env.LOOPFS_URING !== '0', uringDepth: Number(process.env.LOOPFS_URING_DEPTH) || undefined,
     });
     inst.session = session;

@@ -3,6 +3,7 @@ import { LoopfsError, fromSystemError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
 import { koffi } from '../sys/ffi';
 import { punchHole } from '../sys/libc';
+import { readRest, writeRest } from './transfer';
 import type { FileRange, Lower } from './window';
 
 /**
@@ -166,16 +167,16 @@ export class FileIO implements Lower {
           resolve(n);
           return;
         }
-        this.finish(kind, fd, buf, length, position, err, n).then(
-          (v) => {
-            this.settled();
-            resolve(v);
-          },
-          (e: unknown) => {
-            this.settled();
-            reject(e);
-          },
-        );
+        let v: number;
+        try {
+          v = this.finish(kind, fd, buf, length, position, err, n);
+        } catch (e) {
+          this.settled();
+          reject(e);
+          return;
+        }
+        this.settled();
+        resolve(v);
       });
     });
   }
@@ -183,40 +184,22 @@ export class FileIO implements Lower {
   /**
    * The rare cases: O_DIRECT refused the request (EINVAL: retried buffered),
    * a short transfer (continued), a read past the end of a file that shrank
-   * after attach (the device's size still covers it). For the last, what a
-   * kernel loop device does: a request that starts before the file's end
-   * succeeds whole (here the rest is zeros), one that starts at or past it
-   * fails EIO.
+   * after attach (the device's size still covers it): transfer.ts's rules,
+   * synchronous (rare, and short).
    */
-  private async finish(kind: Kind, fd: number, buf: Buffer, length: number, position: ByteOffset, err: NodeJS.ErrnoException | null, n: number): Promise<number> {
+  private finish(kind: Kind, fd: number, buf: Buffer, length: number, position: ByteOffset, err: NodeJS.ErrnoException | null, n: number): number {
     let done = 0;
     if (err) {
       if (!(fd === this.dfd && err.code === 'EINVAL')) throw fromSystemError(err, this.what(kind, length, position));
     } else {
       done = n;
     }
-    while (done < length) {
-      let got: number;
-      try {
-        got = await new Promise<number>((resolve, reject) => {
-          IO[kind](this.fd, buf, done, length - done, position + done, (e, c) => (e ? reject(e) : resolve(c)));
-        });
-      } catch (e) {
-        if (done > 0 && kind === WRITE) return done;
-        throw fromSystemError(e, this.what(kind, length - done, position + done));
-      }
-      if (got === 0) {
-        if (kind === READ) {
-          if (done === 0) throw new LoopfsError('EIO', this.what(kind, length, position), 'the backing file ends before this request');
-          buf.fill(0, done, length);
-          return length;
-        }
-        if (done > 0) return done;
-        throw new LoopfsError('EIO', this.what(kind, length, position), 'the backing file accepted no bytes');
-      }
-      done += got;
+    try {
+      return kind === READ ? readRest(this.fd, buf, done, length, position) : writeRest(this.fd, buf, done, length, position);
+    } catch (e) {
+      const what = this.what(kind, length, position);
+      throw e instanceof LoopfsError ? new LoopfsError(e.errno, what, e.reason) : fromSystemError(e, what);
     }
-    return done;
   }
 
   private async bounced(kind: Kind, buf: Buffer, length: number, position: ByteOffset): Promise<number> {

@@ -8,7 +8,7 @@ import {
   FUSE_PASSTHROUGH_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
   FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE, FUSE_OVER_IO_URING_FLAGS2,
 } from './kernel';
-import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
+import { Body, decodeInHeader, errorCode, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
 import { BackedTable, runThreads, threadData, type Readers } from './threads';
 import { possibleCpus } from './uring';
@@ -26,6 +26,11 @@ import { Passthrough } from './passthrough';
  */
 
 export interface SessionOptions {
+  /**
+   * The program the threads run: the text of a bundled program that calls
+   * thread-main.ts's runThread with the backend that serves backed handles.
+   */
+  threadProgram: string;
   /** Threads reading /dev/fuse: backed READ/WRITE requests served at once (default 4). */
   workers?: number;
   /**
@@ -84,17 +89,20 @@ export class Session {
   private readonly lazyThreads: boolean;
   private notifying = 0;
   private readonly notifyQueue: (() => void)[] = [];
+  private readonly threadProgram: string;
   private wantThreads = (): void => {};
   private readers: Readers | undefined;
   private readonly wantUring: boolean;
   private readonly uringDepth: number;
   /** Whether requests come through io_uring (once the threads run). */
   uring = false;
+  private share: (tag: number, data: unknown) => void = () => {};
+  private readonly sharedTags = new Set<number>();
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
 
-  constructor(fd: number, fsys: FileSystem, opts: SessionOptions = {}) {
+  constructor(fd: number, fsys: FileSystem, opts: SessionOptions) {
     this.fd = fd;
     this.fsys = fsys;
     this.maxWrite = opts.maxWrite ?? 128 * KiB;
@@ -103,6 +111,7 @@ export class Session {
     this.lazyThreads = opts.lazyThreads ?? true;
     this.wantUring = opts.uring ?? true;
     this.uringDepth = opts.uringDepth ?? 1;
+    this.threadProgram = opts.threadProgram;
     this.debug = opts.debug;
     this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
     this.passthrough = new Passthrough(fd, opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
@@ -112,7 +121,7 @@ export class Session {
   serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
     const outs: Buffer[] = [];
-    const readers = runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+    const readers = runThreads(this.threadProgram, Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
       const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
       try {
         await this.dispatch(w, req.length);
@@ -122,6 +131,7 @@ export class Session {
     }, this.lazyThreads);
     this.wantThreads = readers.want;
     this.readers = readers;
+    this.share = readers.share;
     return readers.done;
   }
 
@@ -293,6 +303,11 @@ export class Session {
 
   /** Registers what an open returned; the backing id to open the handle with, if passthrough. */
   opened(fh: number, node: number, r: OpenResult, direct: boolean): number | undefined {
+    const shared = r.backing?.shared;
+    if (shared && !this.sharedTags.has(shared.tag)) {
+      this.sharedTags.add(shared.tag);
+      this.share(shared.tag, shared.data);
+    }
     if (r.backing && this.backed.register(fh, node, r.backing)) this.wantThreads();
     return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd, direct) : undefined;
   }
@@ -310,6 +325,11 @@ export class Session {
       return undefined;
     }
     return drained.then(() => this.passthrough.release(fh));
+  }
+
+  /** The threads may forget what was shared under `tag` (BackedRange.shared): no handle names it any more. */
+  unshare(tag: number): void {
+    if (this.sharedTags.delete(tag)) this.share(tag, undefined);
   }
 
   interrupt(unique: bigint): void {
@@ -331,18 +351,6 @@ export class Session {
   }
 }
 
-/** The positive errno of a thrown error: LoopfsError-like (`errno` name), Node (`code`), or a number. */
-export function errorCode(e: unknown): number {
-  const errnos = osConstants.errno as Record<string, number>;
-  if (typeof e === 'number') return Math.abs(e);
-  if (e && typeof e === 'object') {
-    const o = e as { errno?: unknown; code?: unknown };
-    if (typeof o.errno === 'string' && o.errno in errnos) return errnos[o.errno]!;
-    if (typeof o.code === 'string' && o.code in errnos) return errnos[o.code]!;
-    if (typeof o.errno === 'number') return Math.abs(o.errno);
-  }
-  return errnos.EIO!;
-}
 
 function openFlags(r: OpenResult): number {
   return (r.directIo ? FOPEN_DIRECT_IO : 0) | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);

@@ -1,9 +1,8 @@
 import * as fs from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
 import type { BackedRange } from './types';
-import { threadMain, type SlotLayout, type ThreadData } from './thread-main';
-import { uringLoop, type UringData, type UringReply } from './uring';
+import type { SlotLayout, ThreadData } from './thread-main';
+import type { UringData, UringReply } from './uring';
 import { koffi, koffiPath } from '../sys/ffi';
 import { eventfd } from '../sys/libc';
 
@@ -12,9 +11,10 @@ import { eventfd } from '../sys/libc';
  * serve themselves.
  *
  * Each thread owns a request and a reply buffer and loops on blocking
- * read(2) of /dev/fuse. A READ or WRITE of a handle registered here (a byte
- * range of a plain file) is served on that thread with pread/pwrite and a
- * write(2) of the reply: no hop to the main thread, the libuv pool or a
+ * read(2) of /dev/fuse (thread-main.ts). A READ or WRITE of a handle
+ * registered here (a byte range of a file, and whatever its `shared` tag
+ * names) is served on that thread by the program's backend with
+ * pread/pwrite and a write(2) of the reply: no hop to the main thread, the libuv pool or a
  * promise, so one request costs a few system calls, and as many requests
  * are in flight as there are threads. Everything else (and any READ/WRITE of
  * a handle that is not registered, or no longer) is copied out, numbered in
@@ -40,6 +40,7 @@ const READONLY = 3;
 const FD = 4;
 const DFD = 5; // the O_DIRECT descriptor, or -1
 const ALIGN = 6;
+const TAG = 7; // BackedRange.shared's tag, 0 for none
 // Float64 words of a slot (byte offsets 32.., clear of the Int32 words above).
 const FH = 4;
 const START = 5;
@@ -78,6 +79,7 @@ export class BackedTable {
     Atomics.store(this.i32, w + DFD, range.directFd ?? -1);
     Atomics.store(this.i32, w + ALIGN, range.align ?? 4096);
     Atomics.store(this.i32, w + READONLY, range.readOnly ? 1 : 0);
+    Atomics.store(this.i32, w + TAG, range.shared?.tag ?? 0);
     Atomics.store(this.i32, w + WRITTEN, 0);
     Atomics.store(this.i32, w + STATE, 1);
     return true;
@@ -155,6 +157,12 @@ export interface Readers {
   useUring(ring: Pick<UringData, 'queues' | 'depth'>): boolean;
   /** Hands the reply to a request that came from a ring to its thread; false when it did not. */
   reply(unique: bigint, b: Buffer, len: number): boolean;
+  /**
+   * Hands `data` (structured-cloned: SharedArrayBuffers stay shared) to every
+   * thread under `tag`, before a handle naming the tag is registered; undefined
+   * withdraws it. Threads started later get what is shared then.
+   */
+  share(tag: number, data: unknown): void;
 }
 
 /** Where a request from a ring waits for its reply. */
@@ -166,7 +174,8 @@ interface Route {
 const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 /**
- * Starts `count` threads and hands each forwarded request to `dispatch`, in
+ * Starts `count` threads running `program` (the text of a bundled program
+ * that calls thread-main.ts's runThread with its backend) and hands each forwarded request to `dispatch`, in
  * the order they were read (whichever thread's message comes first).
  *
  * `lazy`: no thread at first. Until want(), the main thread reads /dev/fuse
@@ -176,7 +185,7 @@ const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
  * last it reads; it takes its number before any thread starts, so the order
  * holds across the handover.
  */
-export function runThreads(count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>, lazy = false): Readers {
+export function runThreads(program: string, count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>, lazy = false): Readers {
   let live = lazy ? 1 : count;
   let pending = 0;
   let failure: unknown;
@@ -188,6 +197,8 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
   const early = new Map<number, ArrayBuffer>();
   let startThreads = (): void => {};
   const order = new Uint32Array(data.order);
+  const shared = new Map<number, unknown>();
+  const ports: MessagePort[] = [];
   const done = new Promise<void>((resolve, reject) => {
     const settle = (): void => (failure ? reject(failure) : resolve());
     const start = (m: ArrayBuffer): void => {
@@ -223,16 +234,16 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
         let uring: UringData | undefined;
         let wake: Route | undefined;
         if (ring) {
-          const { port1, port2 } = new MessageChannel();
+          const c = new MessageChannel();
           const efd = eventfd();
-          uring = { ...ring, payload: data.bufferSize, port: port2, eventfd: efd };
-          wake = { port: port1, eventfd: efd, route: 0 };
+          uring = { ...ring, payload: data.bufferSize, port: c.port2, eventfd: efd };
+          wake = { port: c.port1, eventfd: efd, route: 0 };
         }
-        const t = new Thread(THREAD_SOURCE, {
-          eval: true,
-          workerData: { ...data, ...alignedMemory(data.bufferSize), uring },
-          transferList: uring ? [uring.port] : [],
-        });
+        const { port1, port2 } = new MessageChannel();
+        port1.unref();
+        ports.push(port1);
+        const workerData: ThreadData = { ...data, ...alignedMemory(data.bufferSize), shared: [...shared], port: port2, uring };
+        const t = new Thread(program, { eval: true, workerData, transferList: uring ? [port2, uring.port] : [port2] });
         t.on('message', (m: unknown) => {
           if (!(m instanceof ArrayBuffer)) return;
           const route = new Uint32Array(m, 4, 1)[0]!;
@@ -246,6 +257,8 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
             wake.port.close();
             fs.closeSync(wake.eventfd);
           }
+          ports.splice(ports.indexOf(port1), 1);
+          port1.close();
           readerGone();
         });
       }
@@ -294,6 +307,11 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
       sendReply(r, unique, b, len);
       return true;
     },
+    share: (tag, value) => {
+      if (value === undefined) shared.delete(tag);
+      else shared.set(tag, value);
+      for (const p of ports) p.postMessage([tag, value]);
+    },
   };
 
   function sendReply(r: Route, unique: bigint, b: Buffer, len: number): void {
@@ -313,15 +331,11 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
 const LAYOUT: SlotLayout = {
   slots: TABLE_SLOTS, maxAlign: MAX_ALIGN, forwardHeader: FORWARD_HEADER,
   state: STATE, inflight: INFLIGHT, written: WRITTEN, readOnly: READONLY, fd: FD, dfd: DFD, align: ALIGN,
-  fh: FH, start: START, length: LENGTH,
+  tag: TAG, fh: FH, start: START, length: LENGTH,
 };
 
-/** The thread's program: threadMain's own text, called (it refers to nothing outside itself). */
-const THREAD_SOURCE = `(${threadMain.toString()})(${uringLoop.toString()});`;
-
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
-  const e = osConstants.errno;
-  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, errno: { EPERM: e.EPERM, ENOSPC: e.ENOSPC, EIO: e.EIO } };
+  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, shared: [] };
 }
 
 /**

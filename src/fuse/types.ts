@@ -75,6 +75,13 @@ export interface BackedRange {
   /** The same file open O_DIRECT: aligned requests (position, length: multiples of `align`) use it. */
   directFd?: number;
   align?: number;
+  /**
+   * What else the threads' backend needs to serve the handle, shared with
+   * every thread (Readers.share) under `tag` (a positive int32, unique in the
+   * session) before the handle is registered; `data` is structured-cloned
+   * (SharedArrayBuffers stay shared).
+   */
+  shared?: { tag: number; data: unknown };
 }
 
 export interface SetattrRequest {

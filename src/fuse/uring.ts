@@ -1,3 +1,5 @@
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+
 /**
  * FUSE over io_uring (Linux ≥ 6.14, CONFIG_FUSE_IO_URING): the kernel hands
  * requests to buffers the daemon registered on an io_uring, and takes the
@@ -22,12 +24,12 @@
  * the requests sent before the ring is ready. A thread whose registration
  * fails (EOPNOTSUPP: the switch went off after INIT) reads /dev/fuse instead.
  *
- * uringLoop, like threadMain, is whole in itself: the thread's program is
- * both functions' text.
+ * uringLoop runs on the I/O threads (thread-main.ts's runThread); it
+ * loads koffi there, and only there where a ring is to be had.
  */
 
-/** What threadMain lends the transport. */
-export interface ThreadIo {
+/** What runThread (thread-main.ts) lends the transport. */
+export interface RingHost {
   fd: number;
   /** The request and reply buffers serve() uses, and where its replies go. */
   bind(req: Buffer, out: Buffer, write: (len: number) => void, writev: (bufs: Buffer[]) => void): void;
@@ -47,7 +49,7 @@ export interface UringData {
   /** Payload bytes of an entry (≥ the kernel's max_payload_sz). */
   payload: number;
   /** Replies of forwarded requests: { route, reply } messages. */
-  port: import('node:worker_threads').MessagePort;
+  port: MessagePort;
   /** Written by the main thread after posting a reply. */
   eventfd: number;
   /** Where koffi is: its package (require) or, in the single executable, /proc/self/fd/N (process.dlopen). */
@@ -75,8 +77,7 @@ export function possibleCpus(text: string): number {
  * the kernel kept, when the ring cannot be had (the thread reads /dev/fuse
  * then); returns true when the connection is gone.
  */
-export function uringLoop(io: ThreadIo, u: UringData): boolean {
-  const { receiveMessageOnPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+export function uringLoop(io: RingHost, u: UringData): boolean {
   const k = (u.koffi.startsWith('/proc/self/fd/') ? (() => {
     const m = { exports: {} };
     process.dlopen(m, u.koffi);

@@ -1,3 +1,4 @@
+import { constants as osConstants } from 'node:os';
 import { ATTR_SIZE, ENTRY_OUT_SIZE, IN_HEADER_SIZE, OUT_HEADER_SIZE, DIRENT_BASE } from './kernel';
 import type { Attr, DirEntry, Entry, StatfsResult } from './types';
 
@@ -157,3 +158,16 @@ export function packDirents(b: Buffer, at: number, max: number, entries: DirEntr
 }
 
 export { IN_HEADER_SIZE, OUT_HEADER_SIZE };
+
+/** The positive errno of a thrown error: LoopfsError-like (`errno` name), Node (`code`), or a number. */
+export function errorCode(e: unknown): number {
+  const errnos = osConstants.errno as Record<string, number>;
+  if (typeof e === 'number') return Math.abs(e);
+  if (e && typeof e === 'object') {
+    const o = e as { errno?: unknown; code?: unknown };
+    if (typeof o.errno === 'string' && o.errno in errnos) return errnos[o.errno]!;
+    if (typeof o.code === 'string' && o.code in errnos) return errnos[o.code]!;
+    if (typeof o.errno === 'number') return Math.abs(o.errno);
+  }
+  return errnos.EIO!;
+}

@@ -82,6 +82,11 @@ export function punchHole(fd: number, offset: number, len: number): Promise<void
   return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
 }
 
+/** punchHole, synchronous: for a caller that holds locks other threads wait on. */
+export function punchHoleSync(fd: number, offset: number, len: number): void {
+  check(libc().fallocate!(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len) as number, 'fallocate');
+}
+
 export const LOCK_SH = 1;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;

@@ -313,6 +313,23 @@ test('fio verify on an overlay of a random base', () => {
   sb.ok(['losetup', '-d', dev]);
 });
 
+test('4 KiB direct writes, 32 in flight, into the blocks of an overlay (several I/O threads at once): fio verifies them all, the rest reads the base', () => {
+  const probe = spawnSync('fio', ['--version'], { encoding: 'utf8' });
+  assert.ok(!probe.error, 'fio is not installed (apt-get install fio; .ci/run installs it)');
+  const img = randomFile(path.join(sb.root, 'race.img'), 8 << 20);
+  const before = sha(img);
+  const dev = attach(sb, img, ['--overlay']);
+  // Random order, 32 in flight (FUSE sends async direct writes at once): each 64 KiB overlay
+  // block gets 16 of them, some while another thread copies it up (test/unit/engine-overlay-threads
+  // makes that race certain).
+  const r = sh(`fio --name=race --filename=${q(dev)} --rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --size=6M --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --output-format=terse`, { timeout: 120_000 });
+  assert.is(r.status, 0, `fio: ${r.stdout}${r.stderr}`);
+  assert.is(sha(dev, 6 << 20), sha(img, 6 << 20), 'past fio\'s range: the base');
+  assert.match(sb.ok(['overlay', 'status', dev]), / 6291456 bytes changed \(96 blocks of 65536 bytes\)/);
+  assert.is(sha(img), before, 'the base is unchanged');
+  sb.ok(['losetup', '-d', dev]);
+});
+
 test('loopfs run with an overlay leaves nothing behind (no delta, no mount, no process)', () => {
   const img = goldenImage();
   const before = sha(img);
