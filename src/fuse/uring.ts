@@ -61,13 +61,16 @@ export interface UringReply {
   reply: ArrayBuffer;
 }
 
-/** The number of possible CPUs (the kernel's queue count): /sys/devices/system/cpu/possible, e.g. "0-3". */
+/**
+ * The number of possible CPUs, the ring's queue count (num_possible_cpus(),
+ * the mask's weight): /sys/devices/system/cpu/possible, e.g. "0-3".
+ */
 export function possibleCpus(text: string): number {
   let n = 0;
   for (const part of text.trim().split(',')) {
     const [a, b] = part.split('-').map(Number);
     if (a === undefined || Number.isNaN(a)) continue;
-    n = Math.max(n, (b ?? a) + 1);
+    n += (b ?? a) - a + 1;
   }
   return n;
 }
