@@ -86,6 +86,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     session = new Session(mounted.fd, fsys, {
       threadProgram: ioThreadProgram(), debug: debug ? log : undefined, passthrough: false,
       uring: process.env.LOOPFS_URING !== '0', uringDepth: Number(process.env.LOOPFS_URING_DEPTH) || undefined,
+      uringSpread: process.env.LOOPFS_URING_SPREAD !== '0',
     });
     inst.session = session;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {

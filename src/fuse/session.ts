@@ -57,6 +57,8 @@ export interface SessionOptions {
   uring?: boolean;
   /** Ring entries each thread registers per queue (default 1: an entry of a busy thread holds its request until that thread is free). */
   uringDepth?: number;
+  /** Each thread on queues of its own rather than every thread on every queue (uring.ts queuesOf); default true. */
+  uringSpread?: boolean;
   debug?: (line: string) => void;
   /** Where the session says what it could not do (passthrough refused); default stderr. */
   log?: (line: string) => void;
@@ -94,6 +96,7 @@ export class Session {
   private readers: Readers | undefined;
   private readonly wantUring: boolean;
   private readonly uringDepth: number;
+  private readonly uringSpread: boolean;
   /** Whether requests come through io_uring (once the threads run). */
   uring = false;
   private share: (tag: number, data: unknown) => void = () => {};
@@ -111,6 +114,7 @@ export class Session {
     this.lazyThreads = opts.lazyThreads ?? true;
     this.wantUring = opts.uring ?? true;
     this.uringDepth = opts.uringDepth ?? 1;
+    this.uringSpread = opts.uringSpread ?? true;
     this.threadProgram = opts.threadProgram;
     this.debug = opts.debug;
     this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
@@ -268,7 +272,7 @@ export class Session {
     // Shared mmap of a handle opened with FOPEN_DIRECT_IO (else ENODEV), the kernel keeping it coherent.
     const dioMmap = minor >= FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION && (kflags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2) !== 0;
     const uring = this.wantUring && (kflags2 & FUSE_OVER_IO_URING_FLAGS2) !== 0 && this.readers !== undefined
-      && this.readers.useUring({ queues: possibleCpus(readFileOr('/sys/devices/system/cpu/possible', '0')), depth: this.uringDepth });
+      && this.readers.useUring({ queues: possibleCpus(readFileOr('/sys/devices/system/cpu/possible', '0')), depth: this.uringDepth, spread: this.uringSpread });
     // The offer is not taken up in the reply: a connection that took it holds
     // every request until all queues have entries (fuse_block_alloc), so the
     // threads would have to start with the mount. Unasked, the ring takes the

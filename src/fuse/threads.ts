@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
 import type { BackedRange } from './types';
 import type { SlotLayout, ThreadData } from './thread-main';
-import type { UringData, UringReply } from './uring';
+import { queuesOf, type UringData, type UringReply } from './uring';
 import { koffi, koffiPath } from '../sys/ffi';
 import { eventfd } from '../sys/libc';
 
@@ -154,7 +154,7 @@ export interface Readers {
    * (FORGET, INTERRUPT, what comes before the ring is ready). False when it
    * is too late (the threads run) or koffi cannot be loaded on a thread.
    */
-  useUring(ring: Pick<UringData, 'queues' | 'depth'>): boolean;
+  useUring(ring: Pick<UringData, 'queues' | 'depth' | 'spread'>): boolean;
   /** Hands the reply to a request that came from a ring to its thread; false when it did not. */
   reply(unique: bigint, b: Buffer, len: number): boolean;
   /**
@@ -192,7 +192,7 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
   let next = 0;
   let wanted = !lazy;
   let started = !lazy;
-  let ring: Pick<UringData, 'queues' | 'depth' | 'koffi'> | undefined;
+  let ring: Pick<UringData, 'queues' | 'depth' | 'spread' | 'koffi'> | undefined;
   const routes = new Map<bigint, Route>();
   const early = new Map<number, ArrayBuffer>();
   let startThreads = (): void => {};
@@ -236,7 +236,7 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         if (ring) {
           const c = new MessageChannel();
           const efd = eventfd();
-          uring = { ...ring, payload: data.bufferSize, port: c.port2, eventfd: efd };
+          uring = { ...ring, mine: queuesOf(i, count, ring.queues, ring.spread), payload: data.bufferSize, port: c.port2, eventfd: efd };
           wake = { port: c.port1, eventfd: efd, route: 0 };
         }
         const { port1, port2 } = new MessageChannel();

@@ -44,6 +44,10 @@ export interface RingHost {
 export interface UringData {
   /** Queues of the ring (the kernel's num_possible_cpus()). */
   queues: number;
+  /** The queues this thread registers entries on (queuesOf). */
+  mine: number[];
+  /** Each thread on its own queues (queuesOf), rather than every thread on every queue. */
+  spread: boolean;
   /** Entries registered per queue by each thread. */
   depth: number;
   /** Payload bytes of an entry (≥ the kernel's max_payload_sz). */
@@ -73,6 +77,20 @@ export function possibleCpus(text: string): number {
     n += (b ?? a) - a + 1;
   }
   return n;
+}
+
+/**
+ * The queues thread `t` of `threads` registers on. Every thread on every
+ * queue, or spread: each queue to threads of its own (thread t takes the
+ * queues q with q ≡ t mod threads, or queue t mod queues where threads
+ * outnumber queues), so that the kernel never hands a request to an entry
+ * whose thread is busy with another. Every queue gets a thread either way
+ * (the ring takes requests only then).
+ */
+export function queuesOf(t: number, threads: number, queues: number, spread: boolean): number[] {
+  const all = Array.from({ length: queues }, (_, q) => q);
+  if (!spread) return all;
+  return threads > queues ? [t % queues] : all.filter((q) => q % threads === t);
 }
 
 /**
@@ -119,7 +137,7 @@ export function uringLoop(io: RingHost, u: UringData): boolean {
   const WRITE = 16;
 
   const failed = (): number => -(k.errno() as number);
-  const count = u.queues * u.depth;
+  const count = u.mine.length * u.depth;
   const size = 1 << Math.ceil(Math.log2(count + 1));
   const params = Buffer.alloc(120);
   params.writeUInt32LE(IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, 8);
@@ -186,7 +204,7 @@ export function uringLoop(io: RingHost, u: UringData): boolean {
     s.writeUInt32LE(2, 24);
     s.writeBigUInt64LE(BigInt(e), 32); // user_data
     s.writeBigUInt64LE(commitId, 56); // fuse_uring_cmd_req.commit_id
-    s.writeUInt16LE(Math.floor(e / u.depth), 64); // .qid
+    s.writeUInt16LE(u.mine[Math.floor(e / u.depth)]!, 64); // .qid
   };
   const armWake = (): void => {
     const s = sqe();
