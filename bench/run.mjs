@@ -7,6 +7,7 @@
 //   npm run bench [-- --runs N] [--size MiB] [--only io,window,partition,overlay,ctl,scale,startup,memory,flow]
 //                    [--match REGEX] [--quick] [--cache both|warm|cold] [--no-results]
 //                    [--dist DIR (a build to use instead of building)]
+//                    [--uring (FUSE over io_uring: enable_uring is switched on for the run, restored after)]
 //
 // Root only (FUSE mounts, kernel loop devices, drop_caches). Installs fio if
 // missing, builds the single executable into a private directory, and runs
@@ -61,7 +62,9 @@ const MODES = CACHE === 'both' ? ['warm', 'cold'] : [CACHE];
 /** The cache mode of the I/O suite running now. */
 let cacheMode = MODES[0];
 const DIST = opt('dist', undefined);
-const writeResults = !flag('no-results') && !quick && !argv.includes('--only') && !argv.includes('--match') && !DIST && RUNS >= 3;
+const URING = flag('uring');
+const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
+const writeResults = !flag('no-results') && !URING && !quick && !argv.includes('--only') && !argv.includes('--match') && !DIST && RUNS >= 3;
 
 if (!Number.isInteger(RUNS) || RUNS < 1 || !Number.isInteger(SIZE_MIB) || SIZE_MIB < 64 || !['both', 'warm', 'cold'].includes(CACHE) || [...ONLY].some((g) => !GROUPS.includes(g))) {
   console.error(`bench: --runs must be ≥ 1, --size ≥ 64 (MiB), --cache both, warm or cold, --only some of ${GROUPS.join(',')}`);
@@ -174,6 +177,13 @@ async function main() {
 
   let status = 0;
   try {
+    if (URING) {
+      // Machine-wide: loopfs itself never flips it; the bench does for its run only, and puts it back.
+      const was = fs.readFileSync(URING_PARAM, 'utf8').trim();
+      cleanups.push(() => fs.writeFileSync(URING_PARAM, was));
+      fs.writeFileSync(URING_PARAM, 'Y');
+      log(`bench: FUSE over io_uring switched on for this run (${URING_PARAM} was ${was})`);
+    }
     await bench();
   } catch (e) {
     status = 1;

@@ -82,7 +82,12 @@ export async function runDaemon(argv: string[]): Promise<number> {
     mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
     // The instance is made with the session that serves it, as its KernelNotifier.
     const made = (kernel: KernelNotifier): LoopFilesystem => new LoopFilesystem(new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, kernel, limits, a.state));
-    session = new Session(mounted.fd, made, { threadProgram: ioThreadProgram(), debug: debug ? log : undefined });
+    // io_uring where the administrator switched it on (the kernel offers it then); LOOPFS_URING=0 keeps /dev/fuse.
+    session = new Session(mounted.fd, made, {
+      threadProgram: ioThreadProgram(), debug: debug ? log : undefined,
+      uring: process.env.LOOPFS_URING !== '0', uringDepth: Number(process.env.LOOPFS_URING_DEPTH) || undefined,
+      uringSpread: process.env.LOOPFS_URING_SPREAD !== '0',
+    });
     inst = session.fsys.inst;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),

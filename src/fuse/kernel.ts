@@ -71,6 +71,8 @@ export const FUSE_PARALLEL_DIROPS = 1 << 18;
 export const FUSE_MAX_PAGES = 1 << 22;
 /** fuse_init_in/out carry flags2 (the init flags from bit 32 on). */
 export const FUSE_INIT_EXT = 1 << 30;
+/** FUSE_OVER_IO_URING (1 << 41), as its bit of flags2: requests through io_uring (offered only where enable_uring is on). */
+export const FUSE_OVER_IO_URING_FLAGS2 = 1 << (41 - 32);
 /** FUSE_DIRECT_IO_ALLOW_MMAP (1 << 36), as its bit of flags2: shared mmap of an FOPEN_DIRECT_IO handle. */
 export const FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 = 1 << (36 - 32);
 

@@ -6,11 +6,12 @@ import {
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
   FUSE_AUTO_INVAL_DATA, FUSE_PARALLEL_DIROPS, FUSE_ATOMIC_O_TRUNC, FUSE_ASYNC_DIO, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
   FOPEN_NONSEEKABLE, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_EXT, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
-  FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
+  FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE, FUSE_OVER_IO_URING_FLAGS2,
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
 import type { DirEntry, Entry, FileSystem, KernelNotifier, OpenResult, RequestContext, SetattrRequest } from './types';
-import { BackedTable, runThreads, threadData } from './threads';
+import { BackedTable, runThreads, threadData, type Readers } from './threads';
+import { possibleCpus } from './uring';
 
 /**
  * One FUSE connection: `workers` threads read requests from /dev/fuse (see
@@ -45,6 +46,16 @@ export interface SessionOptions {
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
   attrTtl?: number;
+  /**
+   * Take requests through FUSE over io_uring when the kernel offers it in
+   * INIT (it does only where /sys/module/fuse/parameters/enable_uring is on),
+   * once the threads start; default true. Needs lazyThreads.
+   */
+  uring?: boolean;
+  /** Ring entries each thread registers per queue (default 1: an entry of a busy thread holds its request until that thread is free). */
+  uringDepth?: number;
+  /** Each thread on queues of its own rather than every thread on every queue (uring.ts queuesOf); default true. */
+  uringSpread?: boolean;
   debug?: (line: string) => void;
 }
 
@@ -76,6 +87,12 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
   private readonly notifyQueue: (() => void)[] = [];
   private readonly threadProgram: string;
   private wantThreads = (): void => {};
+  private readers: Readers | undefined;
+  private readonly wantUring: boolean;
+  private readonly uringDepth: number;
+  private readonly uringSpread: boolean;
+  /** Whether requests come through io_uring (once the threads run). */
+  uring = false;
   private share: (tag: number, data: unknown) => void = () => {};
   private readonly sharedTags = new Set<number>();
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
@@ -89,6 +106,9 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.lazyThreads = opts.lazyThreads ?? true;
+    this.wantUring = opts.uring ?? true;
+    this.uringDepth = opts.uringDepth ?? 1;
+    this.uringSpread = opts.uringSpread ?? true;
     this.threadProgram = opts.threadProgram;
     this.debug = opts.debug;
     this.fsys = typeof fsys === 'function' ? (fsys as (kernel: KernelNotifier) => F)(this) : fsys;
@@ -107,6 +127,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
       }
     }, this.lazyThreads);
     this.wantThreads = readers.want;
+    this.readers = readers;
     this.share = readers.share;
     return readers.done;
   }
@@ -139,6 +160,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
 
   private send(b: Buffer, len: number, error: number, unique: bigint): void {
     writeOutHeader(b, len, error, unique);
+    if (this.readers?.reply(unique, b, len)) return;
     try {
       fs.writeSync(this.fd, b, 0, len);
     } catch (e) {
@@ -241,6 +263,14 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
     const kflags2 = kflags & FUSE_INIT_EXT ? b.u32(16) : 0;
     // Shared mmap of a handle opened with FOPEN_DIRECT_IO (else ENODEV), the kernel keeping it coherent.
     const dioMmap = minor >= FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION && (kflags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2) !== 0;
+    const uring = this.wantUring && (kflags2 & FUSE_OVER_IO_URING_FLAGS2) !== 0 && this.readers !== undefined
+      && this.readers.useUring({ queues: possibleCpus(readFileOr('/sys/devices/system/cpu/possible', '0')), depth: this.uringDepth, spread: this.uringSpread });
+    // The offer is not taken up in the reply: a connection that took it holds
+    // every request until all queues have entries (fuse_block_alloc), so the
+    // threads would have to start with the mount. Unasked, the ring takes the
+    // requests once the threads (started with the first backed handle) have
+    // registered on every queue, and /dev/fuse serves until then.
+    this.uring = uring;
     const flags2 = dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0;
     const ours = dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION;
     o.writeUInt32LE(Math.min(minor, ours), OUT_HEADER_SIZE + 4);
@@ -253,7 +283,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
     o.writeUInt32LE(1, OUT_HEADER_SIZE + 24); // time_gran: 1 ns
     o.writeUInt16LE(Math.ceil(this.maxWrite / 4096), OUT_HEADER_SIZE + 28); // max_pages
     this.initialized = true;
-    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} flags2=0x${kflags2.toString(16)} max_readahead=${maxReadahead}`);
+    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} flags2=0x${kflags2.toString(16)} max_readahead=${maxReadahead} uring=${uring}`);
     return INIT_OUT_SIZE;
   }
 
@@ -319,6 +349,14 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
 function openFlags(r: OpenResult): number {
   return (r.directIo ? FOPEN_DIRECT_IO | (r.backing ? FOPEN_PARALLEL_DIRECT_WRITES : 0) : 0)
     | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
+}
+
+function readFileOr(file: string, fallback: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return fallback;
+  }
 }
 
 /** fuse_open_out (no backing id: no FUSE passthrough). */

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { toLoopfsError } from '../base/errors';
+import { uringLoop, type UringData } from './uring';
 
 /**
  * The loop of the threads that read /dev/fuse (see threads.ts), generic:
@@ -60,6 +61,8 @@ export interface ThreadData {
   shared: [number, unknown][];
   /** Where later shares arrive: messages [tag, data]. */
   port?: MessagePort;
+  /** Serve requests from a FUSE-over-io_uring ring (uring.ts) instead of reading /dev/fuse. */
+  uring?: UringData;
 }
 
 /** A backed handle as a thread sees it: a copy of its slot. */
@@ -109,16 +112,23 @@ const WRITE = 16;
 
 /** Runs the loop on this thread until /dev/fuse is gone. */
 export function runThread(backend: ThreadBackend): void {
-  const { fd, bufferSize, table, layout: L, order, fast, memory, memoryBase, shared, port } = workerData as ThreadData;
+  const { fd, bufferSize, table, layout: L, order, fast, memory, memoryBase, shared, port, uring } = workerData as ThreadData;
   const seq = new Uint32Array(order);
   const i32 = new Int32Array(table);
   const f64 = new Float64Array(table);
   const H = REPLY_DATA;
   // With aligned memory: WRITE data (at WRITE_DATA) starts on a maxAlign boundary, and so does dout.
   const span = Math.ceil(bufferSize / L.maxAlign) * L.maxAlign;
-  const req = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
+  const req0 = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
+  let req: Buffer = req0;
   const dout = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign + span, bufferSize) : undefined;
-  const out = Buffer.allocUnsafe(bufferSize);
+  const out0 = Buffer.allocUnsafe(bufferSize);
+  let out: Buffer = out0;
+  // Where replies go: /dev/fuse, or the ring entry the request came from (uring.ts).
+  const toDevice = (len: number): void => void fs.writeSync(fd, out, 0, len);
+  const toDeviceV = (bufs: Buffer[]): void => void fs.writevSync(fd, bufs);
+  let writeOut = toDevice;
+  let writevOut = toDeviceV;
   const known = new Map<number, unknown>(shared);
   /** The Int32 word index of the slot being served (its WRITTEN flag). */
   let current = 0;
@@ -143,17 +153,21 @@ export function runThread(backend: ThreadBackend): void {
 
   const reply = (len: number, error: number): void => {
     header(len, error);
-    send(() => fs.writeSync(fd, out, 0, len));
+    send(() => writeOut(len));
   };
 
   const io: ThreadIO = {
-    req,
-    out,
+    get req() {
+      return req;
+    },
+    get out() {
+      return out;
+    },
     dout,
     replyRead: (len) => reply(H + len, 0),
     replyReadFrom: (buf, len) => {
       header(H + len, 0);
-      send(() => fs.writevSync(fd, [out.subarray(0, H), buf.subarray(0, len)]));
+      send(() => writevOut([out.subarray(0, H), buf.subarray(0, len)]));
     },
     replyWritten: (n) => {
       if (n > 0) Atomics.store(i32, current + L.written, 1);
@@ -206,6 +220,33 @@ export function runThread(backend: ThreadBackend): void {
     }
   };
 
+  const forward = (r: Buffer, n: number, route: number): void => {
+    const ab = new ArrayBuffer(L.forwardHeader + n);
+    const head = new Uint32Array(ab, 0, 2);
+    head[0] = Atomics.add(seq, 0, 1);
+    head[1] = route + 1;
+    r.copy(Buffer.from(ab), L.forwardHeader, 0, n);
+    parentPort!.postMessage(ab, [ab]);
+  };
+
+  if (uring) {
+    const served = uringLoop({
+      fd, fast, serve, forward,
+      bind: (r, o, w, wv) => {
+        req = r;
+        out = o;
+        writeOut = w;
+        writevOut = wv;
+      },
+    }, uring);
+    req = req0;
+    out = out0;
+    writeOut = toDevice;
+    writevOut = toDeviceV;
+    // No ring to be had: read /dev/fuse like the threads without one.
+    if (served) return port?.close();
+  }
+
   for (;;) {
     let n: number;
     try {
@@ -222,10 +263,7 @@ export function runThread(backend: ThreadBackend): void {
     if (n < 40) continue;
     const op = req.readUInt32LE(4);
     if (fast && (op === READ || op === WRITE) && serve(op)) continue;
-    const ab = new ArrayBuffer(L.forwardHeader + n);
-    new Uint32Array(ab, 0, 1)[0] = Atomics.add(seq, 0, 1);
-    req.copy(Buffer.from(ab), L.forwardHeader, 0, n);
-    parentPort!.postMessage(ab, [ab]);
+    forward(req, n, -1);
   }
   port?.close();
 }

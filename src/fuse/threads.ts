@@ -2,7 +2,9 @@ import * as fs from 'node:fs';
 import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
 import type { BackedRange } from './types';
 import type { SlotLayout, ThreadData } from './thread-main';
-import { koffi } from '../sys/ffi';
+import { queuesOf, type UringData, type UringReply } from './uring';
+import { koffi, koffiPath } from '../sys/ffi';
+import { eventfd } from '../sys/libc';
 
 /**
  * The threads that read /dev/fuse, and the table of backed handles they
@@ -147,12 +149,29 @@ export interface Readers {
   /** The threads are needed (a backed handle exists): they start after the main thread's next read. */
   want(): void;
   /**
+   * The kernel offers FUSE over io_uring (INIT): the threads, when they
+   * start, serve a ring, and the main thread goes on reading /dev/fuse
+   * (FORGET, INTERRUPT, what comes before the ring is ready). False when it
+   * is too late (the threads run) or koffi cannot be loaded on a thread.
+   */
+  useUring(ring: Pick<UringData, 'queues' | 'depth' | 'spread'>): boolean;
+  /** Hands the reply to a request that came from a ring to its thread; false when it did not. */
+  reply(unique: bigint, b: Buffer, len: number): boolean;
+  /**
    * Hands `data` (structured-cloned: SharedArrayBuffers stay shared) to every
    * thread under `tag`, before a handle naming the tag is registered; undefined
    * withdraws it. Threads started later get what is shared then.
    */
   share(tag: number, data: unknown): void;
 }
+
+/** Where a request from a ring waits for its reply. */
+interface Route {
+  port: MessagePort;
+  eventfd: number;
+  route: number;
+}
+const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
 
 /**
  * Starts `count` threads running `program` (the text of a bundled program
@@ -172,15 +191,23 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
   let failure: unknown;
   let next = 0;
   let wanted = !lazy;
+  let started = !lazy;
+  let ring: Pick<UringData, 'queues' | 'depth' | 'spread' | 'koffi'> | undefined;
+  const routes = new Map<bigint, Route>();
   const early = new Map<number, ArrayBuffer>();
   let startThreads = (): void => {};
+  const order = new Uint32Array(data.order);
   const shared = new Map<number, unknown>();
   const ports: MessagePort[] = [];
   const done = new Promise<void>((resolve, reject) => {
     const settle = (): void => (failure ? reject(failure) : resolve());
     const start = (m: ArrayBuffer): void => {
       pending++;
-      void dispatch(Buffer.from(m, FORWARD_HEADER)).finally(() => {
+      const req = Buffer.from(m, FORWARD_HEADER);
+      void dispatch(req).finally(() => {
+        // A ring entry must get an answer, or it is lost to the queue.
+        const r = routes.get(req.readBigUInt64LE(8));
+        if (r) sendReply(r, req.readBigUInt64LE(8), Buffer.from([16, 0, 0, 0, 0xfb, 0xff, 0xff, 0xff, ...req.subarray(8, 16)]), 16);
         if (--pending === 0 && live === 0) settle();
       });
     };
@@ -202,17 +229,34 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
       if (--live === 0 && pending === 0) settle();
     };
     startThreads = (): void => {
+      started = true;
       for (let i = 0; i < count; i++) {
+        let uring: UringData | undefined;
+        let wake: Route | undefined;
+        if (ring) {
+          const c = new MessageChannel();
+          const efd = eventfd();
+          uring = { ...ring, mine: queuesOf(i, count, ring.queues, ring.spread), payload: data.bufferSize, port: c.port2, eventfd: efd };
+          wake = { port: c.port1, eventfd: efd, route: 0 };
+        }
         const { port1, port2 } = new MessageChannel();
         port1.unref();
         ports.push(port1);
-        const workerData: ThreadData = { ...data, ...alignedMemory(data.bufferSize), shared: [...shared], port: port2 };
-        const t = new Thread(program, { eval: true, workerData, transferList: [port2] });
+        const workerData: ThreadData = { ...data, ...alignedMemory(data.bufferSize), shared: [...shared], port: port2, uring };
+        const t = new Thread(program, { eval: true, workerData, transferList: uring ? [port2, uring.port] : [port2] });
         t.on('message', (m: unknown) => {
-          if (m instanceof ArrayBuffer) received(m);
+          if (!(m instanceof ArrayBuffer)) return;
+          const route = new Uint32Array(m, 4, 1)[0]!;
+          if (route && wake) routes.set(Buffer.from(m, FORWARD_HEADER + 8, 8).readBigUInt64LE(0), { ...wake, route: route - 1 });
+          received(m);
         });
         t.on('error', (e) => (failure ??= e));
         t.on('exit', () => {
+          if (wake) {
+            for (const [unique, r] of routes) if (r.port === wake.port) routes.delete(unique);
+            wake.port.close();
+            fs.closeSync(wake.eventfd);
+          }
           ports.splice(ports.indexOf(port1), 1);
           port1.close();
           readerGone();
@@ -220,7 +264,6 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
       }
     };
     if (!lazy) return startThreads();
-    const order = new Uint32Array(data.order);
     const buf = Buffer.allocUnsafe(data.bufferSize);
     const readOnMain = (): void => {
       fs.read(data.fd, buf, 0, data.bufferSize, null, (err, n) => {
@@ -236,8 +279,12 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
           received(ab);
         }
         if (!wanted) return readOnMain();
-        live += count;
-        startThreads();
+        if (!started) {
+          live += count;
+          startThreads();
+        }
+        // With a ring, FORGET and INTERRUPT still come through /dev/fuse.
+        if (ring) return readOnMain();
         readerGone();
       });
     };
@@ -248,12 +295,36 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
     want: () => {
       wanted = true;
     },
+    useUring: (r) => {
+      const path = koffiPath();
+      if (started || !path) return false;
+      ring = { ...r, koffi: path };
+      return true;
+    },
+    reply: (unique, b, len) => {
+      const r = routes.get(unique);
+      if (!r) return false;
+      sendReply(r, unique, b, len);
+      return true;
+    },
     share: (tag, value) => {
       if (value === undefined) shared.delete(tag);
       else shared.set(tag, value);
       for (const p of ports) p.postMessage([tag, value]);
     },
   };
+
+  function sendReply(r: Route, unique: bigint, b: Buffer, len: number): void {
+    routes.delete(unique);
+    const reply = new ArrayBuffer(len);
+    b.copy(Buffer.from(reply), 0, 0, len);
+    r.port.postMessage({ route: r.route, reply } satisfies UringReply, [reply]);
+    try {
+      fs.writeSync(r.eventfd, WAKE);
+    } catch {
+      // The thread is gone (the connection with it).
+    }
+  }
 }
 
 

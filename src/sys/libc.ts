@@ -178,3 +178,11 @@ const FD_CLOEXEC = 1;
 export function setCloexec(fd: number): void {
   check(libc().fcntl_int!(fd, F_SETFD, FD_CLOEXEC), 'fcntl(F_SETFD)');
 }
+
+const SYS_eventfd2 = 290;
+const EFD_CLOEXEC = 0o2000000;
+
+/** eventfd(2), close-on-exec, counting from 0: one thread's wake-up call from another. */
+export function eventfd(): number {
+  return check(Number(libc().syscall!(SYS_eventfd2, 'unsigned int', 0, 'int', EFD_CLOEXEC)), 'eventfd');
+}
