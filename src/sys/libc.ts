@@ -181,3 +181,11 @@ const FD_CLOEXEC = 1;
 export function setCloexec(fd: number): void {
   check(libc().fcntl_int!(fd, F_SETFD, FD_CLOEXEC), 'fcntl(F_SETFD)');
 }
+
+let trimFn: ((pad: number) => number) | undefined;
+
+/** malloc_trim(3): gives the C heap's free pages (in every arena) back to the system. */
+export function mallocTrim(): void {
+  trimFn ??= koffi().load('libc.so.6').func('int malloc_trim(size_t pad)') as (pad: number) => number;
+  trimFn(0);
+}
