@@ -20,6 +20,7 @@ function libc(): Record<string, Fn> {
     fallocate: l.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as Fn,
     flock: l.func('int flock(int fd, int op)') as Fn,
     umount2: l.func('int umount2(const char *target, int flags)') as Fn,
+    mount: l.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)') as Fn,
     fcntl_ptr: l.func('int fcntl(int fd, int cmd, _Inout_ uint8_t *arg)') as Fn,
     fcntl_int: l.func('int fcntl(int fd, int cmd, int arg)') as Fn,
     ...vmCalls(k, l),
@@ -97,6 +98,16 @@ export const MNT_DETACH = 2;
 
 export function umount2(target: string, flags: number): void {
   check(libc().umount2!(target, flags), `umount ${target}`);
+}
+
+// <sys/mount.h>
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MS_SHARED = 1 << 20;
+
+/** mount(2): what mount(8) does without its helpers and mtab (mount -i -n), minus a process start. */
+export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void {
+  check(libc().mount!(source, target, fstype, flags, data), `mount ${target}`);
 }
 
 const F_GETFL = 3;
