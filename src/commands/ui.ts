@@ -1,4 +1,4 @@
-import kleur from 'kleur';
+import { isatty } from 'node:tty';
 import { setReporter } from '../core/progress';
 
 /**
@@ -18,27 +18,29 @@ export function colourWanted(stream: NodeJS.WriteStream): boolean {
 
 type Colour = 'red' | 'green' | 'yellow' | 'cyan' | 'bold' | 'dim';
 
+/** SGR codes that start and end each colour. */
+const SGR: Record<Colour, [number, number]> = { red: [31, 39], green: [32, 39], yellow: [33, 39], cyan: [36, 39], bold: [1, 22], dim: [2, 22] };
+
 /**
- * Colours for text bound for one stream. kleur has a single global switch,
- * so each call sets it for that stream and puts it back.
+ * Colours for text bound for one stream (kleur's escapes, without loading
+ * kleur, which looks at process.stdout as it loads: a stream every command
+ * would pay for at start). A colour's end inside the text (nesting) starts
+ * the colour again, as kleur does.
  */
 export function paint(stream: NodeJS.WriteStream): Record<Colour, (s: string) => string> {
   const on = colourWanted(stream);
   const wrap = (c: Colour) => (s: string): string => {
-    const before = kleur.enabled;
-    kleur.enabled = on;
-    try {
-      return kleur[c](s);
-    } finally {
-      kleur.enabled = before;
-    }
+    if (!on) return s;
+    const [open, close] = SGR[c].map((n) => `\u001b[${n}m`) as [string, string];
+    return `${open}${s.split(close).join(close + open)}${close}`;
   };
   return { red: wrap('red'), green: wrap('green'), yellow: wrap('yellow'), cyan: wrap('cyan'), bold: wrap('bold'), dim: wrap('dim') };
 }
 
 /** Installs the spinner as core's progress reporter, when stderr is a terminal. */
 export function installSpinner(): void {
-  if (!process.stderr.isTTY || process.env.TERM === 'dumb') return;
+  // isatty(2), not process.stderr.isTTY: making the stream costs every command at start.
+  if (!isatty(2) || process.env.TERM === 'dumb') return;
   setReporter((text) => {
     let spinner: { stop(): void } | undefined;
     let stopped = false;
