@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
 import { socketPair, closeFds } from '../sys/unixsock';
-import { umount2, mount, MNT_DETACH, MS_NODEV, MS_NOSUID } from '../sys/libc';
+import { umount2, MNT_DETACH } from '../sys/libc';
 
 /** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
 const cp = (): typeof ChildProcess => require('node:child_process') as typeof ChildProcess;
@@ -51,16 +51,17 @@ export async function mountFuse(mountpoint: string, opts: MountOptions): Promise
     throw Object.assign(new Error(`cannot open /dev/fuse: ${why}`), { code });
   }
   const options = [
-    `fd=${fd}`,
+    'fd=3',
     'rootmode=40000',
     `user_id=${opts.uid}`,
     `group_id=${opts.gid}`,
     'default_permissions',
     ...(opts.allowOther ? ['allow_other'] : []),
+    'nosuid',
+    'nodev',
   ].join(',');
   try {
-    // mount(2) itself, as `mount -i -n` would make it: no mount(8) process to start.
-    mount(opts.source, mountpoint, `fuse.${opts.subtype}`, MS_NOSUID | MS_NODEV, options);
+    await run('mount', ['-i', '-n', '-t', `fuse.${opts.subtype}`, '-o', options, opts.source, mountpoint], fd);
   } catch (e) {
     fs.closeSync(fd);
     throw e;

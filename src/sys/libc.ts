@@ -101,8 +101,6 @@ export function umount2(target: string, flags: number): void {
 }
 
 // <sys/mount.h>
-export const MS_NOSUID = 2;
-export const MS_NODEV = 4;
 export const MS_SHARED = 1 << 20;
 
 /** mount(2): what mount(8) does without its helpers and mtab (mount -i -n), minus a process start. */
