@@ -3,9 +3,12 @@
 // FUSE round trip. Bundled and run by bench/run.mjs; prints one JSON line.
 import { Instance } from '../src/daemon/instance';
 import type { Binding } from '../src/daemon/devices';
+import type { KernelNotifier } from '../src/fuse/types';
 
+/** No FUSE session here: nothing to tell a kernel. */
+const noKernel: KernelNotifier = { fd: -1, invalidateNode: async () => {}, invalidateEntry: async () => {}, deleteEntry: async () => {}, takeWritten: () => false, unshare: () => {} };
 const n = Number(process.argv[2] ?? 10_000);
-const inst = new Instance('bench', '/nonexistent', { uid: 0, gid: 0 }, 1 << 20);
+const inst = new Instance('bench', '/nonexistent', { uid: 0, gid: 0 }, 1 << 20, noKernel);
 for (let i = 0; i < n; i++) inst.addDevice(i);
 
 function perCall(fn: () => unknown): number {

@@ -1,5 +1,6 @@
 // Bundles src/main.ts into dist/loopfs.cjs (CommonJS: what a Node single
-// executable runs), then makes the single executable dist/loopfs from it
+// executable runs), with the I/O thread program (build/io-thread.mjs, a
+// second entry) embedded in it as text, then makes the single executable dist/loopfs from it
 // (build/sea.mjs). Prints one line.
 //
 //   node build/build.mjs [--outdir DIR]      default DIR: dist
@@ -7,6 +8,7 @@ import * as esbuild from 'esbuild';
 import { chmodSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { buildSea } from './sea.mjs';
+import { ioThreadDefine } from './io-thread.mjs';
 
 const args = process.argv.slice(2);
 const at = args.indexOf('--outdir');
@@ -18,6 +20,7 @@ const bundle = path.join(outdir, 'loopfs.cjs');
 // Written aside and renamed: a test running the old bundle never reads half a file.
 const result = await esbuild.build({
   entryPoints: ['src/main.ts'],
+  define: await ioThreadDefine(),
   bundle: true,
   platform: 'node',
   target: 'node20',

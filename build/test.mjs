@@ -6,6 +6,7 @@ import * as esbuild from 'esbuild';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { ioThreadDefine } from './io-thread.mjs';
 
 const args = process.argv.slice(2);
 const filter = args.find((a) => !a.startsWith('-'));
@@ -19,6 +20,8 @@ mkdirSync(outdir, { recursive: true });
 process.on('exit', () => rmSync(outdir, { recursive: true, force: true }));
 await esbuild.build({
   entryPoints: files,
+  // Tests that start a FUSE session directly get the same thread program as the binary.
+  define: await ioThreadDefine(),
   bundle: true,
   platform: 'node',
   target: 'node20',

@@ -1,4 +1,5 @@
 import { cac } from 'cac';
+import { usageError } from './base/errors';
 import { reportError } from './commands/report';
 import { registerCommands } from './commands/index';
 import { losetupCommandArgv, losetupMain } from './commands/losetup';
@@ -48,8 +49,9 @@ async function main(argv: string[]): Promise<number> {
     if (!cli.matchedCommand) {
       if (parsed.options.help || parsed.options.version) return 0;
       if (cli.args.length > 0) {
-        process.stderr.write(`loopfs: ${cli.args[0]}: unknown command (EINVAL)\nTry 'loopfs --help'.\n`);
-        return 2;
+        const status = reportError('', usageError('EINVAL', cli.args[0]!, 'unknown command'));
+        process.stderr.write("Try 'loopfs --help'.\n");
+        return status;
       }
       cli.outputHelp();
       return 2;

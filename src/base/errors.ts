@@ -5,8 +5,9 @@ export type Errno = keyof typeof constants.errno;
 
 /**
  * The one error type of loopfs. `what` names the thing that was wrong
- * ("loop5", "max=abc"), `reason` says why (default: the errno's text). Only
- * main.ts turns it into the line `loopfs <cmd>: <what>: <reason> (<ERRNO>)`.
+ * ("loop5", "max=abc"), `reason` says why (default: the errno's text).
+ * toLoopfsError makes one of any thrown error; commands/report.ts prints it
+ * as the line `loopfs <cmd>: <what>: <reason> (<ERRNO>)`.
  */
 export class LoopfsError extends Error {
   readonly errno: Errno;
@@ -39,16 +40,38 @@ export function errnoName(num: number): Errno | undefined {
 }
 
 /**
- * Turns a thrown error into a LoopfsError about `what`. A Node syscall error
- * (err.syscall set) is described by its errno alone; any other error with
- * an errno code (a failed mount(8), say) keeps its own message as the reason.
+ * The errno name a thrown error carries as Node spells it (`code`: 'ENOENT'),
+ * or its own when it is a LoopfsError; undefined when it carries none.
  */
-export function fromSystemError(err: unknown, what: string): LoopfsError {
+export function errnoOf(err: unknown): Errno | undefined {
+  if (err instanceof LoopfsError) return err.errno;
+  const code = (err as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' && code in constants.errno ? (code as Errno) : undefined;
+}
+
+/**
+ * The one way a thrown error becomes a LoopfsError; a LoopfsError stays as
+ * it is. With `what` (the thing being worked on): a Node syscall error
+ * (`syscall` set) is described by its errno alone, any other error with an
+ * errno `code` keeps its own message as the reason, anything else is EIO.
+ * Without `what`, the error tells it itself: a Node error names its path (or
+ * syscall) and keeps Node's words for the reason; cac's parse errors are
+ * usage errors (EINVAL); anything else is EIO and its message, no reason.
+ */
+export function toLoopfsError(err: unknown, what?: string): LoopfsError {
   if (err instanceof LoopfsError) return err;
-  const e = err as NodeJS.ErrnoException;
-  const code = (e && typeof e.code === 'string' && e.code in constants.errno ? e.code : 'EIO') as Errno;
-  const own = e && !e.syscall && typeof e.message === 'string' && e.message ? e.message : undefined;
-  return new LoopfsError(code, what, own);
+  const e = err as NodeJS.ErrnoException | null | undefined;
+  const errno = errnoOf(err);
+  if (what !== undefined) {
+    const own = e && !e.syscall && typeof e.message === 'string' && e.message ? e.message : undefined;
+    return new LoopfsError(errno ?? 'EIO', what, own);
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  // "ENOENT: no such file or directory, open '/x'" says: no such file or directory
+  if (errno) return new LoopfsError(errno, e!.path ?? e!.syscall ?? 'error', message.replace(/^[A-Z0-9]+: /, '').replace(/,.*$/, ''));
+  // cac's: "Unknown option `--x`", "missing required args for command `mount <dir>`"
+  if (err instanceof Error && err.name === 'CACError') return usageError('EINVAL', message.replace(/`/g, "'"), '');
+  return new LoopfsError('EIO', message, '');
 }
 
 const DESCRIPTIONS: Partial<Record<Errno, string>> = {

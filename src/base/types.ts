@@ -47,3 +47,22 @@ export interface PartitionInfo {
   start: ByteOffset;         // relative to the device
   size: ByteOffset;
 }
+
+/**
+ * `length` bytes of the file open as `fd`, from `start`: what the engine
+ * hands out for a device (engine/window.ts BlockRange) and what the FUSE
+ * threads serve (fuse/types.ts BackedRange), each adding its own field.
+ */
+export interface FileRange {
+  fd: number;
+  start: ByteOffset;
+  length: ByteOffset;
+  readOnly: boolean;
+  /**
+   * With direct I/O on: the O_DIRECT descriptor, for requests whose absolute
+   * position and length are multiples of `align` (from aligned memory);
+   * anything else, or what it refuses (EINVAL) or leaves short, goes to `fd`.
+   */
+  directFd?: number;
+  align?: number;
+}

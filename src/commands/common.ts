@@ -1,5 +1,6 @@
 import { usageError } from '../base/errors';
 import type { InstanceSelector } from '../core/api';
+import type { Selection } from '../core/rundir';
 
 /** Helpers every command shares: the global options and strict number parsing. */
 
@@ -10,6 +11,16 @@ export interface GlobalFlags {
 
 export function selector(flags: GlobalFlags): InstanceSelector {
   return { ...(flags.instance ? { instance: String(flags.instance) } : {}), ...(flags.runDir ? { runDir: String(flags.runDir) } : {}) };
+}
+
+/**
+ * The command's selector with its run directory resolved and made ready
+ * (core/rundir.ts resolveSelector), once: the first call resolves it, later
+ * ones get the same value; a failure is tried, and reported, again.
+ */
+export function selection(flags: GlobalFlags): () => Promise<Selection> {
+  let sel: Selection | undefined;
+  return async () => (sel ??= (await import('../core/rundir')).resolveSelector(selector(flags)));
 }
 
 /** A non-negative decimal integer, as the user typed it (cac may have made it a number already). */

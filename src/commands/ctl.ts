@@ -1,8 +1,7 @@
 import type { CAC } from 'cac';
 import { usageError } from '../base/errors';
-import { parseCount, selector, type GlobalFlags } from './common';
-
-const MAX_INDEX = (1 << 20) - 1;
+import { MAX_INDEX } from '../base/loopdev';
+import { parseCount, selection, type GlobalFlags } from './common';
 
 export function register(cli: CAC): void {
   cli
@@ -31,7 +30,7 @@ export function register(cli: CAC): void {
         run = (c) => c.getFree();
       } else throw usageError('EINVAL', op, 'unknown operation (add, remove, get-free)');
       const { openInstance } = await import('../core/instance');
-      const client = await openInstance(selector(flags));
+      const client = await openInstance(await selection(flags)());
       process.stdout.write(`${await run(client)}\n`);
       return 0;
     });

@@ -1,6 +1,7 @@
 import type { CAC } from 'cac';
-import { selector, type GlobalFlags } from './common';
-import { errorLine } from './report';
+import { selection, type GlobalFlags } from './common';
+import { LoopfsError } from '../base/errors';
+import { reportError } from './report';
 
 export function register(cli: CAC): void {
   cli
@@ -8,11 +9,10 @@ export function register(cli: CAC): void {
     .example('loopfs gc')
     .example('loopfs gc --run-dir /srv/ci/loopfs')
     .action(async (flags: GlobalFlags) => {
-      const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
       const { reap, probeInstance, stopInstance, forceStop } = await import('../core/instance');
       let status = 0;
-      const all = listInstances(ensureRunDir(selector(flags).runDir));
+      const all = listInstances((await selection(flags)()).runDir);
       // Live daemons are asked all at once: a wedged one costs its deadline once.
       const probes = await Promise.all(all.map((r) => (r.alive && r.state ? probeInstance(r).catch(() => ({ health: 'answers' as const, why: undefined })) : undefined)));
       for (const [i, r] of all.entries()) {
@@ -25,16 +25,14 @@ export function register(cli: CAC): void {
             const what = done.how === 'aborted' ? `aborted ${r.id} (${r.state.mountpoint}): ${done.why}` : `stopped ${r.id} (${r.state.mountpoint}): orphaned, ${probe.why}`;
             process.stdout.write(`${what}\n`);
           } catch (e) {
-            errorLine('loopfs gc', (e as Error).message, (e as { errno?: string }).errno ?? 'EIO');
-            status = 1;
+            status = reportError('gc', e);
           }
           continue;
         }
         if (r.alive) continue;
         if (!r.state) {
           // Never trusted, never removed: a person should look at it.
-          errorLine('loopfs gc', r.problem ?? r.stateDir, r.problemErrno ?? 'EINVAL');
-          status = 1;
+          status = reportError('gc', new LoopfsError(r.problemErrno ?? 'EINVAL', r.problem ?? r.stateDir, ''));
           continue;
         }
         await reap(r);

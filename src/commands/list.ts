@@ -1,5 +1,5 @@
 import type { CAC } from 'cac';
-import { selector, type GlobalFlags } from './common';
+import { selection, type GlobalFlags } from './common';
 
 export interface ListedInstance {
   id: string;
@@ -21,12 +21,11 @@ export function register(cli: CAC): void {
     .example('loopfs list')
     .example('loopfs list --json')
     .action(async (flags: GlobalFlags & { json?: boolean }) => {
-      const { ensureRunDir } = await import('../core/rundir');
       const { listInstances } = await import('../core/registry');
       const { requestWithin } = await import('../core/client');
       const { ANSWER_DEADLINE_MS } = await import('../core/instance');
       // Asked all at once: a wedged instance costs its deadline once, not once per instance before it.
-      const out: ListedInstance[] = await Promise.all(listInstances(ensureRunDir(selector(flags).runDir)).map(async (r) => {
+      const out: ListedInstance[] = await Promise.all(listInstances((await selection(flags)()).runDir).map(async (r) => {
         const s = r.state;
         const item: ListedInstance = {
           id: r.id, mountpoint: s?.mountpoint ?? null, owner: s ? `${s.uid}:${s.gid}` : null, devices: null, bound: null, open: null,

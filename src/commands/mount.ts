@@ -1,6 +1,7 @@
 import type { CAC } from 'cac';
 import { LoopfsError, usageError } from '../base/errors';
-import { parseCount, selector, str, type GlobalFlags } from './common';
+import { MAX_DEVICES } from '../base/loopdev';
+import { parseCount, selection, str, type GlobalFlags } from './common';
 
 export interface MountOptions {
   max?: number;
@@ -8,8 +9,6 @@ export interface MountOptions {
   gid?: number;
   remount: boolean;
 }
-
-export const MAX_LIMIT = 1_048_576;
 
 /** Parses `-o max=N,uid=U,gid=G,remount`. */
 export function parseMountOptions(text: string | undefined): MountOptions {
@@ -21,7 +20,7 @@ export function parseMountOptions(text: string | undefined): MountOptions {
     if (key === 'remount' && value === undefined) {
       out.remount = true;
     } else if ((key === 'max' || key === 'uid' || key === 'gid') && value !== undefined) {
-      out[key] = parseCount(value, key, key === 'max' ? 1 : 0, key === 'max' ? MAX_LIMIT : 2 ** 32 - 2);
+      out[key] = parseCount(value, key, key === 'max' ? 1 : 0, key === 'max' ? MAX_DEVICES : 2 ** 32 - 2);
     } else {
       throw usageError('EINVAL', part, 'unknown mount option (known: max=N, uid=U, gid=G, remount)');
     }
@@ -42,13 +41,13 @@ export function register(cli: CAC): void {
       if (opts.remount) {
         if (opts.uid !== undefined || opts.gid !== undefined) throw usageError('EINVAL', 'remount', 'only max=N can change on remount');
         if (opts.max === undefined) throw usageError('EINVAL', 'remount', 'nothing to change (give max=N)');
-        const rec = await selectInstance({ ...selector(flags), instance: dir }, false);
+        const rec = await selectInstance({ ...(await selection(flags)()), instance: dir }, false);
         await request(rec.stateDir, 'remount', { max: opts.max });
         return 0;
       }
       const uid = process.getuid?.() ?? 0;
       if (uid !== 0 && (opts.uid !== undefined || opts.gid !== undefined)) throw new LoopfsError('EPERM', 'uid=/gid=', 'only root may mount an instance for another owner');
-      const rec = await mountPinned(selector(flags).runDir, dir, { ...(opts.max !== undefined ? { max: opts.max } : {}), ...(opts.uid !== undefined ? { uid: opts.uid } : {}), ...(opts.gid !== undefined ? { gid: opts.gid } : {}) });
+      const rec = await mountPinned((await selection(flags)()).runDir, dir, { ...(opts.max !== undefined ? { max: opts.max } : {}), ...(opts.uid !== undefined ? { uid: opts.uid } : {}), ...(opts.gid !== undefined ? { gid: opts.gid } : {}) });
       process.stdout.write(`${rec.state!.mountpoint}\n`);
       return 0;
     });

@@ -1,8 +1,8 @@
 import type { CAC } from 'cac';
 import { LoopfsError, usageError } from '../base/errors';
-import type { OverlayAction, OverlayClient } from '../core/api';
+import type { OverlayAction } from '../core/api';
 import type { OverlayInfo } from '../base/types';
-import { selector, type GlobalFlags } from './common';
+import { selection, type GlobalFlags } from './common';
 import { reportError } from './report';
 
 const ACTIONS: readonly OverlayAction[] = ['status', 'discard', 'commit'];
@@ -21,13 +21,12 @@ export function register(cli: CAC): void {
       const { resolveDevice } = await import('../core/instance');
       let status = 0;
       const rows: { name: string; info: OverlayInfo }[] = [];
+      const selected = selection(flags);
       for (const d of devices) {
         try {
-          const ref = await resolveDevice(d, selector(flags));
+          const ref = await resolveDevice(d, await selected());
           if (ref.partition !== undefined) throw new LoopfsError('EINVAL', d, 'a partition is not an overlay device; name its device');
-          const c = ref.client as typeof ref.client & Partial<OverlayClient>;
-          if (!c.overlay) throw new LoopfsError('EOPNOTSUPP', d, 'the instance does not offer overlays');
-          const info = await c.overlay(ref.index, action as OverlayAction).catch((e: unknown) => {
+          const info = await ref.client.overlay(ref.index, action as OverlayAction).catch((e: unknown) => {
             throw e instanceof LoopfsError ? new LoopfsError(e.errno, d, e.reason) : e;
           });
           rows.push({ name: d, info });

@@ -1,6 +1,6 @@
 import type { CAC } from 'cac';
 import { LoopfsError, usageError } from '../base/errors';
-import { selector, type GlobalFlags } from './common';
+import { selection, type GlobalFlags } from './common';
 import { reportError } from './report';
 
 export function register(cli: CAC): void {
@@ -11,10 +11,11 @@ export function register(cli: CAC): void {
     .action(async (devices: string[], flags: GlobalFlags) => {
       if (devices.length === 0) throw usageError('EINVAL', 'rm', 'no device given');
       const { resolveDevice } = await import('../core/instance');
+      const selected = selection(flags);
       let status = 0;
       for (const d of devices) {
         try {
-          const ref = await resolveDevice(d, selector(flags));
+          const ref = await resolveDevice(d, await selected());
           if (ref.partition !== undefined) throw new LoopfsError('EPERM', d, 'a partition entry goes away with its device');
           await ref.client.removeDevice(ref.index).catch((e: unknown) => {
             // As rm(1) says of a missing file; the ioctl's ENODEV is for loop-control.

@@ -2,7 +2,7 @@ import type { CAC } from 'cac';
 import type { AttachRequest } from '../core/api';
 import { LoopfsError, usageError, type Errno } from '../base/errors';
 import { parseCount, selector, str, type GlobalFlags } from './common';
-import { MAX_LIMIT } from './mount';
+import { MAX_DEVICES } from '../base/loopdev';
 
 export function register(cli: CAC): void {
   cli
@@ -20,7 +20,7 @@ export function register(cli: CAC): void {
       for (const part of (str(flags.options) ?? '').split(',').filter(Boolean)) {
         const [k, v] = part.split('=', 2);
         if (k !== 'max' || v === undefined) throw usageError('EINVAL', part, 'unknown run option (known: max=N)');
-        max = parseCount(v, 'max', 1, MAX_LIMIT);
+        max = parseCount(v, 'max', 1, MAX_DEVICES);
       }
       const specs = flags.attach === undefined ? [] : Array.isArray(flags.attach) ? (flags.attach as unknown[]) : [flags.attach];
       const attach = await Promise.all(specs.map((s) => parseAttach(typeof s === 'string' ? s : String(s))));
@@ -43,8 +43,8 @@ export async function parseAttach(spec: string): Promise<AttachRequest> {
   const words = cut < 0 ? [] : spec.slice(cut + 1).split(',');
   const bad = (why: string, errno: Errno = 'EINVAL'): LoopfsError => usageError(errno, `--attach ${spec}`, why);
   if (file === '') throw bad('no image given (--attach IMG[,losetup options])');
-  const { parseLosetupArgs } = await import('./losetup-args');
-  const { attachRequest } = await import('./losetup-run');
+  const { parseLosetupArgs } = await import('./losetup/args');
+  const { attachRequest } = await import('./losetup/run');
   let a;
   try {
     a = parseLosetupArgs(['-f', ...words, file]);

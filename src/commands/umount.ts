@@ -1,6 +1,6 @@
 import type { CAC } from 'cac';
 import { LoopfsError } from '../base/errors';
-import { selector, type GlobalFlags } from './common';
+import { selection, type GlobalFlags } from './common';
 
 export function register(cli: CAC): void {
   cli
@@ -9,10 +9,9 @@ export function register(cli: CAC): void {
     .example('loopfs umount /mnt/loops')
     .example('loopfs umount -l /mnt/loops')
     .action(async (dir: string, flags: GlobalFlags & { lazy?: boolean }) => {
-      const { ensureRunDir } = await import('../core/rundir');
       const { findInstance } = await import('../core/registry');
       const { stopInstance } = await import('../core/instance');
-      const rec = findInstance(ensureRunDir(selector(flags).runDir), dir);
+      const rec = findInstance((await selection(flags)()).runDir, dir);
       if (!rec) throw new LoopfsError('EINVAL', dir, 'not a loopfs instance');
       const done = await stopInstance(rec, !!flags.lazy);
       if (done.how === 'aborted') process.stderr.write(`loopfs umount: ${rec.state?.mountpoint ?? dir}: ${done.why}; its FUSE connection was aborted and the daemon killed\n`);

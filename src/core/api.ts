@@ -30,11 +30,6 @@ export interface AttachRequest {
 /** `loopfs overlay ACTION DEV`. */
 export type OverlayAction = 'status' | 'discard' | 'commit';
 
-/** Offered by clients that speak to a daemon with overlays (ControlClient). */
-export interface OverlayClient {
-  overlay(index: DeviceIndex, action: OverlayAction): Promise<OverlayInfo>;
-}
-
 export interface AttachResult {
   device: DeviceInfo;
   /** Non-fatal notes to print as warnings (attached read-only, no O_DIRECT, corrupt partition table). */
@@ -54,6 +49,12 @@ export interface InstanceClient {
   detachAll(): Promise<void>;
   /** Re-read the backing file size (`losetup -c`). */
   setCapacity(index: DeviceIndex): Promise<DeviceInfo>;
+  /** LOOP_SET_DIRECT_IO (`losetup --direct-io[=on|off] DEV`). */
+  setDirectIo(index: DeviceIndex, on: boolean): Promise<DeviceInfo>;
+  /** LOOP_SET_BLOCK_SIZE (`losetup -b N DEV`). */
+  setSectorSize(index: DeviceIndex, size: number): Promise<DeviceInfo>;
+  /** `loopfs overlay ACTION DEV` of a copy-on-write device. */
+  overlay(index: DeviceIndex, action: OverlayAction): Promise<OverlayInfo>;
   /** LOOP_CTL_ADD / REMOVE / GET_FREE. */
   addDevice(index?: DeviceIndex): Promise<DeviceIndex>;
   removeDevice(index: DeviceIndex): Promise<void>;

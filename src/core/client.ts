@@ -1,11 +1,13 @@
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
 import { SOCKET_FILE } from './state';
-import { connect, readLine, closeFds } from '../sys/unixsock';
-import type { AttachRequest, AttachResult, InstanceClient, OverlayAction, OverlayClient } from './api';
+import { connect } from '../sys/unixsock';
+import { readLine } from '../sys/lines';
+import { closeFds } from '../sys/socket-calls';
+import type { AttachRequest, AttachResult, InstanceClient, OverlayAction } from './api';
 import type { DeviceIndex, DeviceInfo, OverlayInfo } from '../base/types';
 
 type Conn = Awaited<ReturnType<typeof connect>>;
@@ -91,7 +93,7 @@ function plainExchange<K extends Op>(stateDir: string, op: K, args: Requests[K][
         finish(() => {
           if (e.code === 'ECONNREFUSED' || e.code === 'ENOENT') reject(new LoopfsError('ESRCH', who, 'the instance daemon is not running (see loopfs list, loopfs gc)'));
           else if (e.code === 'EAGAIN') reject(new LoopfsError('ETIMEDOUT', file, 'server does not accept connections'));
-          else reject(fromSystemError(e, file));
+          else reject(toLoopfsError(e, file));
         });
       });
     };
@@ -138,7 +140,7 @@ export async function requestWithin<K extends Op>(stateDir: string, op: K, args:
 }
 
 /** InstanceClient over the control socket. Backing files are opened here, with the caller's rights. */
-export class ControlClient implements InstanceClient, OverlayClient {
+export class ControlClient implements InstanceClient {
   constructor(readonly id: string, readonly mountpoint: string, private readonly stateDir: string) {}
 
   list(): Promise<DeviceInfo[]> {
@@ -226,7 +228,7 @@ export function openBacking(file: string, readOnly: boolean): { fd: number; writ
       fd = openOrThrow(file, 'r');
       writable = false;
     } else {
-      throw code === 'EISDIR' ? new LoopfsError('EISDIR', file, 'is a directory') : fromSystemError(e, file);
+      throw code === 'EISDIR' ? new LoopfsError('EISDIR', file, 'is a directory') : toLoopfsError(e, file);
     }
   }
   const st = fs.fstatSync(fd);
@@ -251,6 +253,6 @@ function openOrThrow(file: string, flags: string | number, mode?: number): numbe
   try {
     return fs.openSync(file, flags, mode);
   } catch (e) {
-    throw fromSystemError(e, file);
+    throw toLoopfsError(e, file);
   }
 }

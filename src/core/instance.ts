@@ -1,8 +1,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
-import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
-import { ensureRunDir, ensurePrivateDir, instancesDir, defaultMountpoint } from './rundir';
+import { LoopfsError, errnoOf, toLoopfsError, type Errno } from '../base/errors';
+import { MAX_DEVICES } from '../base/loopdev';
+import { ensurePrivateDir, instancesDir, defaultMountpoint, type RunDir, type Selection } from './rundir';
 import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, requestWithin } from './client';
 import type { Op, Requests } from './protocol';
@@ -11,14 +12,13 @@ import { waiting } from './progress';
 import { PARENTS_FILE } from './limits';
 import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
 import { isMounted, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
-import type { DeviceRef, InstanceClient, InstanceSelector } from './api';
+import type { DeviceRef, InstanceClient } from './api';
 
 /** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
 const cp = (): typeof ChildProcess => require('node:child_process') as typeof ChildProcess;
 
 /** Finding, starting and stopping instances: what every command stands on. */
 
-export const DEFAULT_MAX = 1_048_576;
 export const DEFAULT_ID = 'default';
 
 export interface StartOptions {
@@ -56,8 +56,7 @@ export function selfCommand(): string[] {
 }
 
 /** Mounts a new instance at `mountpoint` and returns once its daemon serves it. */
-export async function startInstance(runDirOpt: string | undefined, mountpoint: string, opts: StartOptions, id?: string): Promise<InstanceRecord> {
-  const runDir = ensureRunDir(runDirOpt);
+export async function startInstance(runDir: RunDir, mountpoint: string, opts: StartOptions, id?: string): Promise<InstanceRecord> {
   const isDefault = id === DEFAULT_ID;
   return withRunDirLock(runDir, async () => {
     if (isDefault) {
@@ -78,7 +77,7 @@ export async function startInstance(runDirOpt: string | undefined, mountpoint: s
     // Inside `loopfs run` the daemon gets a mount namespace of its own (see sandboxMountpoint).
     const sandboxed = fs.existsSync(path.join(runDir, PARENTS_FILE));
     const bound = sandboxed ? sandboxMountpoint(runDir, mountpoint) : false;
-    const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? DEFAULT_MAX), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : [])];
+    const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? MAX_DEVICES), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : [])];
     const argv = sandboxed ? ['unshare', '--mount', '--propagation', 'unchanged', '--', ...daemonArgv] : daemonArgv;
     const child = cp().spawn(argv[0]!, argv.slice(1), {
       detached: true,
@@ -131,18 +130,18 @@ function writeAlias(stateDir: string, alias: string): void {
  * returned. DIR itself is kept as an alias, so `loopfs umount DIR` finds
  * the instance by the name it was mounted with, wherever DIR points later.
  */
-export async function mountPinned(runDirOpt: string | undefined, dir: string, opts: StartOptions): Promise<InstanceRecord> {
+export async function mountPinned(runDir: RunDir, dir: string, opts: StartOptions): Promise<InstanceRecord> {
   const abs = path.resolve(dir);
   let fd: number;
   try {
     fd = fs.openSync(abs, O_PATH | fs.constants.O_DIRECTORY);
   } catch (e) {
-    const err = fromSystemError(e, dir);
+    const err = toLoopfsError(e, dir);
     throw new LoopfsError(err.errno, dir, err.errno === 'ENOENT' ? 'mountpoint does not exist' : err.errno === 'ENOTDIR' ? 'mountpoint is not a directory' : err.reason);
   }
   try {
     const real = fs.readlinkSync(`/proc/self/fd/${fd}`);
-    const rec = await startInstance(runDirOpt, real, { ...opts, ...(real !== abs ? { alias: abs } : {}) });
+    const rec = await startInstance(runDir, real, { ...opts, ...(real !== abs ? { alias: abs } : {}) });
     const mount = instanceMount(rec);
     const parentMount = /^mnt_id:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
     const pinnedAt = fs.readlinkSync(`/proc/self/fd/${fd}`);
@@ -184,7 +183,7 @@ function checkMountpoint(runDir: string, dir: string): void {
   try {
     st = fs.statSync(dir);
   } catch (e) {
-    throw new LoopfsError(((e as NodeJS.ErrnoException).code as Errno) ?? 'ENOENT', dir, 'mountpoint does not exist');
+    throw new LoopfsError(errnoOf(e) ?? 'ENOENT', dir, 'mountpoint does not exist');
   }
   if (!st.isDirectory()) throw new LoopfsError('ENOTDIR', dir, 'mountpoint is not a directory');
   const holder = findInstance(runDir, dir);
@@ -223,21 +222,21 @@ function rmdirQuiet(dir: string): void {
 }
 
 /** The instance a command works on: --instance, else $LOOPFS, else the default one (started on first use). */
-export async function selectInstance(sel: InstanceSelector, startDefault = true): Promise<InstanceRecord> {
-  const runDir = ensureRunDir(sel.runDir);
+export async function selectInstance(sel: Selection, startDefault = true): Promise<InstanceRecord> {
+  const runDir = sel.runDir;
   const name = sel.instance ?? process.env.LOOPFS ?? DEFAULT_ID;
   const rec = findInstance(runDir, name);
   if (rec?.alive && rec.orphaned) throw new LoopfsError('ESRCH', name, `the instance daemon runs but cannot be reached: ${rec.orphaned} (loopfs umount or loopfs gc stops it)`);
   if (rec?.alive && rec.state) return rec;
   if (name === DEFAULT_ID || (rec?.id === DEFAULT_ID)) {
     if (!startDefault) throw new LoopfsError('ENOENT', DEFAULT_ID, 'the default instance is not running');
-    return startInstance(sel.runDir, defaultMountpoint(runDir), {}, DEFAULT_ID);
+    return startInstance(runDir, defaultMountpoint(runDir), {}, DEFAULT_ID);
   }
   if (rec) throw new LoopfsError('ESRCH', name, rec.problem ?? 'the instance daemon is not running (loopfs gc removes it)');
   throw new LoopfsError('ENOENT', name, 'no such loopfs instance');
 }
 
-export async function openInstance(sel: InstanceSelector): Promise<InstanceClient> {
+export async function openInstance(sel: Selection): Promise<InstanceClient> {
   const rec = await selectInstance(sel);
   return new ControlClient(rec.id, rec.state!.mountpoint, rec.stateDir);
 }
@@ -249,7 +248,7 @@ const DEVICE_NAME = /^loop(\d+)(?:p(\d+))?$/;
  * or a bare loopN[pM] of the current instance. Anything else (/dev/loop0, a
  * regular file) is not a loopfs device.
  */
-export async function resolveDevice(arg: string, sel: InstanceSelector): Promise<DeviceRef> {
+export async function resolveDevice(arg: string, sel: Selection): Promise<DeviceRef> {
   if (!arg.includes('/')) {
     const m = DEVICE_NAME.exec(arg);
     if (!m) throw new LoopfsError('EINVAL', arg, 'not a loopfs device name');
@@ -259,7 +258,7 @@ export async function resolveDevice(arg: string, sel: InstanceSelector): Promise
   const abs = path.resolve(arg);
   const dir = path.dirname(abs);
   const name = path.basename(abs);
-  const runDir = ensureRunDir(sel.runDir);
+  const runDir = sel.runDir;
   let realDir = dir;
   try {
     realDir = fs.realpathSync(dir);
@@ -369,9 +368,8 @@ export async function stopInstance(rec: InstanceRecord, lazy: boolean): Promise<
     try {
       detachExactMount(mount, lazy);
     } catch (e) {
-      const err = fromSystemError(e, mountpoint);
-      if (err.errno === 'EBUSY') throw new LoopfsError('EBUSY', mountpoint, `${err.reason} (loopfs umount -l detaches now)`);
-      throw err;
+      const err = toLoopfsError(e);
+      throw new LoopfsError(err.errno, mountpoint, err.errno === 'EBUSY' ? `${err.reason} (loopfs umount -l detaches now)` : err.reason);
     }
   } else {
     // Not mounted any more (unmounted lazily before): the daemon finishes when its last opener closes.

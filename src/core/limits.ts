@@ -20,7 +20,6 @@ import { flock, LOCK_EX, LOCK_SH, LOCK_UN, ofdGetLock, ofdSetLock, F_WRLCK, F_UN
 export const LIMITS_FILE = 'limits';
 export const PARENTS_FILE = 'parents.json';
 export const DEFAULT_MAX_LOOP_DEVICES = 255;
-export const SYSCTL_MAX = 1_048_576;
 
 const UID_SPAN = 2 ** 30;
 const SLOT_SPAN = 2 ** 20;

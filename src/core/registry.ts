@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError } from '../base/errors';
+import { LoopfsError, type Errno } from '../base/errors';
 import { instancesDir } from './rundir';
 import { readState, readPrivateFile, SOCKET_FILE, type InstanceState } from './state';
 import { readMountinfo } from '../fuse/mount';
@@ -13,7 +13,7 @@ export interface InstanceRecord {
   state?: InstanceState;
   /** Why the state could not be used, "FILE: reason" (it is then left alone), and its errno. */
   problem?: string;
-  problemErrno?: string;
+  problemErrno?: Errno;
   /** The daemon process named in the state is alive and is a loopfs daemon. */
   alive: boolean;
   /** A FUSE mount of loopfs is at the mountpoint. */

@@ -1,6 +1,7 @@
+import type { InstanceSelector } from './api';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 
 /**
  * The run directory (SPEC §1): --run-dir, else $LOOPFS_RUNDIR, else
@@ -18,6 +19,17 @@ export function runDirPath(explicit?: string): string {
   return path.join(xdg, 'loopfs');
 }
 
+/** An InstanceSelector whose run directory is resolved and ready: what core's functions take. */
+export interface Selection {
+  instance?: string;
+  runDir: RunDir;
+}
+
+/** An InstanceSelector with its run directory resolved and made ready (the one ensureRunDir of a command). */
+export function resolveSelector(sel: InstanceSelector): Selection {
+  return { ...sel, runDir: ensureRunDir(sel.runDir) };
+}
+
 export function instancesDir(runDir: string): string {
   return path.join(runDir, 'instances');
 }
@@ -31,7 +43,7 @@ export function ensurePrivateDir(dir: string): string {
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
-    const err = fromSystemError(e, dir);
+    const err = toLoopfsError(e, dir);
     throw new LoopfsError(err.errno, dir, `cannot create the run directory: ${err.reason}`);
   }
   checkPrivateDir(dir);
@@ -47,9 +59,16 @@ export function checkPrivateDir(dir: string): void {
   if ((st.mode & 0o022) !== 0) throw new LoopfsError('EPERM', dir, `writable by group or others (mode ${(st.mode & 0o777).toString(8)}); refused`);
 }
 
+declare const READY: unique symbol;
+/**
+ * A run directory that ensureRunDir resolved and made ready: what core's
+ * functions take. A command resolves it once and passes it on as a value.
+ */
+export type RunDir = string & { readonly [READY]: true };
+
 /** The run directory with its fixed layout: instances/, lock (instance creation), limits (max_loop_devices). */
-export function ensureRunDir(explicit?: string): string {
-  const dir = ensurePrivateDir(runDirPath(explicit));
+export function ensureRunDir(explicit?: string): RunDir {
+  const dir = ensurePrivateDir(runDirPath(explicit)) as RunDir;
   ensurePrivateDir(instancesDir(dir));
   for (const f of ['lock', 'limits']) {
     fs.closeSync(fs.openSync(path.join(dir, f), fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600));

@@ -148,9 +148,9 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
     /* as before: a run directory that stays private only hides daemons' mounts made elsewhere */
   }
   fs.writeFileSync(path.join(cfg.runDir, PARENTS_FILE), `${JSON.stringify(parents)}\n`, { mode: 0o600 });
-  ensureRunDir(cfg.runDir);
-  const mountpoint = cfg.dir ?? defaultMountpoint(cfg.runDir);
-  const rec = await startInstance(cfg.runDir, mountpoint, cfg.max ? { max: cfg.max } : {}, cfg.dir ? undefined : DEFAULT_ID);
+  const runDir = ensureRunDir(cfg.runDir);
+  const mountpoint = cfg.dir ?? defaultMountpoint(runDir);
+  const rec = await startInstance(runDir, mountpoint, cfg.max ? { max: cfg.max } : {}, cfg.dir ? undefined : DEFAULT_ID);
   // `loopfs` on CMD's PATH is this very program, whatever PATH held before.
   const bin = path.join(cfg.runDir, 'bin');
   fs.mkdirSync(bin, { mode: 0o755 });
@@ -161,7 +161,7 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
   // (A nested run's CMD sees its own devices only, not its parent's.)
   for (const k of Object.keys(env)) if (/^LOOPFS_DEV(?:ICES|\d+)$/.test(k)) delete env[k];
   if (cfg.attach.length) {
-    const client = await openInstance({ runDir: cfg.runDir, instance: rec.id });
+    const client = await openInstance({ runDir, instance: rec.id });
     const paths: string[] = [];
     for (const req of cfg.attach) {
       let res;

@@ -1,7 +1,8 @@
-import { constants } from 'node:os';
-import { LoopfsError, type Errno } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import { PROTOCOL_VERSION, type InstanceStatus, type Op, type Request, type Requests, type Response } from '../core/protocol';
-import { UnixServer, readLine, closeFds, type UnixConn } from '../sys/unixsock';
+import { UnixServer, type UnixConn } from '../sys/unixsock';
+import { readLine } from '../sys/lines';
+import { closeFds } from '../sys/socket-calls';
 import type { Instance } from './instance';
 import { backingAccess } from './backing';
 
@@ -232,11 +233,9 @@ function parseRequest(line: string): Request {
   return req as Request;
 }
 
-function errorReply(e: unknown): Response {
-  if (e instanceof LoopfsError) return { v: PROTOCOL_VERSION, ok: false, errno: e.errno, what: e.what, reason: e.reason };
-  const n = e as NodeJS.ErrnoException;
-  const errno: Errno = typeof n?.code === 'string' && n.code in constants.errno ? (n.code as Errno) : 'EIO';
-  return { v: PROTOCOL_VERSION, ok: false, errno, what: n?.path ?? 'daemon', reason: (n?.message ?? String(e)).replace(/^E[A-Z]+: /, '') };
+function errorReply(err: unknown): Response {
+  const e = toLoopfsError(err);
+  return { v: PROTOCOL_VERSION, ok: false, errno: e.errno, what: e.what, reason: e.reason };
 }
 
 /** Whether an fd handed over is open for reading and writing (an overlay's delta, a base to commit into). */

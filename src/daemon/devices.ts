@@ -1,4 +1,5 @@
 import { LoopfsError } from '../base/errors';
+import { MAX_INDEX } from '../base/loopdev';
 import type { DeviceIndex, DeviceInfo, PartitionInfo } from '../base/types';
 import type { Device, BlockIO } from '../engine/device';
 
@@ -10,8 +11,6 @@ import type { Device, BlockIO } from '../engine/device';
  * `losetup -f` ever get the same device).
  */
 
-/** Device numbers are kept below the kernel's 2^20 minors. */
-export const MAX_INDEX = (1 << 20) - 1;
 
 export interface Binding {
   device: Device;

@@ -1,5 +1,5 @@
 import { constants as fsConstants } from 'node:fs';
-import { LoopfsError } from '../base/errors';
+import { LoopfsError, errnoOf, toLoopfsError } from '../base/errors';
 import { S_IFDIR, S_IFREG, RENAME_EXCHANGE, FUSE_ROOT_ID } from '../fuse/kernel';
 import type { Attr, DirEntry, Entry, FileSystem, IoctlResult, NodeId, OpenResult, RequestContext, SetattrRequest, StatfsResult } from '../fuse/types';
 import type { BlockIO } from '../engine/device';
@@ -49,7 +49,7 @@ export class LoopFilesystem implements FileSystem {
   private readonly created = Date.now();
   private readonly ioctls: DeviceIoctls;
 
-  constructor(private readonly inst: Instance) {
+  constructor(readonly inst: Instance) {
     this.ioctls = new DeviceIoctls(inst);
   }
 
@@ -129,13 +129,11 @@ export class LoopFilesystem implements FileSystem {
 
   readdir(_ctx: RequestContext, ino: NodeId): DirEntry[] {
     if (ino !== FUSE_ROOT_ID) fail('ENOENT', `inode ${ino}`);
-    const root = this.attr({ kind: 'root' });
     const out: DirEntry[] = [
       { name: '.', ino: FUSE_ROOT_ID, mode: S_IFDIR },
       { name: '..', ino: FUSE_ROOT_ID, mode: S_IFDIR },
       { name: 'loop-control', ino: CONTROL_INO, mode: S_IFREG, attr: this.attr({ kind: 'control' }) },
     ];
-    void root;
     for (const dev of this.inst.table.all()) {
       out.push({ name: dev.name, ino: deviceIno(dev.index), mode: S_IFREG, attr: this.attr({ kind: 'device', dev }) });
       for (const [part, io] of dev.binding?.windows ?? []) {
@@ -147,8 +145,8 @@ export class LoopFilesystem implements FileSystem {
 
   /**
    * As a block device opens: a read-only device opens for writing too, and
-   * each write fails EPERM. A bound window of a plain descriptor: the
-   * session's threads serve READ/WRITE themselves.
+   * each write fails EPERM. A bound window of a plain descriptor or of an
+   * overlay: the session's threads serve READ/WRITE themselves.
    *
    * Writable O_DIRECT opens are FOPEN_DIRECT_IO: a write crossing the end
    * of the device is then sent piece after piece and comes back short, as
@@ -173,7 +171,10 @@ export class LoopFilesystem implements FileSystem {
     const directIo = io !== undefined && writable && (flags & O_DIRECT) !== 0;
     // A BLKROSET entry: every write comes here, to be refused.
     if (this.roSet(n)) return { fh, directIo };
-    return { fh, backing: io?.fileRange?.(), directIo };
+    const range = io?.fileRange?.();
+    // An overlay's map goes to the threads with the handle (its id is the tag).
+    const backing = range?.overlay ? { ...range, shared: { tag: range.overlay.id, data: range.overlay } } : range;
+    return { fh, backing, directIo };
   }
 
   release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
@@ -220,7 +221,7 @@ export class LoopFilesystem implements FileSystem {
    */
   async flush(_ctx: RequestContext, _ino: NodeId, fh: number): Promise<void> {
     const h = this.handles.get(fh);
-    const wroteOnThread = this.inst.session?.takeWritten(fh) ?? false;
+    const wroteOnThread = this.inst.kernel.takeWritten(fh);
     if (!h || !(h.wrote || wroteOnThread) || h.node.kind !== 'device') return;
     h.wrote = false;
     const dev = h.node.dev;
@@ -271,9 +272,9 @@ export class LoopFilesystem implements FileSystem {
     try {
       return await this.anyIoctl(ctx, ino, fh, cmd, arg);
     } catch (e) {
-      if (e instanceof LoopfsError && e.errno === 'ENOSYS') throw new LoopfsError('ENOTTY', e.what, e.reason);
-      if ((e as { code?: unknown } | null)?.code === 'ENOSYS') throw new LoopfsError('ENOTTY', `inode ${ino}`, String((e as Error).message));
-      throw e;
+      if (errnoOf(e) !== 'ENOSYS') throw e;
+      const err = toLoopfsError(e, `inode ${ino}`);
+      throw new LoopfsError('ENOTTY', err.what, err.reason);
     }
   }
 
@@ -308,7 +309,7 @@ export class LoopFilesystem implements FileSystem {
     const n = this.byName(parent, name);
     if (!n) fail('ENOENT', name);
     if (n.kind !== 'device') fail('EPERM', name);
-    this.inst.removeDevice(n.dev.index, false);
+    this.inst.removeDevice(n.dev.index);
   }
 
   rename(_ctx: RequestContext, parent: NodeId, name: string, newParent: NodeId, newName: string, flags: number): void {

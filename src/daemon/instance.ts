@@ -1,8 +1,9 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import * as os from 'node:os';
 import type { AttachRequest, AttachResult, OverlayAction } from '../core/api';
 import type { DeviceIndex, DeviceInfo, OverlayInfo, PartitionInfo } from '../base/types';
+import { findOverlap } from '../base/loopdev';
 import { Device, type AttachOptions } from '../engine/device';
 import { tmpDelta, type Overlay } from '../engine/overlay';
 import { scanPartitions, PartitionWindow } from '../engine/partitions';
@@ -13,7 +14,7 @@ import { FUSE_ROOT_ID } from '../fuse/kernel';
 import { connectionOfDeviceFd, fuseConnection, mountOfFd } from '../fuse/mount';
 import { backingAccess } from './backing';
 import { collectWhenQuiet } from './heap';
-import type { Session } from '../fuse/session';
+import type { KernelNotifier } from '../fuse/types';
 
 /**
  * One instance as the daemon holds it: the device table plus the engine
@@ -46,18 +47,19 @@ export interface StatusChange {
 
 export class Instance {
   readonly table: DeviceTable;
-  session: Session | undefined;
   /** Devices being set up by an attach that has not finished yet. */
   private readonly settingUp = new Set<DeviceIndex>();
-  /** Where unnamed overlay deltas are made (O_TMPFILE): the instance's private state directory. */
-  overlayDir: string | undefined;
 
   constructor(
     readonly id: string,
     readonly mountpoint: string,
     readonly owner: Owner,
     max: number,
+    /** The FUSE session serving the instance: the kernel's caches to keep honest. */
+    readonly kernel: KernelNotifier,
     limits: Pick<TableHooks, 'reserve' | 'release'> = {},
+    /** Where unnamed overlay deltas are made (O_TMPFILE): the instance's private state directory. */
+    readonly overlayDir?: string,
   ) {
     this.table = new DeviceTable(max, { ...limits, changed: (dev, what, oldName) => this.changed(dev, what, oldName) });
   }
@@ -65,8 +67,7 @@ export class Instance {
   /** Keeps the kernel's caches honest when devices change behind its back. */
   private changed(dev: LoopDevice, what: string, oldName?: string): void {
     collectWhenQuiet();
-    const s = this.session;
-    if (!s) return;
+    const s = this.kernel;
     const ino = deviceIno(dev.index);
     if (what === 'removed') void s.deleteEntry(FUSE_ROOT_ID, ino, dev.name);
     else if (what === 'renamed' && oldName) void s.invalidateEntry(FUSE_ROOT_ID, oldName);
@@ -77,7 +78,7 @@ export class Instance {
     return this.table.add(index).index;
   }
 
-  removeDevice(index: DeviceIndex, _fromControl = true): void {
+  removeDevice(index: DeviceIndex): void {
     if (this.settingUp.has(index)) throw new LoopfsError('EBUSY', `loop${index}`, 'device is being set up');
     this.table.remove(index);
   }
@@ -165,9 +166,8 @@ export class Instance {
         // readOnly is what was asked: the engine itself falls back to read-only (and warns) for a read-only fd.
         { offset: req.offset ?? 0, sizelimit: req.sizelimit ?? 0, sectorSize: req.sectorSize ?? 512, readOnly: !!req.readOnly, directIo: !!req.directIo, overlay },
       );
-      // An overlay never writes its base: nothing to overlap.
-      if (req.nooverlap && !overlay) {
-        const reuse = this.overlapping(device);
+      if (req.nooverlap) {
+        const reuse = this.overlapping(device, req.index === undefined);
         if (reuse) {
           // util-linux -L: an identical window is reused (and loses autoclear), not duplicated.
           await device.close();
@@ -177,9 +177,7 @@ export class Instance {
           return { device: this.infoOf(reuse), warnings: [] };
         }
       }
-      // The size warning is left to the client: losetup prints util-linux's own, once.
-      const sizeWarning = device.sizeWarning;
-      const warnings = device.warnings.filter((w) => w !== sizeWarning);
+      const warnings = [...device.warnings];
       const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: NO_WINDOWS, fileName };
       if (req.partscan) {
         const table = await scanPartitions(device);
@@ -188,7 +186,7 @@ export class Instance {
         binding.windows = windowsOf(device, table.partitions);
       }
       this.table.bind(dev, binding);
-      for (const p of binding.partitions) void this.session?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
+      for (const p of binding.partitions) void this.kernel.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
       return { device: this.infoOf(dev), warnings };
     } catch (e) {
       dropDelta();
@@ -213,7 +211,7 @@ export class Instance {
   async notOwnEntry(backing: { fd: number; path: string }): Promise<void> {
     try {
       const mount = mountOfFd(backing.fd);
-      const own = this.session ? connectionOfDeviceFd(this.session.fd) : undefined;
+      const own = connectionOfDeviceFd(this.kernel.fd);
       let ours: boolean;
       if (mount && own !== undefined) ours = fuseConnection(mount) === own;
       else {
@@ -225,25 +223,24 @@ export class Instance {
       if (ours) throw new LoopfsError('EBADF', backing.path, 'a file of this instance cannot back one of its devices');
     } catch (e) {
       closeQuietly(backing.fd);
-      throw fromSystemError(e, backing.path);
+      throw toLoopfsError(e, backing.path);
     }
   }
 
   /**
-   * --nooverlap: the device mapping exactly this window of the same file (to
-   * reuse), or EBUSY when another device maps an overlapping region.
+   * --nooverlap (findOverlap): the device mapping exactly this window of the
+   * same file (to reuse, when the device is to be found), or EBUSY when
+   * another device maps an overlapping region.
    */
-  private overlapping(d: Device): LoopDevice | undefined {
-    for (const other of this.table.all()) {
-      const b = other.binding;
-      if (!b || b.device.overlay) continue;
-      if (b.device.sameWindow(d.dev, d.ino, d.offset, d.sizelimit)) {
-        if (b.device.readOnly && !d.readOnly) throw new LoopfsError('EBUSY', d.path, `overlapping read-only loop device exists (${other.name})`);
-        return other;
-      }
-      if (b.device.overlaps(d.dev, d.ino, d.offset, d.sizelimit)) throw new LoopfsError('EBUSY', d.path, `overlapping loop device exists (${other.name})`);
-    }
-    return undefined;
+  private overlapping(d: Device, findsDevice: boolean): LoopDevice | undefined {
+    const bound = this.table.all().flatMap((dev) => {
+      const b = dev.binding?.device;
+      return b ? [{ dev, b, offset: b.offset, sizelimit: b.sizelimit, readOnly: b.readOnly, overlay: b.overlay }] : [];
+    });
+    const found = findOverlap(bound, (o) => o.b.dev === d.dev && o.b.ino === d.ino, d, findsDevice);
+    if (found?.kind === 'read-only') throw new LoopfsError('EBUSY', d.path, `overlapping read-only loop device exists (${found.device.dev.name})`);
+    if (found?.kind === 'overlap') throw new LoopfsError('EBUSY', d.path, `overlapping loop device exists (${found.device.dev.name})`);
+    return found?.device.dev;
   }
 
   /**
@@ -268,7 +265,9 @@ export class Instance {
   private async unbind(dev: LoopDevice): Promise<void> {
     const parts = dev.binding?.partitions ?? [];
     const b = this.table.unbind(dev);
-    for (const p of parts) void this.session?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+    for (const p of parts) void this.kernel.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+    const overlay = b?.device.overlay;
+    if (overlay) this.kernel.unshare(overlay.mapId);
     await b?.device.close();
   }
 
@@ -293,13 +292,13 @@ export class Instance {
     const old = b.partitions;
     b.partitions = parts;
     b.windows = windows;
-    const s = this.session;
+    const s = this.kernel;
     for (const p of old) {
-      if (!windows.has(p.number)) void s?.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
+      if (!windows.has(p.number)) void s.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
     }
     for (const p of parts) {
-      void s?.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
-      void s?.invalidateNode(partitionIno(dev.index, p.number));
+      void s.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
+      void s.invalidateNode(partitionIno(dev.index, p.number));
     }
   }
 
@@ -319,7 +318,7 @@ export class Instance {
     b.autoclear = st.autoclear;
     const scan = st.partscan && !b.partscan;
     if (st.partscan) b.partscan = true;
-    if (moved) await this.session?.invalidateNode(deviceIno(dev.index));
+    if (moved) await this.kernel.invalidateNode(deviceIno(dev.index));
     if (scan || (moved && b.partscan)) await this.rescanPartitions(dev);
     return this.infoOf(dev);
   }
@@ -353,7 +352,7 @@ export class Instance {
     }
     b.device = next;
     b.windows = windowsOf(next, b.partitions);
-    await this.session?.invalidateNode(deviceIno(dev.index));
+    await this.kernel.invalidateNode(deviceIno(dev.index));
     await old.close();
     if (b.partscan) await this.rescanPartitions(dev);
     return this.infoOf(dev);
@@ -364,7 +363,7 @@ export class Instance {
     if (!dev.binding) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     await dev.binding.device.refreshCapacity();
     // Done when it returns, as LOOP_SET_CAPACITY is: a descriptor open all along sees the new size at once.
-    await this.session?.invalidateNode(deviceIno(dev.index));
+    await this.kernel.invalidateNode(deviceIno(dev.index));
     return this.infoOf(dev);
   }
 
@@ -388,7 +387,7 @@ export class Instance {
     const d = dev.binding?.device;
     if (!d) throw new LoopfsError('ENXIO', dev.name, 'device is not bound');
     d.setSectorSize(size);
-    await this.session?.invalidateNode(deviceIno(dev.index));
+    await this.kernel.invalidateNode(deviceIno(dev.index));
     await this.rescanPartitions(dev);
     return this.infoOf(dev);
   }
@@ -399,7 +398,7 @@ export class Instance {
    * FileSystem sent back to it. Resolves once the kernel has it.
    */
   async refresh(dev: LoopDevice, part?: number): Promise<void> {
-    await this.session?.invalidateNode(part === undefined ? deviceIno(dev.index) : partitionIno(dev.index, part));
+    await this.kernel.invalidateNode(part === undefined ? deviceIno(dev.index) : partitionIno(dev.index, part));
   }
 
   /**

@@ -1,4 +1,5 @@
 import { LoopfsError } from '../base/errors';
+import { devMajor, devMinor } from '../base/loopdev';
 
 /**
  * The loop driver's ioctl ABI as the kernel defines it, and the block
@@ -25,9 +26,6 @@ export const LO_FLAGS_PARTSCAN = 8;
 export const LO_FLAGS_DIRECT_IO = 16;
 /** What LOOP_CONFIGURE accepts in lo_flags (anything else: EINVAL). */
 export const LOOP_CONFIGURE_SETTABLE_FLAGS = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | LO_FLAGS_PARTSCAN | LO_FLAGS_DIRECT_IO;
-/** What LOOP_SET_STATUS(64) may set, and clear; other bits are ignored. */
-export const LOOP_SET_STATUS_SETTABLE_FLAGS = LO_FLAGS_AUTOCLEAR | LO_FLAGS_PARTSCAN;
-export const LOOP_SET_STATUS_CLEARABLE_FLAGS = LO_FLAGS_AUTOCLEAR;
 
 export const LO_NAME_SIZE = 64;
 export const LO_KEY_SIZE = 32;
@@ -174,9 +172,8 @@ export function decodeConfig(b: Buffer): LoopConfig {
 
 /** A Linux dev_t as Node's stat gives it (glibc's encoding) → the kernel's huge_encode_dev(). */
 export function hugeEncodeDev(dev: number | bigint): bigint {
-  const d = BigInt(dev);
-  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
-  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
+  const major = BigInt(devMajor(dev));
+  const minor = BigInt(devMinor(dev));
   return (minor & 0xffn) | (major << 8n) | ((minor & ~0xffn) << 12n);
 }
 

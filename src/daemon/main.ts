@@ -1,14 +1,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { InstanceStatus } from '../core/protocol';
 import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
 import { mountFuse, unmountFuse, type Mounted } from '../fuse/mount';
 import { Session } from '../fuse/session';
+import type { KernelNotifier } from '../fuse/types';
 import { Budget, levelsFor } from '../core/limits';
 import { ControlServer } from './control';
 import { LoopFilesystem } from './filesystem';
 import { Instance } from './instance';
+import { ioThreadProgram } from './io-thread-program';
 
 /**
  * The daemon of one instance: `loopfs __daemon --id … --mountpoint … --state …`.
@@ -68,21 +70,20 @@ export async function runDaemon(argv: string[]): Promise<number> {
   };
   // No process.title: it rewrites /proc/PID/cmdline, which liveness checks read.
   let control: ControlServer;
-  let session: Session;
+  let session: Session<LoopFilesystem>;
   let inst: Instance;
   let mounted: Mounted;
   try {
     // Devices count against the owner's max_loop_devices here and in every run directory above.
     const budget = new Budget(levelsFor(a.runDir, a.uid));
-    inst = new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, { reserve: (n) => budget.reserve(n), release: (n) => budget.release(n) });
-    inst.overlayDir = a.state;
-    const fsys = new LoopFilesystem(inst);
+    const limits = { reserve: (n: number) => budget.reserve(n), release: (n: number) => budget.release(n) };
     // allow_other lets root reach an instance it mounted for another owner; an
     // ordinary user's instance (through fusermount3) is the owner's alone.
     mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
-    // No passthrough: a device's size is fixed at attach, the backing file's is not (see LoopFilesystem.open).
-    session = new Session(mounted.fd, fsys, { debug: debug ? log : undefined, passthrough: false });
-    inst.session = session;
+    // The instance is made with the session that serves it, as its KernelNotifier.
+    const made = (kernel: KernelNotifier): LoopFilesystem => new LoopFilesystem(new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, kernel, limits, a.state));
+    session = new Session(mounted.fd, made, { threadProgram: ioThreadProgram(), debug: debug ? log : undefined });
+    inst = session.fsys.inst;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),
       remount: (max) => {
@@ -96,7 +97,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
       },
     }, log);
   } catch (e) {
-    const err = fromSystemError(e, a.mountpoint);
+    const err = toLoopfsError(e, a.mountpoint);
     tellParent(`error ${err.errno} ${JSON.stringify({ what: err.what, reason: err.reason })}`);
     return 1;
   }

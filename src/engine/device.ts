@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
 import { ioctlBuf } from '../sys/libc';
 import { FileIO, type IoCounts } from './file';
@@ -49,12 +49,9 @@ export class Device extends Window implements BlockIO {
   sizelimit: ByteOffset;
   /** What attach (or a later setting of directIo) wants the user to know, one sentence each. */
   readonly warnings: string[] = [];
-  /** The one of `warnings` that is util-linux's warn_size(), which losetup words and prints itself. */
-  sizeWarning: string | undefined;
   private readonly file: FileIO;
   private readonly writableFd: boolean;
   private fileSize: ByteOffset;
-  private readonly isBlockDevice: boolean;
   /** The copy-on-write layer between the window and the base file, for an overlay device. */
   readonly overlay: Overlay | undefined;
 
@@ -69,7 +66,6 @@ export class Device extends Window implements BlockIO {
     this.sizelimit = sizelimit;
     this.fileSize = fileSize;
     this.writableFd = writableFd;
-    this.isBlockDevice = st.isBlockDevice();
   }
 
   /**
@@ -106,7 +102,6 @@ export class Device extends Window implements BlockIO {
         dev = new Device(new FileIO(backing.fd, backing.path), st, fileSize, offset, sizelimit, sectorSize, readOnly, backing.writable);
       }
       if (!opts.overlay && !opts.readOnly && !backing.writable) dev.warnings.push(`${backing.path}: Warning: file is not writable; attached read-only.`);
-      dev.warnSize();
     } catch (e) {
       try {
         fs.closeSync(backing.fd);
@@ -120,7 +115,7 @@ export class Device extends Window implements BlockIO {
           // as above
         }
       }
-      throw fromSystemError(e, backing.path);
+      throw toLoopfsError(e, backing.path);
     }
     if (opts.directIo) dev.directIo = true;
     return dev;
@@ -231,23 +226,6 @@ export class Device extends Window implements BlockIO {
     return this.length;
   }
 
-  /**
-   * Whether the file (dev, ino) window [offset, offset+size) intersects this
-   * device's, the way util-linux's --nooverlap compares them: a size of 0
-   * means "to the end of the file", as a sizelimit of 0 does.
-   */
-  overlaps(dev: number, ino: number, offset: ByteOffset, size: ByteOffset): boolean {
-    if (dev !== this.dev || ino !== this.ino) return false;
-    if (this.sizelimit !== 0 && offset >= this.offset + this.sizelimit) return false;
-    if (size !== 0 && offset + size <= this.offset) return false;
-    return true;
-  }
-
-  /** Same file, same offset and sizelimit: util-linux's "full match" that --nooverlap reuses. */
-  sameWindow(dev: number, ino: number, offset: ByteOffset, sizelimit: ByteOffset): boolean {
-    return dev === this.dev && ino === this.ino && offset === this.offset && sizelimit === this.sizelimit;
-  }
-
   /** Waits for requests in flight, then closes the backing file. Later requests fail ENXIO. */
   async close(): Promise<void> {
     if (this.overlay) {
@@ -259,18 +237,6 @@ export class Device extends Window implements BlockIO {
       return;
     }
     return this.file.close();
-  }
-
-  /** util-linux losetup's warn_size(). */
-  private warnSize(): void {
-    if (this.isBlockDevice) return;
-    const size = this.sizelimit || this.fileSize - this.offset;
-    if (size < 512) {
-      this.sizeWarning = `${this.path}: Warning: file is smaller than 512 bytes; the loop device may be useless or invisible for system tools.`;
-    } else if (size % 512 !== 0) {
-      this.sizeWarning = `${this.path}: Warning: file does not end on a 512-byte sector boundary; the remaining end of the file will be ignored.`;
-    }
-    if (this.sizeWarning) this.warnings.push(this.sizeWarning);
   }
 }
 
@@ -288,7 +254,7 @@ export function windowSize(fileSize: ByteOffset, offset: ByteOffset, sizelimit: 
 }
 
 function fstat(b: { fd: number; path: string }): Promise<fs.Stats> {
-  return new Promise((resolve, reject) => fs.fstat(b.fd, (err, st) => (err ? reject(fromSystemError(err, b.path)) : resolve(st))));
+  return new Promise((resolve, reject) => fs.fstat(b.fd, (err, st) => (err ? reject(toLoopfsError(err, b.path)) : resolve(st))));
 }
 
 function backingSize(b: { fd: number; path: string }, st: fs.Stats): ByteOffset {

@@ -1,9 +1,11 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
 import { koffi } from '../sys/ffi';
 import { punchHole } from '../sys/libc';
-import type { FileRange, Lower } from './window';
+import { readRest, writeRest } from './transfer';
+import type { BlockRange, Lower } from './window';
+import { devMajor, devMinor } from '../base/loopdev';
 
 /**
  * The bottom of the stack: pread/pwrite on the backing file at absolute
@@ -80,7 +82,7 @@ export class FileIO implements Lower {
       try {
         this.dfd = fs.openSync(`/proc/self/fd/${this.fd}`, flags);
       } catch (e) {
-        throw fromSystemError(e, `${this.path}: O_DIRECT`);
+        throw toLoopfsError(e, `${this.path}: O_DIRECT`);
       }
       this.align = logicalBlockSize(stDev);
     }
@@ -91,8 +93,8 @@ export class FileIO implements Lower {
     return this.request(READ, dst, length, position);
   }
 
-  /** The descriptors, unbounded (see FileRange); none once closed. */
-  fileRange(): FileRange | undefined {
+  /** The descriptors, unbounded (see BlockRange); none once closed. */
+  fileRange(): BlockRange | undefined {
     if (this.closed) return undefined;
     const direct = this.directOn ? { directFd: this.dfd, align: this.align } : {};
     return { fd: this.fd, start: 0, length: Number.MAX_SAFE_INTEGER, readOnly: false, ...direct };
@@ -106,7 +108,7 @@ export class FileIO implements Lower {
     if (this.closed) return Promise.reject(this.closedError());
     return this.track(
       new Promise<void>((resolve, reject) => {
-        (datasync ? fs.fdatasync : fs.fsync)(this.fd, (err) => (err ? reject(fromSystemError(err, `${this.path}: fsync`)) : resolve()));
+        (datasync ? fs.fdatasync : fs.fsync)(this.fd, (err) => (err ? reject(toLoopfsError(err, `${this.path}: fsync`)) : resolve()));
       }),
     );
   }
@@ -116,7 +118,7 @@ export class FileIO implements Lower {
     const what = `${this.path}: discard`;
     return this.track(
       punchHole(this.fd, position, length).catch((e: unknown) => {
-        throw e instanceof LoopfsError ? new LoopfsError(e.errno, what, e.reason) : fromSystemError(e, what);
+        throw e instanceof LoopfsError ? new LoopfsError(e.errno, what, e.reason) : toLoopfsError(e, what);
       }),
     );
   }
@@ -138,7 +140,7 @@ export class FileIO implements Lower {
         first ??= e;
       }
     }
-    if (first) throw fromSystemError(first, `${this.path}: close`);
+    if (first) throw toLoopfsError(first, `${this.path}: close`);
   }
 
   private request(kind: Kind, buf: Buffer, length: number, position: ByteOffset): Promise<number> {
@@ -166,16 +168,16 @@ export class FileIO implements Lower {
           resolve(n);
           return;
         }
-        this.finish(kind, fd, buf, length, position, err, n).then(
-          (v) => {
-            this.settled();
-            resolve(v);
-          },
-          (e: unknown) => {
-            this.settled();
-            reject(e);
-          },
-        );
+        let v: number;
+        try {
+          v = this.finish(kind, fd, buf, length, position, err, n);
+        } catch (e) {
+          this.settled();
+          reject(e);
+          return;
+        }
+        this.settled();
+        resolve(v);
       });
     });
   }
@@ -183,40 +185,22 @@ export class FileIO implements Lower {
   /**
    * The rare cases: O_DIRECT refused the request (EINVAL: retried buffered),
    * a short transfer (continued), a read past the end of a file that shrank
-   * after attach (the device's size still covers it). For the last, what a
-   * kernel loop device does: a request that starts before the file's end
-   * succeeds whole (here the rest is zeros), one that starts at or past it
-   * fails EIO.
+   * after attach (the device's size still covers it): transfer.ts's rules,
+   * synchronous (rare, and short).
    */
-  private async finish(kind: Kind, fd: number, buf: Buffer, length: number, position: ByteOffset, err: NodeJS.ErrnoException | null, n: number): Promise<number> {
+  private finish(kind: Kind, fd: number, buf: Buffer, length: number, position: ByteOffset, err: NodeJS.ErrnoException | null, n: number): number {
     let done = 0;
     if (err) {
-      if (!(fd === this.dfd && err.code === 'EINVAL')) throw fromSystemError(err, this.what(kind, length, position));
+      if (!(fd === this.dfd && err.code === 'EINVAL')) throw toLoopfsError(err, this.what(kind, length, position));
     } else {
       done = n;
     }
-    while (done < length) {
-      let got: number;
-      try {
-        got = await new Promise<number>((resolve, reject) => {
-          IO[kind](this.fd, buf, done, length - done, position + done, (e, c) => (e ? reject(e) : resolve(c)));
-        });
-      } catch (e) {
-        if (done > 0 && kind === WRITE) return done;
-        throw fromSystemError(e, this.what(kind, length - done, position + done));
-      }
-      if (got === 0) {
-        if (kind === READ) {
-          if (done === 0) throw new LoopfsError('EIO', this.what(kind, length, position), 'the backing file ends before this request');
-          buf.fill(0, done, length);
-          return length;
-        }
-        if (done > 0) return done;
-        throw new LoopfsError('EIO', this.what(kind, length, position), 'the backing file accepted no bytes');
-      }
-      done += got;
+    try {
+      return kind === READ ? readRest(this.fd, buf, done, length, position) : writeRest(this.fd, buf, done, length, position);
+    } catch (e) {
+      const what = this.what(kind, length, position);
+      throw e instanceof LoopfsError ? new LoopfsError(e.errno, what, e.reason) : toLoopfsError(e, what);
     }
-    return done;
   }
 
   private async bounced(kind: Kind, buf: Buffer, length: number, position: ByteOffset): Promise<number> {
@@ -307,12 +291,9 @@ function alignedUnsafe(size: number, align: number): Buffer {
  * a filesystem without one (tmpfs, btrfs, overlay: st_dev major 0).
  */
 function logicalBlockSize(stDev: number): number {
-  const d = BigInt(stDev);
-  // glibc's dev_t encoding (gnu_dev_major / gnu_dev_minor).
-  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
-  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
-  if (major === 0n) return 4096;
-  const dir = `/sys/dev/block/${major}:${minor}`;
+  const major = devMajor(stDev);
+  if (major === 0) return 4096;
+  const dir = `/sys/dev/block/${major}:${devMinor(stDev)}`;
   for (const f of [`${dir}/queue/logical_block_size`, `${dir}/../queue/logical_block_size`]) {
     try {
       const n = Number(fs.readFileSync(f, 'utf8').trim());

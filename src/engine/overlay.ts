@@ -1,18 +1,21 @@
 import * as fs from 'node:fs';
-import { LoopfsError, fromSystemError } from '../base/errors';
+import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
-import { flock, LOCK_EX, LOCK_NB, LOCK_SH } from '../sys/libc';
+import { flock, LOCK_EX, LOCK_NB, LOCK_SH, punchHoleSync } from '../sys/libc';
 import { crc32 } from './crc32';
 import { FileIO } from './file';
-import type { Lower } from './window';
+import { newShare, OverlayMap } from './overlay-map';
+import type { BlockRange, Lower } from './window';
 
 /**
  * A copy-on-write layer over a base file (SPEC §8): reads come from the base
  * except for the blocks written through the overlay, which live in a delta
  * file. The base is only ever read. The overlay speaks absolute positions of
  * the base file (a Lower), so a Device's window (-o, --sizelimit) and its
- * partitions stack on it unchanged; it never offers a FileRange, so every
- * request comes through here.
+ * partitions stack on it unchanged. Its block map and the reads and writes
+ * that follow it are overlay-map.ts, in shared memory: the BlockRange it
+ * offers carries the map, and the I/O threads serve the device's requests
+ * with it, as read/write here do on the main thread.
  *
  * The delta holds block i at dataOffset + i*blockSize (sparse: a block never
  * written is a hole). A block is present in the delta or not (one bit);
@@ -82,7 +85,7 @@ export function tmpDelta(dir: string): DeltaFile {
   try {
     return { fd: fs.openSync(dir, O_TMPFILE | fs.constants.O_RDWR, 0o600), path: `${dir} (unnamed overlay)`, named: false };
   } catch (e) {
-    throw fromSystemError(e, `${dir}: temporary overlay file`);
+    throw toLoopfsError(e, `${dir}: temporary overlay file`);
   }
 }
 
@@ -95,19 +98,14 @@ export class Overlay implements Lower {
   private mapBytes: number;
   private baseSize: number;
   private baseCrc: number;
-  /** Present blocks, set after their data is written. */
-  private bits: Uint8Array;
-  private count = 0;
-  /** Bitmap pages changed since they were last written. */
-  private dirty = new Set<number>();
-  /** Blocks being copied up: later writers to the same block wait. */
-  private busy = new Map<number, Promise<void>>();
+  /** The block map and the I/O that follows it, shared with the I/O threads (overlay-map.ts). */
+  private readonly map: OverlayMap;
   /** Serializes map flushes, resets and commits. */
   private chain: Promise<unknown> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
-  private constructor(base: FileIO, delta: DeltaFile, h: Header, bits: Uint8Array) {
+  private constructor(base: FileIO, delta: DeltaFile, h: Header, bits?: Uint8Array) {
     this.base = base;
     this.delta = new FileIO(delta.fd, delta.path);
     this.named = delta.named;
@@ -116,8 +114,19 @@ export class Overlay implements Lower {
     this.mapBytes = h.mapBytes;
     this.dataOffset = h.dataOffset;
     this.baseCrc = h.baseCrc;
-    this.bits = bits;
-    for (const b of bits) this.count += popcount(b);
+    // Room for MAP_ROOM times the base's blocks, at least a page (the base may grow: losetup -c); a named delta's whole map.
+    const room = this.named ? this.mapBytes : Math.max(PAGE, Math.ceil((Math.ceil(h.baseSize / this.blockSize) * MAP_ROOM) / 8));
+    this.map = new OverlayMap(newShare({ blockSize: this.blockSize, dataOffset: this.dataOffset, baseFd: base.fd, deltaFd: this.delta.fd, named: this.named }, h.baseSize, room));
+    if (bits) this.map.load(bits);
+    if (this.named) {
+      // Bits set by any thread reach the delta at the latest FLUSH_MS later (also without fsync).
+      this.timer = setInterval(() => {
+        if (!this.map.dirty) return;
+        this.flushMap(true).catch(() => {
+          // a failed flush leaves the pages dirty; the next sync reports it
+        });
+      }, FLUSH_MS).unref();
+    }
   }
 
   /**
@@ -138,7 +147,7 @@ export class Overlay implements Lower {
         if (!fs.fstatSync(delta.fd).isFile()) throw new LoopfsError('EINVAL', delta.path, 'an overlay file must be a regular file');
         const blocks = Math.ceil(baseSize / blockSize);
         cover(delta.fd, 0, blocks * blockSize);
-        return new Overlay(base, delta, { blockSize, baseSize, mapBytes: 0, dataOffset: 0, baseCrc: 0 }, new Uint8Array(Math.ceil(blocks / 8)));
+        return new Overlay(base, delta, { blockSize, baseSize, mapBytes: 0, dataOffset: 0, baseCrc: 0 });
       }
       lockOrBusy(delta.fd, LOCK_EX, delta.path, 'the overlay file is in use by another device');
       const st = fs.fstatSync(delta.fd);
@@ -151,7 +160,7 @@ export class Overlay implements Lower {
         writeHeader(delta.fd, h);
         cover(delta.fd, h.dataOffset, blocks * blockSize);
         fs.fdatasyncSync(delta.fd);
-        return new Overlay(base, delta, h, new Uint8Array(Math.ceil(blocks / 8)));
+        return new Overlay(base, delta, h);
       }
       const h = readHeader(delta.fd, delta.path);
       if (h.baseSize !== baseSize) {
@@ -171,8 +180,13 @@ export class Overlay implements Lower {
       } catch {
         // the error that matters is the one below
       }
-      throw fromSystemError(e, delta.path);
+      throw toLoopfsError(e, delta.path);
     }
+  }
+
+  /** The id of the map shared with the I/O threads (BackedRange.shared's tag). */
+  get mapId(): number {
+    return this.map.share.id;
   }
 
   /** The delta's path, undefined for an unnamed one. */
@@ -187,77 +201,40 @@ export class Overlay implements Lower {
     } catch {
       // closed: nothing allocated that we can see
     }
-    return { blockSize: this.blockSize, blocks: this.count, changedBytes: this.count * this.blockSize, allocatedBytes: allocated, delta: this.deltaPath };
+    const blocks = this.map.count;
+    return { blockSize: this.blockSize, blocks, changedBytes: blocks * this.blockSize, allocatedBytes: allocated, delta: this.deltaPath };
+  }
+
+  /**
+   * The base's descriptor and the shared map: the I/O threads serve the
+   * overlay's reads and writes with overlay-map.ts as read/write here do.
+   * None once closed.
+   */
+  fileRange(): BlockRange | undefined {
+    if (this.closed) return undefined;
+    return { fd: this.base.fd, start: 0, length: Number.MAX_SAFE_INTEGER, readOnly: false, overlay: this.map.share };
   }
 
   read(dst: Buffer, length: number, position: ByteOffset): Promise<number> {
-    const bs = this.blockSize;
-    const end = position + length;
-    // Split into runs of blocks that are all present or all absent; most requests are one run.
-    const first = this.has(Math.floor(position / bs));
-    let cut = (Math.floor(position / bs) + 1) * bs;
-    while (cut < end && this.has(cut / bs) === first) cut += bs;
-    if (cut >= end) return this.readRun(first, dst, 0, length, position);
-    const parts: Promise<number>[] = [];
-    let at = position;
-    let present = first;
-    while (at < end) {
-      let stop = Math.min(end, (Math.floor(at / bs) + 1) * bs);
-      while (stop < end && this.has(stop / bs) === present) stop = Math.min(end, stop + bs);
-      parts.push(this.readRun(present, dst, at - position, stop - at, at));
-      at = stop;
-      present = this.has(Math.floor(at / bs));
-    }
-    return Promise.all(parts).then(() => length);
+    return this.io(() => this.map.read(dst, length, position), 'read', length, position);
   }
 
-  async write(src: Buffer, length: number, position: ByteOffset): Promise<number> {
-    const bs = this.blockSize;
-    const end = position + length;
-    const parts: Promise<unknown>[] = [];
-    let at = position;
-    while (at < end) {
-      const b = Math.floor(at / bs);
-      if (this.has(b)) {
-        let stop = Math.min(end, (b + 1) * bs);
-        while (stop < end && this.has(stop / bs)) stop = Math.min(end, stop + bs);
-        parts.push(this.delta.write(src.subarray(at - position), stop - at, this.dataOffset + at));
-        at = stop;
-      } else if (at % bs === 0 && at + 2 * bs <= end && this.free(b) && this.free(b + 1)) {
-        // Whole blocks none of which is in the delta yet: one write for the run, no base read.
-        let stop = at + 2 * bs;
-        while (stop + bs <= end && this.free(stop / bs)) stop += bs;
-        parts.push(this.writeRun(b, stop / bs, src.subarray(at - position)));
-        at = stop;
-      } else {
-        const stop = Math.min(end, (b + 1) * bs);
-        const from = at;
-        parts.push(this.copyUp(b, (blk, off) => src.copy(blk, off, from - position, stop - position), from - b * bs, stop - from, src.subarray(from - position), from));
-        at = stop;
-      }
-    }
-    await settleAll(parts);
-    return length;
+  write(src: Buffer, length: number, position: ByteOffset): Promise<number> {
+    return this.io(() => this.map.write(src, length, position), 'write', length, position);
   }
 
-  async discard(position: ByteOffset, length: number): Promise<void> {
-    const parts: Promise<unknown>[] = [];
-    for (const [b, from, stop] of this.pieces(position, length)) {
-      if (this.has(b)) parts.push(this.delta.discard(this.dataOffset + from, stop - from));
-      else parts.push(this.copyUp(b, (blk, off) => blk.fill(0, off, off + stop - from), from - b * this.blockSize, stop - from, undefined, from, true));
-    }
-    await settleAll(parts);
+  discard(position: ByteOffset, length: number): Promise<void> {
+    return this.io(() => this.map.discard(position, length, punchHoleSync), 'discard', length, position);
   }
 
-  /** The pieces of [position, position + length) that lie in one block each: [block, from, stop). */
-  private *pieces(position: number, length: number): Generator<[number, number, number]> {
-    const bs = this.blockSize;
-    const end = position + length;
-    for (let from = position; from < end; ) {
-      const b = Math.floor(from / bs);
-      const stop = Math.min(end, (b + 1) * bs);
-      yield [b, from, stop];
-      from = stop;
+  /** Runs one synchronous map operation (the main thread's share of the I/O: the threads serve the rest). */
+  private io<T>(fn: () => T, what: string, length: number, position: number): Promise<T> {
+    if (this.closed) return Promise.reject(new LoopfsError('ENXIO', this.delta.path, 'the device has been detached'));
+    try {
+      return Promise.resolve(fn());
+    } catch (e) {
+      const w = `${this.delta.path}: overlay ${what} of ${length} bytes at ${position}`;
+      return Promise.reject(e instanceof LoopfsError ? new LoopfsError(e.errno, w, e.reason) : toLoopfsError(e, w));
     }
   }
 
@@ -267,21 +244,19 @@ export class Overlay implements Lower {
   }
 
   /**
-   * losetup -c: the base is now `baseSize` bytes. A named delta records it
-   * (EFBIG when its bitmap has no room for that many blocks).
+   * losetup -c: the base is now `baseSize` bytes. A named delta records it.
+   * EFBIG when the bitmap has no room for that many blocks (a named delta's
+   * map, or MAP_ROOM times the blocks the base had at attach): the map is
+   * shared with the I/O threads and does not move.
    */
   async resize(baseSize: ByteOffset): Promise<void> {
     if (baseSize === this.baseSize) return;
     const blocks = Math.ceil(baseSize / this.blockSize);
-    if (this.named && Math.ceil(blocks / 8) > this.mapBytes) {
-      throw new LoopfsError('EFBIG', this.delta.path, `the overlay's map has room for a base of ${this.mapBytes * 8 * this.blockSize} bytes`);
-    }
-    if (Math.ceil(blocks / 8) > this.bits.length) {
-      const bits = new Uint8Array(Math.ceil(blocks / 8));
-      bits.set(this.bits);
-      this.bits = bits;
+    if (Math.ceil(blocks / 8) > this.map.bitBytes) {
+      throw new LoopfsError('EFBIG', this.delta.path, `the overlay's map has room for a base of ${this.map.bitBytes * 8 * this.blockSize} bytes`);
     }
     this.baseSize = baseSize;
+    this.map.baseSize = baseSize;
     cover(this.delta.fd, this.dataOffset, blocks * this.blockSize);
     if (this.named) {
       await this.serial(async () => {
@@ -295,14 +270,12 @@ export class Overlay implements Lower {
   /**
    * Throws every change away: the device reads the base again. The bitmap is
    * cleared (and, when named, persisted) before the data is punched, so a
-   * crash in between leaves an empty overlay.
+   * crash in between leaves an empty overlay. The caller makes sure no I/O
+   * runs (the device is closed).
    */
   reset(): Promise<void> {
     return this.serial(async () => {
-      await this.idle();
-      this.bits.fill(0);
-      this.count = 0;
-      this.dirty.clear();
+      this.map.clear();
       if (this.named) {
         await writeAt(this.delta.fd, Buffer.alloc(this.mapBytes), HEADER);
         await this.delta.sync(true);
@@ -320,7 +293,6 @@ export class Overlay implements Lower {
    */
   commit(baseRw: number): Promise<void> {
     return this.serial(async () => {
-      await this.idle();
       // Our own shared lock becomes exclusive only if no other overlay holds one.
       lockOrBusy(this.base.fd, LOCK_EX, this.base.path, 'the base is in use by another overlay');
       try {
@@ -332,34 +304,31 @@ export class Overlay implements Lower {
   }
 
   private async copyBack(baseRw: number): Promise<void> {
-    {
-      const bs = this.blockSize;
-      const buf = Buffer.allocUnsafe(bs);
-      const blocks = this.bits.length * 8;
-      for (let b = 0; b < blocks; b++) {
-        if (!this.has(b)) continue;
-        const len = Math.min(bs, this.baseSize - b * bs);
-        if (len <= 0) break;
-        await this.delta.read(buf, len, this.dataOffset + b * bs);
-        await writeAt(baseRw, buf.subarray(0, len), b * bs);
-      }
-      fs.fsyncSync(baseRw);
-      this.baseCrc = await firstBlockCrc(this.base, this.baseSize, bs);
-      if (this.named) {
-        writeHeader(this.delta.fd, this.header());
-        await this.delta.sync(true);
-      }
+    const bs = this.blockSize;
+    const buf = Buffer.allocUnsafe(bs);
+    const blocks = this.map.bitBytes * 8;
+    for (let b = 0; b < blocks; b++) {
+      if (!this.map.has(b)) continue;
+      const len = Math.min(bs, this.baseSize - b * bs);
+      if (len <= 0) break;
+      await this.delta.read(buf, len, this.dataOffset + b * bs);
+      await writeAt(baseRw, buf.subarray(0, len), b * bs);
+    }
+    fs.fsyncSync(baseRw);
+    this.baseCrc = await firstBlockCrc(this.base, this.baseSize, bs);
+    if (this.named) {
+      writeHeader(this.delta.fd, this.header());
+      await this.delta.sync(true);
     }
   }
 
   /** Persists the map, then closes the delta (an unnamed one is freed). The base stays the caller's. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.timer) clearTimeout(this.timer);
+    if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     let first: unknown;
     try {
-      await this.idle();
       if (this.named) await this.flushMap(true);
     } catch (e) {
       first = e;
@@ -369,116 +338,20 @@ export class Overlay implements Lower {
     if (first) throw first;
   }
 
-  private has(b: number): boolean {
-    return (this.bits[b >> 3]! & (1 << (b & 7))) !== 0;
-  }
-
-  private set(b: number): void {
-    const i = b >> 3;
-    if (i >= this.bits.length) return;
-    const m = 1 << (b & 7);
-    if (this.bits[i]! & m) return;
-    this.bits[i]! |= m;
-    this.count++;
-    if (this.named) {
-      this.dirty.add(Math.floor(i / PAGE));
-      this.timer ??= setTimeout(() => {
-        this.timer = undefined;
-        this.flushMap(true).catch(() => {
-          // a failed flush leaves the pages dirty; the next sync reports it
-        });
-      }, FLUSH_MS).unref();
-    }
-  }
-
-  /** Neither in the delta nor being copied up. */
-  private free(b: number): boolean {
-    return !this.has(b) && !this.busy.has(b);
-  }
-
-  /** Blocks [b0, b1), all free (checked by the caller in the same tick), written whole from `data`. */
-  private async writeRun(b0: number, b1: number, data: Buffer): Promise<void> {
-    const p = this.delta.write(data, (b1 - b0) * this.blockSize, this.dataOffset + b0 * this.blockSize).then(() => {
-      for (let b = b0; b < b1; b++) this.set(b);
-    });
-    const done = p.then(
-      () => undefined,
-      () => undefined,
-    );
-    for (let b = b0; b < b1; b++) this.busy.set(b, done);
-    try {
-      await p;
-    } finally {
-      for (let b = b0; b < b1; b++) if (this.busy.get(b) === done) this.busy.delete(b);
-    }
-  }
-
-  private readRun(present: boolean, dst: Buffer, at: number, length: number, position: number): Promise<number> {
-    const buf = at === 0 ? dst : dst.subarray(at);
-    return present ? this.delta.read(buf, length, this.dataOffset + position) : this.base.read(buf, length, position);
-  }
-
-  /**
-   * Makes block b present holding its new bytes. A request covering the whole
-   * block writes `whole` (or punches, for a discard) without reading the base;
-   * otherwise the base's block is read, `patch` applied, and the block written
-   * whole. One copy-up per block at a time; a block that became present while
-   * waiting is written in place instead.
-   */
-  private async copyUp(b: number, patch: (blk: Buffer, off: number) => void, off: number, len: number, whole: Buffer | undefined, position: number, punch = false): Promise<void> {
-    for (let w = this.busy.get(b); w; w = this.busy.get(b)) await w;
-    if (this.has(b)) {
-      if (punch) await this.delta.discard(this.dataOffset + position, len);
-      else await this.delta.write(whole!, len, this.dataOffset + position);
-      return;
-    }
-    const bs = this.blockSize;
-    const slot = this.dataOffset + b * bs;
-    const p = (async () => {
-      const blockLen = Math.min(bs, Math.max(0, this.baseSize - b * bs)) || bs;
-      if (off === 0 && len >= blockLen) {
-        if (punch) await this.delta.discard(slot, bs);
-        else await this.delta.write(whole!, blockLen, slot);
-      } else {
-        const blk = Buffer.allocUnsafe(blockLen);
-        await this.base.read(blk, blockLen, b * bs);
-        patch(blk, off);
-        await this.delta.write(blk, blockLen, slot);
-        if (punch) await this.delta.discard(slot + off, len);
-      }
-      this.set(b);
-    })();
-    const done = p.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.busy.set(b, done);
-    try {
-      await p;
-    } finally {
-      this.busy.delete(b);
-    }
-  }
-
-  /** Resolves when no copy-up is in flight. */
-  private async idle(): Promise<void> {
-    while (this.busy.size > 0) await Promise.all(this.busy.values());
-  }
-
   /** Data first (fdatasync), then the bitmap pages that were dirty before it, then fdatasync again. */
   private flushMap(datasync: boolean): Promise<void> {
     return this.serial(async () => {
       if (this.closed) return;
-      const pages = [...this.dirty];
-      this.dirty.clear();
-      const snaps = pages.map((p) => Buffer.from(this.bits.subarray(p * PAGE, Math.min(this.bits.length, (p + 1) * PAGE))));
+      const map = this.map;
+      const pages = map.takeDirty();
+      const snaps = pages.map((p) => map.page(p));
       try {
         await this.delta.sync(true);
         if (pages.length === 0) return;
         for (let i = 0; i < pages.length; i++) await writeAt(this.delta.fd, snaps[i]!, HEADER + pages[i]! * PAGE);
         await this.delta.sync(datasync);
       } catch (e) {
-        for (const p of pages) this.dirty.add(p);
+        map.redirty(pages);
         throw e;
       }
     });
@@ -513,20 +386,8 @@ function lockOrBusy(fd: number, op: number, what: string, reason: string): void 
   }
 }
 
-function popcount(b: number): number {
-  let n = 0;
-  for (; b; b &= b - 1) n++;
-  return n;
-}
-
 function roundUp(n: number, m: number): number {
   return Math.ceil(n / m) * m;
-}
-
-/** Waits for all, then throws the first failure (no request left running behind an error). */
-async function settleAll(parts: Promise<unknown>[]): Promise<void> {
-  const r = await Promise.allSettled(parts);
-  for (const x of r) if (x.status === 'rejected') throw x.reason;
 }
 
 async function firstBlockCrc(base: FileIO, baseSize: number, blockSize: number): Promise<number> {
@@ -538,7 +399,7 @@ async function firstBlockCrc(base: FileIO, baseSize: number, blockSize: number):
 
 function writeAt(fd: number, buf: Buffer, position: number): Promise<void> {
   return new Promise((resolve, reject) =>
-    fs.write(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(fromSystemError(err, 'overlay map')) : n === buf.length ? resolve() : reject(new LoopfsError('EIO', 'overlay map', 'short write')))),
+    fs.write(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(toLoopfsError(err, 'overlay map')) : n === buf.length ? resolve() : reject(new LoopfsError('EIO', 'overlay map', 'short write')))),
   );
 }
 

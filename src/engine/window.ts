@@ -1,5 +1,6 @@
 import { LoopfsError } from '../base/errors';
-import type { ByteOffset } from '../base/types';
+import type { ByteOffset, FileRange } from '../base/types';
+import type { OverlayShare } from './overlay-map';
 
 /** A block device as the rest of loopfs sees it: a byte range with a logical sector size. */
 export interface BlockIO {
@@ -23,22 +24,17 @@ export interface BlockIO {
    * the same clamping and the same choice of descriptor) instead of calling
    * read/write: undefined once the file is closed.
    */
-  fileRange?(): FileRange | undefined;
+  fileRange?(): BlockRange | undefined;
 }
 
-/** `length` bytes of the file open as `fd`, from `start`. */
-export interface FileRange {
-  fd: number;
-  start: ByteOffset;
-  length: ByteOffset;
-  readOnly: boolean;
+/** A device's range of its backing file (base/types.ts FileRange), with an overlay's map if it has one. */
+export interface BlockRange extends FileRange {
   /**
-   * With direct I/O on: the O_DIRECT descriptor, for requests whose absolute
-   * position and length are multiples of `align` (from aligned memory);
-   * anything else, or what it refuses (EINVAL) or leaves short, goes to `fd`.
+   * An overlay's shared block map (overlay-map.ts): positions are the base's
+   * (`fd`), and a block present in the map is read from and written to the
+   * delta instead.
    */
-  directFd?: number;
-  align?: number;
+  overlay?: OverlayShare;
 }
 
 /** What a window maps onto: absolute positions, no bounds of its own. */
@@ -78,27 +74,27 @@ export class Window implements BlockIO {
 
   read(dst: Buffer, length: number, position: ByteOffset): Promise<number> {
     if (!validRequest(dst, length, position)) return Promise.reject(badRequest(this.label, dst, length, position));
-    const size = this.length;
-    if (position >= size || length === 0) return Promise.resolve(0);
-    return this.lower.read(dst, Math.min(length, size - position), this.start + position);
+    const n = readSpan(this.length, position, length);
+    if (n === 0) return Promise.resolve(0);
+    return this.lower.read(dst, n, this.start + position);
   }
 
   write(src: Buffer, length: number, position: ByteOffset): Promise<number> {
     if (!validRequest(src, length, position)) return Promise.reject(badRequest(this.label, src, length, position));
     if (this.readOnly) return Promise.reject(new LoopfsError('EROFS', this.label, 'the device is read-only'));
-    if (length === 0) return Promise.resolve(0);
-    const size = this.length;
-    if (position >= size) {
-      return Promise.reject(new LoopfsError('ENOSPC', this.label, `write at ${position} is at or past the end of the device (${size} bytes)`));
+    const n = writeSpan(this.length, position, length);
+    if (n === 0) return Promise.resolve(0);
+    if (n < 0) {
+      return Promise.reject(new LoopfsError('ENOSPC', this.label, `write at ${position} is at or past the end of the device (${this.length} bytes)`));
     }
-    return this.lower.write(src, Math.min(length, size - position), this.start + position);
+    return this.lower.write(src, n, this.start + position);
   }
 
   sync(datasync: boolean): Promise<void> {
     return this.lower.sync(datasync);
   }
 
-  fileRange(): FileRange | undefined {
+  fileRange(): BlockRange | undefined {
     const r = this.lower.fileRange?.();
     if (!r) return undefined;
     const length = Math.max(0, Math.min(this.length, r.length - this.start));
@@ -114,6 +110,21 @@ export class Window implements BlockIO {
     if (position >= size || length === 0) return Promise.resolve();
     return this.lower.discard(this.start + position, Math.min(length, size - position));
   }
+}
+
+/** Bytes of a `length`-byte read at `position` inside a window of `size` bytes: clamped at the end, 0 at or after it. */
+export function readSpan(size: ByteOffset, position: ByteOffset, length: number): number {
+  return position >= size ? 0 : Math.min(length, size - position);
+}
+
+/**
+ * Bytes of a `length`-byte write at `position` inside a window of `size`
+ * bytes: clamped at the end (a short write); -1 (ENOSPC) when a write of
+ * some bytes starts at or after the end.
+ */
+export function writeSpan(size: ByteOffset, position: ByteOffset, length: number): number {
+  if (length === 0) return 0;
+  return position >= size ? -1 : Math.min(length, size - position);
 }
 
 function isOffset(n: number): boolean {

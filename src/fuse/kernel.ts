@@ -6,11 +6,6 @@
 export const FUSE_KERNEL_VERSION = 7;
 /** The minor version we answer with: 7.31 has everything below (max_pages, ioctl, readdirplus). */
 export const FUSE_KERNEL_MINOR_VERSION = 31;
-/**
- * The minor version answered when the kernel offers FUSE_PASSTHROUGH (7.40,
- * Linux ≥ 6.9; the passthrough constants below are from that <linux/fuse.h>).
- */
-export const FUSE_PASSTHROUGH_MINOR_VERSION = 40;
 /** The minor version answered when the kernel offers FUSE_DIRECT_IO_ALLOW_MMAP (7.39, Linux ≥ 6.6). */
 export const FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION = 39;
 export const FUSE_ROOT_ID = 1;
@@ -69,18 +64,13 @@ export enum Op {
 export const FUSE_ASYNC_READ = 1 << 0;
 export const FUSE_ATOMIC_O_TRUNC = 1 << 3;
 export const FUSE_BIG_WRITES = 1 << 5;
-export const FUSE_DONT_MASK = 1 << 6;
-export const FUSE_HAS_IOCTL_DIR = 1 << 11;
 export const FUSE_AUTO_INVAL_DATA = 1 << 12;
 export const FUSE_DO_READDIRPLUS = 1 << 13;
 export const FUSE_ASYNC_DIO = 1 << 15;
 export const FUSE_PARALLEL_DIROPS = 1 << 18;
 export const FUSE_MAX_PAGES = 1 << 22;
-export const FUSE_NO_OPENDIR_SUPPORT = 1 << 24;
 /** fuse_init_in/out carry flags2 (the init flags from bit 32 on). */
 export const FUSE_INIT_EXT = 1 << 30;
-/** FUSE_PASSTHROUGH (1 << 37), as its bit of flags2. */
-export const FUSE_PASSTHROUGH_FLAGS2 = 1 << (37 - 32);
 /** FUSE_DIRECT_IO_ALLOW_MMAP (1 << 36), as its bit of flags2: shared mmap of an FOPEN_DIRECT_IO handle. */
 export const FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 = 1 << (36 - 32);
 
@@ -89,11 +79,6 @@ export const FOPEN_DIRECT_IO = 1 << 0;
 export const FOPEN_KEEP_CACHE = 1 << 1;
 export const FOPEN_NONSEEKABLE = 1 << 2;
 export const FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6;
-export const FOPEN_PASSTHROUGH = 1 << 7;
-
-// /dev/fuse ioctls: _IOW(229, 1, struct fuse_backing_map { s32 fd; u32 flags; u64 padding }), _IOW(229, 2, u32)
-export const FUSE_DEV_IOC_BACKING_OPEN = 0x4010e501;
-export const FUSE_DEV_IOC_BACKING_CLOSE = 0x4004e502;
 
 // fuse_setattr_in.valid
 export const FATTR_MODE = 1 << 0;
@@ -105,8 +90,6 @@ export const FATTR_MTIME = 1 << 5;
 export const FATTR_FH = 1 << 6;
 
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;
-export const FUSE_IOCTL_UNRESTRICTED = 1 << 1;
-export const FUSE_IOCTL_DIR = 1 << 4;
 
 // notifications (unique = 0, error = code)
 export const FUSE_NOTIFY_INVAL_INODE = 2;
@@ -127,7 +110,6 @@ export const IOCTL_OUT_SIZE = 16;
 export const DIRENT_BASE = 24;
 
 // rename2 flags (linux/fs.h)
-export const RENAME_NOREPLACE = 1 << 0;
 export const RENAME_EXCHANGE = 1 << 1;
 
 // file type bits (sys/stat.h)

@@ -1,8 +1,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
-import { socketPair, closeFds } from '../sys/unixsock';
+import { socketPair } from '../sys/unixsock';
+import { closeFds } from '../sys/socket-calls';
 import { umount2, MNT_DETACH } from '../sys/libc';
+import { LoopfsError, errnoOf, type Errno } from '../base/errors';
 
 /** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
 const cp = (): typeof ChildProcess => require('node:child_process') as typeof ChildProcess;
@@ -46,9 +48,9 @@ export async function mountFuse(mountpoint: string, opts: MountOptions): Promise
   try {
     fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    const code = errnoOf(e) ?? 'EIO';
     const why = code === 'EACCES' ? 'permission denied (it needs read-write access for this user)' : code === 'ENOENT' ? 'no such device (is the fuse module loaded?)' : code;
-    throw Object.assign(new Error(`cannot open /dev/fuse: ${why}`), { code });
+    throw new LoopfsError(code, mountpoint, `cannot open /dev/fuse: ${why}`);
   }
   const options = [
     'fd=3',
@@ -61,7 +63,7 @@ export async function mountFuse(mountpoint: string, opts: MountOptions): Promise
     'nodev',
   ].join(',');
   try {
-    await run('mount', ['-i', '-n', '-t', `fuse.${opts.subtype}`, '-o', options, opts.source, mountpoint], fd);
+    await run('mount', ['-i', '-n', '-t', `fuse.${opts.subtype}`, '-o', options, opts.source, mountpoint], mountpoint, fd);
   } catch (e) {
     fs.closeSync(fd);
     throw e;
@@ -72,10 +74,11 @@ export async function mountFuse(mountpoint: string, opts: MountOptions): Promise
 /** Unmounts with umount(8) (fusermount3 -u when not root); lazy detaches now and lets open files finish. */
 export function unmountFuse(mountpoint: string, lazy = false): Promise<void> {
   if (!isRoot()) return unmountFuseUser(mountpoint, lazy);
-  return run('umount', [...(lazy ? ['-l'] : []), '-n', mountpoint]);
+  return run('umount', [...(lazy ? ['-l'] : []), '-n', mountpoint], mountpoint);
 }
 
-function run(cmd: string, args: string[], passFd?: number): Promise<void> {
+/** Runs a mount tool on `what` (the mountpoint); its failure is toolError's. */
+function run(cmd: string, args: string[], what: string, passFd?: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const stdio: ('ignore' | 'pipe' | number)[] = ['ignore', 'ignore', 'pipe'];
     if (passFd !== undefined) stdio.push(passFd);
@@ -86,7 +89,7 @@ function run(cmd: string, args: string[], passFd?: number): Promise<void> {
     child.on('error', reject);
     child.on('close', (code) => {
       if (code === 0) return resolve();
-      reject(toolError(cmd, err));
+      reject(toolError(cmd, err, what));
     });
   });
 }
@@ -94,21 +97,22 @@ function run(cmd: string, args: string[], passFd?: number): Promise<void> {
 /**
  * The error of a failed mount(8), umount(8) or fusermount3: its whole
  * message on one line (never only its last line, which for mount(8) is the
- * "dmesg(1) may have more information" hint), with an errno read from it.
+ * "dmesg(1) may have more information" hint), with an errno read from it,
+ * about `what` (the mountpoint).
  */
-export function toolError(cmd: string, stderr: string): Error {
+export function toolError(cmd: string, stderr: string, what: string): LoopfsError {
   const name = path.basename(cmd);
   let msg = stderr.split('\n').map((l) => l.trim()).filter(Boolean).join(' ');
   if (!msg) msg = `${name} failed`;
   else if (!msg.startsWith(`${name}:`)) msg = `${name}: ${msg}`;
-  const code = /busy/i.test(msg) ? 'EBUSY'
+  const code: Errno = /busy/i.test(msg) ? 'EBUSY'
     : /not mounted|no mount point|not found in \/etc\/mtab/i.test(msg) ? 'EINVAL'
     : /permission denied|no write access|not owned by user/i.test(msg) ? 'EACCES'
     : /not permitted|not allowed|only allowed/i.test(msg) ? 'EPERM'
     : /wrong fs type|bad option|invalid argument/i.test(msg) ? 'EINVAL'
     : /no such file or directory/i.test(msg) ? 'ENOENT'
     : 'EIO';
-  return Object.assign(new Error(msg), { code });
+  return new LoopfsError(code, what, msg);
 }
 
 // ---- ordinary users: fusermount3 ----
@@ -135,10 +139,11 @@ export function findFusermount(pathEnv = process.env.PATH ?? '', fixedDirs = FUS
   return undefined;
 }
 
-function needFusermount(): string {
+/** The fusermount3 to run for `what` (a mountpoint), or ENOENT. */
+function needFusermount(what: string): string {
   const fm = findFusermount();
   if (fm) return fm;
-  throw Object.assign(new Error(`fusermount3 not found (looked on PATH and in ${FUSERMOUNT_DIRS.join(', ')}): an ordinary user mounts FUSE through this setuid helper; install the distribution's fuse3 package, or use \`loopfs run\``), { code: 'ENOENT' });
+  throw new LoopfsError('ENOENT', what, `fusermount3 not found (looked on PATH and in ${FUSERMOUNT_DIRS.join(', ')}): an ordinary user mounts FUSE through this setuid helper; install the distribution's fuse3 package, or use \`loopfs run\``);
 }
 
 /**
@@ -168,7 +173,7 @@ const WATCHER = 'read -r word; [ "$word" = done ] || exec "$1" -u -z -q -- "$2"'
  * modes as well.
  */
 async function mountFuseUser(mountpoint: string, opts: MountOptions): Promise<Mounted> {
-  const fm = needFusermount();
+  const fm = needFusermount(mountpoint);
   const options = [`fsname=${opts.source}`, `subtype=${opts.subtype}`, 'default_permissions', ...(opts.allowOther ? ['allow_other'] : []), 'nosuid', 'nodev', 'auto_unmount'].join(',');
   const { ours, theirs } = socketPair();
   let stderr = '';
@@ -188,8 +193,8 @@ async function mountFuseUser(mountpoint: string, opts: MountOptions): Promise<Mo
     const got = await ours.recv(1);
     if (got.fds.length === 0) {
       await ended;
-      const e = toolError(fm, stderr);
-      if ((e as NodeJS.ErrnoException).code === 'EACCES' && /open \/dev\/fuse/.test(e.message)) e.message += ' (this user needs read-write access to /dev/fuse)';
+      const e = toolError(fm, stderr, mountpoint);
+      if (e.errno === 'EACCES' && /open \/dev\/fuse/.test(e.reason)) throw new LoopfsError('EACCES', mountpoint, `${e.reason} (this user needs read-write access to /dev/fuse)`);
       throw e;
     }
     closeFds(got.fds.slice(1));
@@ -234,11 +239,11 @@ async function mountFuseUser(mountpoint: string, opts: MountOptions): Promise<Mo
 function unmountFuseUser(mountpoint: string, lazy: boolean): Promise<void> {
   let fm: string;
   try {
-    fm = needFusermount();
+    fm = needFusermount(mountpoint);
   } catch (e) {
     return Promise.reject(e);
   }
-  return run(fm, ['-u', ...(lazy ? ['-z'] : []), '--', mountpoint]);
+  return run(fm, ['-u', ...(lazy ? ['-z'] : []), '--', mountpoint], mountpoint);
 }
 
 /** True when `dir` is a mount point in this mount namespace (from /proc/self/mountinfo). */
@@ -391,17 +396,18 @@ export function detachExactMount(m: MountInfo, lazy: boolean): void {
   try {
     fd = fs.openSync(m.mountpoint, O_PATH | fs.constants.O_NOFOLLOW | fs.constants.O_DIRECTORY);
   } catch (e) {
-    throw Object.assign(new Error(`cannot open ${m.mountpoint}: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code ?? 'EIO' });
+    throw new LoopfsError(errnoOf(e) ?? 'EIO', m.mountpoint, `cannot open ${m.mountpoint}: ${(e as Error).message}`);
   }
   try {
     const id = /^mnt_id:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
-    if (Number(id) !== m.id) throw Object.assign(new Error(`${m.mountpoint} does not lead to the mount it should any more`), { code: 'ESTALE' });
+    if (Number(id) !== m.id) throw new LoopfsError('ESTALE', m.mountpoint, `${m.mountpoint} does not lead to the mount it should any more`);
     if (lazy) {
       try {
         umount2(`/proc/self/fd/${fd}`, MNT_DETACH);
         return;
       } catch (e) {
-        if ((e as { errno?: string }).errno !== 'EPERM') throw Object.assign(new Error(`cannot unmount ${m.mountpoint}`), { code: (e as { errno?: string }).errno ?? 'EIO' });
+        const code = errnoOf(e) ?? 'EIO';
+        if (code !== 'EPERM') throw new LoopfsError(code, m.mountpoint, `cannot unmount ${m.mountpoint}`);
       }
     }
   } finally {
@@ -425,10 +431,10 @@ export function detachMount(mountpoint: string, lazy: boolean): void {
     umount2(mountpoint, (lazy ? MNT_DETACH : 0) | UMOUNT_NOFOLLOW);
     return;
   } catch (e) {
-    const code = (e as { errno?: string }).errno ?? 'EIO';
-    if (code !== 'EPERM') throw Object.assign(new Error(`cannot unmount ${mountpoint}`), { code });
+    const code = errnoOf(e) ?? 'EIO';
+    if (code !== 'EPERM') throw new LoopfsError(code, mountpoint, `cannot unmount ${mountpoint}`);
   }
-  const fm = needFusermount();
+  const fm = needFusermount(mountpoint);
   const r = cp().spawnSync(fm, ['-u', ...(lazy ? ['-z'] : []), '--', mountpoint], { encoding: 'utf8', timeout: 5000, argv0: 'fusermount3' });
-  if (r.status !== 0) throw toolError(fm, r.stderr ?? '');
+  if (r.status !== 0) throw toolError(fm, r.stderr ?? '', mountpoint);
 }

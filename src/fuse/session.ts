@@ -1,17 +1,16 @@
 import * as fs from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { toLoopfsError } from '../base/errors';
 import {
   Op, FUSE_KERNEL_VERSION, FUSE_KERNEL_MINOR_VERSION, ATTR_OUT_SIZE, ENTRY_OUT_SIZE, INIT_OUT_SIZE, OPEN_OUT_SIZE,
   WRITE_OUT_SIZE, STATFS_OUT_SIZE, IOCTL_OUT_SIZE, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS,
   FUSE_AUTO_INVAL_DATA, FUSE_PARALLEL_DIROPS, FUSE_ATOMIC_O_TRUNC, FUSE_ASYNC_DIO, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
-  FOPEN_NONSEEKABLE, FOPEN_PASSTHROUGH, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_EXT, FUSE_PASSTHROUGH_FLAGS2,
-  FUSE_PASSTHROUGH_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
+  FOPEN_NONSEEKABLE, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_EXT, FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION, FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2, FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE, FATTR_ATIME, FATTR_MTIME, FATTR_FH,
   FUSE_FSYNC_FDATASYNC, FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_DELETE,
 } from './kernel';
 import { Body, decodeInHeader, packDirents, writeAttrOut, writeEntryOut, writeOutHeader, writeStatfs, OUT_HEADER_SIZE, type InHeader } from './wire';
-import type { DirEntry, Entry, FileSystem, OpenResult, RequestContext, SetattrRequest } from './types';
+import type { DirEntry, Entry, FileSystem, KernelNotifier, OpenResult, RequestContext, SetattrRequest } from './types';
 import { BackedTable, runThreads, threadData } from './threads';
-import { Passthrough } from './passthrough';
 
 /**
  * One FUSE connection: `workers` threads read requests from /dev/fuse (see
@@ -25,6 +24,11 @@ import { Passthrough } from './passthrough';
  */
 
 export interface SessionOptions {
+  /**
+   * The program the threads run: the text of a bundled program that calls
+   * thread-main.ts's runThread with the backend that serves backed handles.
+   */
+  threadProgram: string;
   /** Threads reading /dev/fuse: backed READ/WRITE requests served at once (default 4). */
   workers?: number;
   /**
@@ -41,11 +45,7 @@ export interface SessionOptions {
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
   attrTtl?: number;
-  /** Negotiate FUSE passthrough when the kernel offers it (OpenResult.passthrough; it takes CAP_SYS_ADMIN). Default: when root. */
-  passthrough?: boolean;
   debug?: (line: string) => void;
-  /** Where the session says what it could not do (passthrough refused); default stderr. */
-  log?: (line: string) => void;
 }
 
 /** The buffers of one request being dispatched. */
@@ -60,43 +60,45 @@ const KiB = 1 << 10;
 /** Notifications written at once: the libuv pool less one thread for the main thread's read and one for a socket's poll. */
 const NOTIFY_SLOTS = Math.max(1, (Number(process.env.UV_THREADPOOL_SIZE) || 4) - 2);
 
-export class Session {
+export class Session<F extends FileSystem = FileSystem> implements KernelNotifier {
   readonly fd: number;
-  private readonly fsys: FileSystem;
+  /** The FileSystem served. */
+  readonly fsys: F;
   private readonly maxWrite: number;
   private readonly attrTtl: number;
   private readonly workers: number;
   private readonly debug: ((line: string) => void) | undefined;
   private readonly inflight = new Map<bigint, AbortController>();
   private readonly backed = new BackedTable();
-  private readonly wantPassthrough: boolean;
-  private readonly passthrough: Passthrough;
   private initialized = false;
   private readonly lazyThreads: boolean;
   private notifying = 0;
   private readonly notifyQueue: (() => void)[] = [];
+  private readonly threadProgram: string;
   private wantThreads = (): void => {};
+  private share: (tag: number, data: unknown) => void = () => {};
+  private readonly sharedTags = new Set<number>();
   /** Directory listings captured at OPENDIR, so READDIR offsets stay stable. */
   private readonly dirs = new Map<number, DirEntry[]>();
   private nextDirFh = 1;
 
-  constructor(fd: number, fsys: FileSystem, opts: SessionOptions = {}) {
+  /** `fsys`: the FileSystem served, or its maker, given this session as the FileSystem's KernelNotifier. */
+  constructor(fd: number, fsys: F | ((kernel: KernelNotifier) => F), opts: SessionOptions) {
     this.fd = fd;
-    this.fsys = fsys;
     this.maxWrite = opts.maxWrite ?? 128 * KiB;
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.lazyThreads = opts.lazyThreads ?? true;
+    this.threadProgram = opts.threadProgram;
     this.debug = opts.debug;
-    this.wantPassthrough = opts.passthrough ?? process.geteuid?.() === 0;
-    this.passthrough = new Passthrough(fd, opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
+    this.fsys = typeof fsys === 'function' ? (fsys as (kernel: KernelNotifier) => F)(this) : fsys;
   }
 
   /** Serves until the filesystem is unmounted (a read fails ENODEV). */
   serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
     const outs: Buffer[] = [];
-    const readers = runThreads(Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+    const readers = runThreads(this.threadProgram, Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
       const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
       try {
         await this.dispatch(w, req.length);
@@ -105,6 +107,7 @@ export class Session {
       }
     }, this.lazyThreads);
     this.wantThreads = readers.want;
+    this.share = readers.share;
     return readers.done;
   }
 
@@ -122,7 +125,7 @@ export class Session {
       const len = await row(this, w, h, body, ctx);
       if (len !== null) this.send(w.out, OUT_HEADER_SIZE + len, 0, h.unique);
     } catch (e) {
-      const code = errorCode(e);
+      const code = -toLoopfsError(e).code;
       this.debug?.(`  -> error ${code}${code === osConstants.errno.EIO ? `: ${(e as Error)?.stack ?? e}` : ''}`);
       this.send(w.out, OUT_HEADER_SIZE, -code, h.unique);
     } finally {
@@ -236,27 +239,21 @@ export class Session {
     const want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_DO_READDIRPLUS | FUSE_AUTO_INVAL_DATA
       | FUSE_PARALLEL_DIROPS | FUSE_ATOMIC_O_TRUNC | FUSE_ASYNC_DIO;
     const kflags2 = kflags & FUSE_INIT_EXT ? b.u32(16) : 0;
-    const passthrough = this.wantPassthrough && minor >= FUSE_PASSTHROUGH_MINOR_VERSION && (kflags2 & FUSE_PASSTHROUGH_FLAGS2) !== 0;
     // Shared mmap of a handle opened with FOPEN_DIRECT_IO (else ENODEV), the kernel keeping it coherent.
     const dioMmap = minor >= FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION && (kflags2 & FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2) !== 0;
-    const flags2 = (passthrough ? FUSE_PASSTHROUGH_FLAGS2 : 0) | (dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0);
-    const ours = passthrough ? FUSE_PASSTHROUGH_MINOR_VERSION : dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION;
+    const flags2 = dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_FLAGS2 : 0;
+    const ours = dioMmap ? FUSE_DIRECT_IO_ALLOW_MMAP_MINOR_VERSION : FUSE_KERNEL_MINOR_VERSION;
     o.writeUInt32LE(Math.min(minor, ours), OUT_HEADER_SIZE + 4);
     o.writeUInt32LE(maxReadahead, OUT_HEADER_SIZE + 8);
     o.writeUInt32LE(((kflags & want) | (flags2 ? FUSE_INIT_EXT : 0)) >>> 0, OUT_HEADER_SIZE + 12);
     if (flags2) o.writeUInt32LE(flags2, OUT_HEADER_SIZE + 32);
-    if (passthrough) {
-      // max_stack_depth: backing files may not be on a stacked filesystem (overlayfs, another passthrough FUSE).
-      o.writeUInt32LE(1, OUT_HEADER_SIZE + 36);
-      this.passthrough.enabled = true;
-    }
     o.writeUInt16LE(64, OUT_HEADER_SIZE + 16); // max_background
     o.writeUInt16LE(48, OUT_HEADER_SIZE + 18); // congestion_threshold
     o.writeUInt32LE(this.maxWrite, OUT_HEADER_SIZE + 20);
     o.writeUInt32LE(1, OUT_HEADER_SIZE + 24); // time_gran: 1 ns
     o.writeUInt16LE(Math.ceil(this.maxWrite / 4096), OUT_HEADER_SIZE + 28); // max_pages
     this.initialized = true;
-    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} flags2=0x${kflags2.toString(16)} max_readahead=${maxReadahead} passthrough=${passthrough}`);
+    this.debug?.(`INIT kernel ${major}.${minor} flags=0x${kflags.toString(16)} flags2=0x${kflags2.toString(16)} max_readahead=${maxReadahead}`);
     return INIT_OUT_SIZE;
   }
 
@@ -265,10 +262,14 @@ export class Session {
     return this.backed.takeWritten(fh);
   }
 
-  /** Registers what an open returned; the backing id to open the handle with, if passthrough. */
-  opened(fh: number, node: number, r: OpenResult, direct: boolean): number | undefined {
+  /** Registers what an open returned. */
+  opened(fh: number, node: number, r: OpenResult): void {
+    const shared = r.backing?.shared;
+    if (shared && !this.sharedTags.has(shared.tag)) {
+      this.sharedTags.add(shared.tag);
+      this.share(shared.tag, shared.data);
+    }
     if (r.backing && this.backed.register(fh, node, r.backing)) this.wantThreads();
-    return r.passthrough ? this.passthrough.open(fh, node, r.passthrough.fd, direct) : undefined;
   }
 
   /**
@@ -278,12 +279,12 @@ export class Session {
    * the kernel sent after it.
    */
   releasing(fh: number): Promise<void> | undefined {
-    const drained = this.backed.revoke(fh);
-    if (!drained) {
-      this.passthrough.release(fh);
-      return undefined;
-    }
-    return drained.then(() => this.passthrough.release(fh));
+    return this.backed.revoke(fh);
+  }
+
+  /** The threads may forget what was shared under `tag` (BackedRange.shared): no handle names it any more. */
+  unshare(tag: number): void {
+    if (this.sharedTags.delete(tag)) this.share(tag, undefined);
   }
 
   interrupt(unique: bigint): void {
@@ -305,42 +306,28 @@ export class Session {
   }
 }
 
-/** The positive errno of a thrown error: LoopfsError-like (`errno` name), Node (`code`), or a number. */
-export function errorCode(e: unknown): number {
-  const errnos = osConstants.errno as Record<string, number>;
-  if (typeof e === 'number') return Math.abs(e);
-  if (e && typeof e === 'object') {
-    const o = e as { errno?: unknown; code?: unknown };
-    if (typeof o.errno === 'string' && o.errno in errnos) return errnos[o.errno]!;
-    if (typeof o.code === 'string' && o.code in errnos) return errnos[o.code]!;
-    if (typeof o.errno === 'number') return Math.abs(o.errno);
-  }
-  return errnos.EIO!;
-}
-
-function openFlags(r: OpenResult): number {
-  return (r.directIo ? FOPEN_DIRECT_IO : 0) | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
-}
 
 /**
- * fuse_open_out. With a backing id: FOPEN_PASSTHROUGH (and no flag the kernel
- * refuses beside it). A handle that must still send its reads and writes
- * (`viaUs`, see OpenResult.passthrough) adds FOPEN_DIRECT_IO: then only its
- * mmap goes to the backing file.
+ * A direct-I/O handle of a plain file range (`backing`: positional
+ * pread/pwrite, on the threads or, revoked, through the FileSystem) also gets
+ * FOPEN_PARALLEL_DIRECT_WRITES: without it the kernel takes the inode lock
+ * exclusively around every write of the node, so writers of one device (fio
+ * --numjobs, a database's threads) wait for each other where a block device
+ * lets them run at once. The kernel still takes it exclusively for a write
+ * that reaches past the end.
  */
-function writeOpenOut(o: Buffer, at: number, r: OpenResult, backingId?: number, viaUs = false): number {
-  let flags = openFlags(r);
-  if (backingId !== undefined) {
-    flags = FOPEN_PASSTHROUGH | (viaUs ? FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES : 0);
-  }
-  o.writeBigUInt64LE(BigInt(r.fh), at);
-  o.writeUInt32LE(flags, at + 8);
-  o.writeInt32LE(backingId ?? 0, at + 12);
-  return OPEN_OUT_SIZE;
+function openFlags(r: OpenResult): number {
+  return (r.directIo ? FOPEN_DIRECT_IO | (r.backing ? FOPEN_PARALLEL_DIRECT_WRITES : 0) : 0)
+    | (r.keepCache ? FOPEN_KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN_NONSEEKABLE : 0);
 }
 
-const O_ACCMODE = 3;
-const O_DIRECT = fs.constants.O_DIRECT;
+/** fuse_open_out (no backing id: no FUSE passthrough). */
+function writeOpenOut(o: Buffer, at: number, r: OpenResult): number {
+  o.writeBigUInt64LE(BigInt(r.fh), at);
+  o.writeUInt32LE(openFlags(r), at + 8);
+  o.writeInt32LE(0, at + 12);
+  return OPEN_OUT_SIZE;
+}
 
 const H = OUT_HEADER_SIZE;
 
@@ -387,8 +374,8 @@ const TABLE: Partial<Record<number, Handler>> = {
     const f = s.fsOf();
     const flags = b.u32(0);
     const r = f.open ? await f.open(ctx, h.nodeid, flags) : { fh: 0 };
-    const direct = (flags & O_DIRECT) !== 0;
-    return writeOpenOut(w.out, H, r, s.opened(r.fh, h.nodeid, r, direct), (flags & O_ACCMODE) !== 0 || direct);
+    s.opened(r.fh, h.nodeid, r);
+    return writeOpenOut(w.out, H, r);
   },
   [Op.READ]: async (s, w, h, b, ctx) => {
     const f = s.fsOf();

@@ -1,21 +1,21 @@
+import * as fs from 'node:fs';
+import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
+import { toLoopfsError } from '../base/errors';
+
 /**
- * The program of the threads that read /dev/fuse (see threads.ts), typed
- * like the rest. It runs with `eval` (the single executable has no file to
- * point a Worker at): threads.ts starts each thread with the text of
- * threadMain(), so the function is whole in itself — it refers to nothing
- * outside its body but its workerData and the builtins it requires.
+ * The loop of the threads that read /dev/fuse (see threads.ts), generic:
+ * it knows FUSE requests and the table of backed handles, not what a handle
+ * maps. A program for the threads (bundled on its own and started from its
+ * text: the single executable has no file to point a Worker at) calls
+ * runThread with a ThreadBackend that serves READ and WRITE of a backed
+ * handle; the loop does the rest.
  *
  * It posts an ArrayBuffer per forwarded request: the sequence number at 0,
- * the request from FORWARD_HEADER on. A READ of a backed handle is served
- * within the range: short at its end (EOF past it); where the file (it
- * shrank) ends inside a read, the rest is zeros, or EIO if the read starts
- * at or past the file's end. A write is EPERM on a read-only range (a
- * read-only block device's errno), ENOSPC at or past the end, cut short
- * where it crosses the end; a write that fails after some bytes went
- * through returns the count. With an O_DIRECT descriptor, a request whose
- * position and length are aligned goes to it (memory is aligned by
- * construction), anything else and whatever it refuses (EINVAL) or leaves
- * short to the buffered one.
+ * the request from FORWARD_HEADER on. A request of a handle that is not in
+ * the table (or no longer), or that the backend declines, is forwarded.
+ * A backend's thrown error becomes the reply's errno (toLoopfsError). With an
+ * O_DIRECT descriptor and no aligned memory, a handle's requests are
+ * forwarded.
  */
 
 /** Where the words of a slot of the backed table are (threads.ts BackedTable), and its sizes. */
@@ -31,6 +31,7 @@ export interface SlotLayout {
   fd: number;
   dfd: number;
   align: number;
+  tag: number;
   /** Float64 words of a slot (8 per slot). */
   fh: number;
   start: number;
@@ -47,7 +48,6 @@ export interface ThreadData {
   order: SharedArrayBuffer;
   /** Serve backed handles here; false forwards everything (debug logging sees every request). */
   fast: boolean;
-  errno: { EPERM: number; ENOSPC: number; EIO: number };
   /**
    * The thread's buffers for O_DIRECT (see alignedMemory): requests are read
    * so that WRITE data starts maxAlign-aligned, direct reads land in an
@@ -56,29 +56,72 @@ export interface ThreadData {
   memory?: SharedArrayBuffer;
   /** Offset of the first maxAlign-aligned byte of `memory`. */
   memoryBase?: number;
+  /** Data shared with the threads so far (Readers.share): [tag, data]. */
+  shared: [number, unknown][];
+  /** Where later shares arrive: messages [tag, data]. */
+  port?: MessagePort;
 }
 
-export function threadMain(): void {
-  const fs = require('node:fs') as typeof import('node:fs');
-  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const { fd, bufferSize, table, layout: L, order, fast, errno, memory, memoryBase } = workerData as ThreadData;
+/** A backed handle as a thread sees it: a copy of its slot. */
+export interface BackedSlot {
+  fd: number;
+  /** The O_DIRECT descriptor, or -1. */
+  directFd: number;
+  align: number;
+  start: number;
+  length: number;
+  readOnly: boolean;
+  /** BackedRange.shared's tag, 0 for none. */
+  tag: number;
+}
+
+/** The request and reply buffers of a thread, and its replies. */
+export interface ThreadIO {
+  /** The request as read; a WRITE's data starts at WRITE_DATA. */
+  readonly req: Buffer;
+  /** The reply buffer; a READ's data goes from REPLY_DATA on. */
+  readonly out: Buffer;
+  /** An aligned buffer of the request size for O_DIRECT reads; undefined without aligned memory. */
+  readonly dout: Buffer | undefined;
+  /** Replies to a READ with out[REPLY_DATA, REPLY_DATA + len). */
+  replyRead(len: number): void;
+  /** Replies to a READ with buf[0, len) (buf: dout). */
+  replyReadFrom(buf: Buffer, len: number): void;
+  /** Replies to a WRITE: n bytes written. */
+  replyWritten(n: number): void;
+  /** Replies with an error: a positive errno. */
+  replyError(errno: number): void;
+  /** The data shared under `tag` (Readers.share); undefined if it has not arrived. */
+  shared(tag: number): unknown;
+}
+
+export interface ThreadBackend {
+  /** Serves a READ of up to `size` bytes (capped to the reply buffer) at `off`; false forwards it. */
+  read(slot: BackedSlot, off: number, size: number, io: ThreadIO): boolean;
+  /** Serves a WRITE of `size` bytes (io.req from WRITE_DATA) at `off`; false forwards it. */
+  write(slot: BackedSlot, off: number, size: number, io: ThreadIO): boolean;
+}
+
+export const WRITE_DATA = 80;
+export const REPLY_DATA = 16;
+const READ = 15;
+const WRITE = 16;
+
+/** Runs the loop on this thread until /dev/fuse is gone. */
+export function runThread(backend: ThreadBackend): void {
+  const { fd, bufferSize, table, layout: L, order, fast, memory, memoryBase, shared, port } = workerData as ThreadData;
   const seq = new Uint32Array(order);
   const i32 = new Int32Array(table);
   const f64 = new Float64Array(table);
-  const READ = 15;
-  const WRITE = 16;
-  const H = 16;
-  const WRITE_DATA = 80;
+  const H = REPLY_DATA;
   // With aligned memory: WRITE data (at WRITE_DATA) starts on a maxAlign boundary, and so does dout.
   const span = Math.ceil(bufferSize / L.maxAlign) * L.maxAlign;
   const req = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
   const dout = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign + span, bufferSize) : undefined;
   const out = Buffer.allocUnsafe(bufferSize);
-  /** A request's failure: the negative errno of its reply. */
-  interface Failure {
-    errno?: number;
-    code?: string;
-  }
+  const known = new Map<number, unknown>(shared);
+  /** The Int32 word index of the slot being served (its WRITTEN flag). */
+  let current = 0;
 
   const u64 = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 4294967296;
 
@@ -87,102 +130,51 @@ export function threadMain(): void {
       write();
     } catch (e) {
       // ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
-      const code = (e as Failure).code;
+      const code = (e as { code?: string }).code;
       if (code !== 'ENOENT' && code !== 'ENODEV') throw e;
     }
   };
 
-  const reply = (len: number, error: number): void => {
+  const header = (len: number, error: number): void => {
     out.writeUInt32LE(len, 0);
     out.writeInt32LE(error, 4);
     req.copy(out, 8, 8, 16);
+  };
+
+  const reply = (len: number, error: number): void => {
+    header(len, error);
     send(() => fs.writeSync(fd, out, 0, len));
   };
 
-  const negErrno = (e: unknown): number => {
-    const n = (e as Failure).errno;
-    return typeof n === 'number' && n < 0 ? n : -errno.EIO;
+  const io: ThreadIO = {
+    req,
+    out,
+    dout,
+    replyRead: (len) => reply(H + len, 0),
+    replyReadFrom: (buf, len) => {
+      header(H + len, 0);
+      send(() => fs.writevSync(fd, [out.subarray(0, H), buf.subarray(0, len)]));
+    },
+    replyWritten: (n) => {
+      if (n > 0) Atomics.store(i32, current + L.written, 1);
+      out.writeUInt32LE(n, H);
+      out.writeUInt32LE(0, H + 4);
+      reply(H + 8, 0);
+    },
+    replyError: (errno) => reply(H, -errno),
+    shared: (tag) => {
+      if (!known.has(tag) && port) {
+        for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
+          const [t, data] = m.message as [number, unknown];
+          if (data === undefined) known.delete(t);
+          else known.set(t, data);
+        }
+      }
+      return known.get(tag);
+    },
   };
 
-  /**
-   * Reads buf[at+done, at+len) from pos+done. Where the file (it shrank) ends
-   * inside the request: zeros after its end, or EIO if the request starts at
-   * or past it.
-   */
-  const fill = (bfd: number, buf: Buffer, at: number, done: number, len: number, pos: number): number => {
-    while (done < len) {
-      const got = fs.readSync(bfd, buf, at + done, len - done, pos + done);
-      if (got === 0) {
-        if (done === 0) throw { errno: -errno.EIO } satisfies Failure;
-        buf.fill(0, at + done, at + len);
-        break;
-      }
-      done += got;
-    }
-    return len;
-  };
-
-  const read = (bfd: number, dfd: number, align: number, start: number, length: number, off: number, size: number): void => {
-    const len = off >= length ? 0 : Math.min(size, length - off);
-    const pos = start + off;
-    if (dout && dfd >= 0 && len > 0 && pos % align === 0 && len % align === 0) {
-      // O_DIRECT into the aligned buffer; the rest of a short read (or all of
-      // it if O_DIRECT refuses it: EINVAL) through the buffered descriptor.
-      let done = 0;
-      try {
-        done = fs.readSync(dfd, dout, 0, len, pos);
-      } catch (e) {
-        if ((e as Failure).code !== 'EINVAL') throw e;
-      }
-      fill(bfd, dout, 0, done, len, pos);
-      out.writeUInt32LE(H + len, 0);
-      out.writeInt32LE(0, 4);
-      req.copy(out, 8, 8, 16);
-      return send(() => fs.writevSync(fd, [out.subarray(0, H), dout.subarray(0, len)]));
-    }
-    fill(bfd, out, H, 0, len, pos);
-    reply(H + len, 0);
-  };
-
-  const written = (n: number): void => {
-    out.writeUInt32LE(n, H);
-    out.writeUInt32LE(0, H + 4);
-    reply(H + 8, 0);
-  };
-
-  const write = (bfd: number, dfd: number, align: number, start: number, length: number, off: number, size: number, w: number): void => {
-    if (i32[w + L.readOnly] === 1) return reply(H, -errno.EPERM);
-    if (size === 0) return written(0);
-    if (off >= length) return reply(H, -errno.ENOSPC);
-    const len = Math.min(size, length - off);
-    const pos = start + off;
-    let done = 0;
-    if (dfd >= 0 && pos % align === 0 && len % align === 0) {
-      try {
-        done = fs.writeSync(dfd, req, WRITE_DATA, len, pos);
-      } catch (e) {
-        if ((e as Failure).code !== 'EINVAL') throw e;
-      }
-    }
-    while (done < len) {
-      let put: number;
-      try {
-        put = fs.writeSync(bfd, req, WRITE_DATA + done, len - done, pos + done);
-      } catch (e) {
-        if (done > 0) break;
-        throw e;
-      }
-      if (put === 0) {
-        if (done > 0) break;
-        return reply(H, -errno.EIO);
-      }
-      done += put;
-    }
-    Atomics.store(i32, w + L.written, 1);
-    written(done);
-  };
-
-  /** Serves a READ/WRITE of a backed handle; false if the handle is not (or no longer) backed. */
+  /** Serves a READ/WRITE of a backed handle; false if the handle is not (or no longer) backed, or the backend declines. */
   const serve = (op: number): boolean => {
     const fh = u64(req, 40);
     const s = fh % L.slots;
@@ -190,21 +182,25 @@ export function threadMain(): void {
     Atomics.add(i32, w + L.inflight, 1);
     try {
       if (Atomics.load(i32, w + L.state) !== 1 || f64[s * 8 + L.fh] !== fh) return false;
-      const dfd = i32[w + L.dfd]!;
-      if (dfd >= 0 && !memory) return false;
-      const bfd = i32[w + L.fd]!;
-      const align = i32[w + L.align]!;
-      const start = f64[s * 8 + L.start]!;
-      const length = f64[s * 8 + L.length]!;
+      const slot: BackedSlot = {
+        fd: i32[w + L.fd]!,
+        directFd: i32[w + L.dfd]!,
+        align: i32[w + L.align]!,
+        start: f64[s * 8 + L.start]!,
+        length: f64[s * 8 + L.length]!,
+        readOnly: i32[w + L.readOnly] === 1,
+        tag: i32[w + L.tag]!,
+      };
+      if (slot.directFd >= 0 && !memory) return false;
+      current = w;
       const off = u64(req, 48);
       const size = req.readUInt32LE(56);
       try {
-        if (op === READ) read(bfd, dfd, align, start, length, off, Math.min(size, bufferSize - H));
-        else write(bfd, dfd, align, start, length, off, size, w);
+        return op === READ ? backend.read(slot, off, Math.min(size, bufferSize - H), io) : backend.write(slot, off, size, io);
       } catch (e) {
-        reply(H, negErrno(e));
+        reply(H, toLoopfsError(e).code);
+        return true;
       }
-      return true;
     } finally {
       if (Atomics.sub(i32, w + L.inflight, 1) === 1 && Atomics.load(i32, w + L.state) === 2) Atomics.notify(i32, w + L.inflight);
     }
@@ -215,7 +211,7 @@ export function threadMain(): void {
     try {
       n = fs.readSync(fd, req, 0, bufferSize, null);
     } catch (e) {
-      const code = (e as Failure).code;
+      const code = (e as { code?: string }).code;
       if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue;
       if (code === 'ENODEV') {
         parentPort!.postMessage({ exit: 'ENODEV' });
@@ -231,4 +227,5 @@ export function threadMain(): void {
     req.copy(Buffer.from(ab), L.forwardHeader, 0, n);
     parentPort!.postMessage(ab, [ab]);
   }
+  port?.close();
 }

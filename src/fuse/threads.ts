@@ -1,8 +1,7 @@
 import * as fs from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import { Worker as Thread } from 'node:worker_threads';
+import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
 import type { BackedRange } from './types';
-import { threadMain, type SlotLayout, type ThreadData } from './thread-main';
+import type { SlotLayout, ThreadData } from './thread-main';
 import { koffi } from '../sys/ffi';
 
 /**
@@ -10,9 +9,10 @@ import { koffi } from '../sys/ffi';
  * serve themselves.
  *
  * Each thread owns a request and a reply buffer and loops on blocking
- * read(2) of /dev/fuse. A READ or WRITE of a handle registered here (a byte
- * range of a plain file) is served on that thread with pread/pwrite and a
- * write(2) of the reply: no hop to the main thread, the libuv pool or a
+ * read(2) of /dev/fuse (thread-main.ts). A READ or WRITE of a handle
+ * registered here (a byte range of a file, and whatever its `shared` tag
+ * names) is served on that thread by the program's backend with
+ * pread/pwrite and a write(2) of the reply: no hop to the main thread, the libuv pool or a
  * promise, so one request costs a few system calls, and as many requests
  * are in flight as there are threads. Everything else (and any READ/WRITE of
  * a handle that is not registered, or no longer) is copied out, numbered in
@@ -38,6 +38,7 @@ const READONLY = 3;
 const FD = 4;
 const DFD = 5; // the O_DIRECT descriptor, or -1
 const ALIGN = 6;
+const TAG = 7; // BackedRange.shared's tag, 0 for none
 // Float64 words of a slot (byte offsets 32.., clear of the Int32 words above).
 const FH = 4;
 const START = 5;
@@ -76,6 +77,7 @@ export class BackedTable {
     Atomics.store(this.i32, w + DFD, range.directFd ?? -1);
     Atomics.store(this.i32, w + ALIGN, range.align ?? 4096);
     Atomics.store(this.i32, w + READONLY, range.readOnly ? 1 : 0);
+    Atomics.store(this.i32, w + TAG, range.shared?.tag ?? 0);
     Atomics.store(this.i32, w + WRITTEN, 0);
     Atomics.store(this.i32, w + STATE, 1);
     return true;
@@ -144,10 +146,17 @@ export interface Readers {
   done: Promise<void>;
   /** The threads are needed (a backed handle exists): they start after the main thread's next read. */
   want(): void;
+  /**
+   * Hands `data` (structured-cloned: SharedArrayBuffers stay shared) to every
+   * thread under `tag`, before a handle naming the tag is registered; undefined
+   * withdraws it. Threads started later get what is shared then.
+   */
+  share(tag: number, data: unknown): void;
 }
 
 /**
- * Starts `count` threads and hands each forwarded request to `dispatch`, in
+ * Starts `count` threads running `program` (the text of a bundled program
+ * that calls thread-main.ts's runThread with its backend) and hands each forwarded request to `dispatch`, in
  * the order they were read (whichever thread's message comes first).
  *
  * `lazy`: no thread at first. Until want(), the main thread reads /dev/fuse
@@ -157,7 +166,7 @@ export interface Readers {
  * last it reads; it takes its number before any thread starts, so the order
  * holds across the handover.
  */
-export function runThreads(count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>, lazy = false): Readers {
+export function runThreads(program: string, count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>, lazy = false): Readers {
   let live = lazy ? 1 : count;
   let pending = 0;
   let failure: unknown;
@@ -165,6 +174,8 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
   let wanted = !lazy;
   const early = new Map<number, ArrayBuffer>();
   let startThreads = (): void => {};
+  const shared = new Map<number, unknown>();
+  const ports: MessagePort[] = [];
   const done = new Promise<void>((resolve, reject) => {
     const settle = (): void => (failure ? reject(failure) : resolve());
     const start = (m: ArrayBuffer): void => {
@@ -192,12 +203,20 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
     };
     startThreads = (): void => {
       for (let i = 0; i < count; i++) {
-        const t = new Thread(THREAD_SOURCE, { eval: true, workerData: { ...data, ...alignedMemory(data.bufferSize) } });
+        const { port1, port2 } = new MessageChannel();
+        port1.unref();
+        ports.push(port1);
+        const workerData: ThreadData = { ...data, ...alignedMemory(data.bufferSize), shared: [...shared], port: port2 };
+        const t = new Thread(program, { eval: true, workerData, transferList: [port2] });
         t.on('message', (m: unknown) => {
           if (m instanceof ArrayBuffer) received(m);
         });
         t.on('error', (e) => (failure ??= e));
-        t.on('exit', readerGone);
+        t.on('exit', () => {
+          ports.splice(ports.indexOf(port1), 1);
+          port1.close();
+          readerGone();
+        });
       }
     };
     if (!lazy) return startThreads();
@@ -229,6 +248,11 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
     want: () => {
       wanted = true;
     },
+    share: (tag, value) => {
+      if (value === undefined) shared.delete(tag);
+      else shared.set(tag, value);
+      for (const p of ports) p.postMessage([tag, value]);
+    },
   };
 }
 
@@ -236,15 +260,11 @@ export function runThreads(count: number, data: ThreadData, dispatch: (req: Buff
 const LAYOUT: SlotLayout = {
   slots: TABLE_SLOTS, maxAlign: MAX_ALIGN, forwardHeader: FORWARD_HEADER,
   state: STATE, inflight: INFLIGHT, written: WRITTEN, readOnly: READONLY, fd: FD, dfd: DFD, align: ALIGN,
-  fh: FH, start: START, length: LENGTH,
+  tag: TAG, fh: FH, start: START, length: LENGTH,
 };
 
-/** The thread's program: threadMain's own text, called (it refers to nothing outside itself). */
-const THREAD_SOURCE = `(${threadMain.toString()})();`;
-
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
-  const e = osConstants.errno;
-  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, errno: { EPERM: e.EPERM, ENOSPC: e.ENOSPC, EIO: e.EIO } };
+  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, shared: [] };
 }
 
 /**

@@ -1,5 +1,7 @@
 /** The filesystem interface the session calls. Knows files and directories, nothing more. */
 
+import type { FileRange } from '../base/types';
+
 export type NodeId = number;
 
 export interface Attr {
@@ -52,29 +54,17 @@ export interface OpenResult {
    * node invalidated. Session.takeWritten(fh) tells whether it wrote.
    */
   backing?: BackedRange;
-  /**
-   * Let the kernel serve this handle from the file open as `fd` (FUSE
-   * passthrough, when negotiated and allowed): reads and mmap of a read-only
-   * handle never reach the FileSystem, at the file's own offsets and up to
-   * its own end, so only for a node whose bytes are exactly the whole file.
-   * A writable handle still sends READ and WRITE (opened FOPEN_DIRECT_IO; the
-   * kernel would let a passthrough write grow the file), and so does an
-   * O_DIRECT one (its reads reach the file through our buffered descriptor,
-   * as a kernel loop device without direct I/O reads its file); both map the
-   * file. The FileSystem cannot tell whether passthrough happened.
-   */
-  passthrough?: { fd: number };
 }
 
-/** `length` bytes of the file open as `fd`, from `start`. */
-export interface BackedRange {
-  fd: number;
-  start: number;
-  length: number;
-  readOnly: boolean;
-  /** The same file open O_DIRECT: aligned requests (position, length: multiples of `align`) use it. */
-  directFd?: number;
-  align?: number;
+/** A range of a file the threads serve themselves (base/types.ts FileRange), with what their backend needs. */
+export interface BackedRange extends FileRange {
+  /**
+   * What else the threads' backend needs to serve the handle, shared with
+   * every thread (Readers.share) under `tag` (a positive int32, unique in the
+   * session) before the handle is registered; `data` is structured-cloned
+   * (SharedArrayBuffers stay shared).
+   */
+  shared?: { tag: number; data: unknown };
 }
 
 export interface SetattrRequest {
@@ -103,9 +93,26 @@ export interface IoctlResult {
 }
 
 /**
- * What a FUSE filesystem implements. Errors are thrown as objects with a
- * negative or positive errno in `errno` or a name in `code` (see
- * session.ts: errorCode); a missing optional method answers ENOSYS.
+ * What a FileSystem may do outside a request: tell the kernel that what it
+ * cached is stale, and ask what the session's threads did. Given to the
+ * FileSystem's maker when the Session is constructed (Session's `fsys`).
+ */
+export interface KernelNotifier {
+  /** The /dev/fuse descriptor served (it names the FUSE connection). */
+  readonly fd: number;
+  invalidateNode(node: NodeId): Promise<void>;
+  invalidateEntry(parent: NodeId, name: string): Promise<void>;
+  deleteEntry(parent: NodeId, child: NodeId, name: string): Promise<void>;
+  /** Whether a WRITE to backed handle `fh` was served on a thread since the last call. */
+  takeWritten(fh: number): boolean;
+  /** The threads may forget what was shared under `tag` (BackedRange.shared): no handle names it any more. */
+  unshare(tag: number): void;
+}
+
+/**
+ * What a FUSE filesystem implements. Errors are thrown as LoopfsErrors (any
+ * other error answers as toLoopfsError makes it: its errno `code`, else
+ * EIO); a missing optional method answers ENOSYS.
  */
 export interface FileSystem {
   lookup(ctx: RequestContext, parent: NodeId, name: string): Promise<Entry> | Entry;
@@ -121,9 +128,7 @@ export interface FileSystem {
   fsync?(ctx: RequestContext, node: NodeId, fh: number, datasync: boolean): Promise<void> | void;
   fallocate?(ctx: RequestContext, node: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> | void;
   ioctl?(ctx: RequestContext, node: NodeId, fh: number, cmd: number, arg: bigint, input: Buffer, outSize: number): Promise<IoctlResult> | IoctlResult;
-  opendir?(ctx: RequestContext, node: NodeId): Promise<number> | number;
   readdir(ctx: RequestContext, node: NodeId): Promise<DirEntry[]> | DirEntry[];
-  releasedir?(ctx: RequestContext, node: NodeId, fh: number): void;
   statfs?(ctx: RequestContext, node: NodeId): Promise<StatfsResult> | StatfsResult;
   access?(ctx: RequestContext, node: NodeId, mask: number): Promise<void> | void;
   unlink?(ctx: RequestContext, parent: NodeId, name: string): Promise<void> | void;

@@ -157,3 +157,4 @@ export function packDirents(b: Buffer, at: number, max: number, entries: DirEntr
 }
 
 export { IN_HEADER_SIZE, OUT_HEADER_SIZE };
+

@@ -15,7 +15,6 @@ function libc(): Record<string, Fn> {
   const k = koffi();
   const l = k.load('libc.so.6');
   lib = {
-    ioctl_int: l.func('int ioctl(int fd, unsigned long req, unsigned long arg)') as Fn,
     ioctl_ptr: l.func('int ioctl(int fd, unsigned long req, _Inout_ uint8_t *arg)') as Fn,
     fallocate: l.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as Fn,
     flock: l.func('int flock(int fd, int op)') as Fn,
@@ -49,11 +48,6 @@ function check(rc: number, what: string): number {
   return rc;
 }
 
-/** ioctl with an integer argument (or none). Returns the call's result. */
-export function ioctlInt(fd: number, req: number, arg = 0): number {
-  return check(libc().ioctl_int!(fd, req, arg), `ioctl 0x${req.toString(16)}`);
-}
-
 /** ioctl whose argument is a buffer the kernel reads and/or fills in. */
 export function ioctlBuf(fd: number, req: number, buf: Buffer): number {
   return check(libc().ioctl_ptr!(fd, req, buf), `ioctl 0x${req.toString(16)}`);
@@ -83,6 +77,11 @@ export function punchHole(fd: number, offset: number, len: number): Promise<void
   return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
 }
 
+/** punchHole, synchronous: for a caller that holds locks other threads wait on. */
+export function punchHoleSync(fd: number, offset: number, len: number): void {
+  check(libc().fallocate!(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len) as number, 'fallocate');
+}
+
 export const LOCK_SH = 1;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
@@ -93,7 +92,6 @@ export function flock(fd: number, op: number): void {
   check(libc().flock!(fd, op), 'flock');
 }
 
-export const MNT_FORCE = 1;
 export const MNT_DETACH = 2;
 
 export function umount2(target: string, flags: number): void {
@@ -120,7 +118,6 @@ export function fileStatusFlags(fd: number): number {
 // holder dies.
 const F_OFD_GETLK = 36;
 const F_OFD_SETLK = 37;
-export const F_RDLCK = 0;
 export const F_WRLCK = 1;
 export const F_UNLCK = 2;
 
@@ -134,7 +131,7 @@ function flockStruct(type: number, start: number, len: number): Buffer {
   return b;
 }
 
-/** Sets (F_WRLCK/F_RDLCK) or clears (F_UNLCK) an OFD lock on [start, start+len); never waits (EAGAIN if held). */
+/** Sets (F_WRLCK) or clears (F_UNLCK) an OFD lock on [start, start+len); never waits (EAGAIN if held). */
 export function ofdSetLock(fd: number, type: number, start: number, len: number): void {
   check(libc().fcntl_ptr!(fd, F_OFD_SETLK, flockStruct(type, start, len)), 'fcntl(F_OFD_SETLK)');
 }

@@ -2,22 +2,15 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, waitFor, errnoOf, type Result } from '../helpers/cli';
 
 // Issue 9 (items 3, 6, 9): an instance can always be found and stopped — by
 // its mount and daemon pid when its socket or run directory is gone, by abort
 // of its FUSE connection when its daemon is wedged — and umount acts on the
 // instance's own mount, never on whatever its path leads to later.
-const test = e2eSuite('admin-recovery');
 let sb: Sandbox;
-
-test.before.each(() => {
-  sb = new Sandbox('adm');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('admin-recovery', 'adm', (s) => (sb = s));
 
 interface Mnt { mountpoint: string; fstype: string; dev: string }
 

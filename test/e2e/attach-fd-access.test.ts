@@ -2,20 +2,14 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync, execFileSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, python } from '../helpers/cli';
 
 // SPEC §7 / issue 9 (4): a backing fd must be open for reading. An O_PATH fd needs no
 // read permission on its file, so attach refuses it (EBADF, as the kernel's LOOP_SET_FD
 // does), on a root daemon and inside an unprivileged `loopfs run`, with direct I/O too.
-const test = e2eSuite('attach fd access');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('fdacc');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('attach fd access', 'fdacc', (s) => (sb = s));
 
 const USER = 'loopfs-e2e-fdacc';
 

@@ -1,19 +1,13 @@
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf, fuseMountsAt, mountsUnder } from '../helpers/cli';
 
 // SPEC §4: bad input gets one line naming the problem and the errno, a
 // non-zero exit, and leaves nothing behind.
-const test = e2eSuite('bad input (instances)');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('bad');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('bad input (instances)', 'bad', (s) => (sb = s));
 
 function expectError(args: string[], errno: string, status: number, mention: RegExp): void {
   const r = sb.run(args);

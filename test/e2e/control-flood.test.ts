@@ -2,7 +2,7 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, waitFor } from '../helpers/cli';
 
 // Issue 9 (1): no client can hold a daemon. Every connection to the control socket is
@@ -10,16 +10,11 @@ import { Sandbox, waitFor } from '../helpers/cli';
 // many wait at once, and running out of descriptors backs off instead of spinning. The
 // instance keeps answering throughout, and the daemon ends as it began: same descriptors,
 // idle CPU, a short log.
-const test = e2eSuite('control flood');
 let sb: Sandbox;
-const kids: ChildProcess[] = [];
-test.before.each(() => {
-  sb = new Sandbox('flood');
-});
-test.after.each(() => {
+const test = sandboxSuite('control flood', 'flood', (s) => (sb = s), () => {
   for (const k of kids.splice(0)) if (k.exitCode === null && k.signalCode === null) k.kill('SIGKILL');
-  sb.cleanup();
 });
+const kids: ChildProcess[] = [];
 
 /** Misbehaving clients. argv: SOCK KIND N [ARG]. */
 const FLOOD = `

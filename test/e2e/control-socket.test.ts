@@ -2,20 +2,14 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync, execFileSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 
 // SPEC §7: control requests reach a daemon only from its owner or root —
 // the socket is 0600 in a 0700 directory, and the daemon checks the peer's
 // credentials too. The versioned protocol refuses a version it does not speak.
-const test = e2eSuite('control socket');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('ctl');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('control socket', 'ctl', (s) => (sb = s));
 
 const USER = 'loopfs-e2e-ctl';
 

@@ -2,26 +2,21 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, REPO } from '../helpers/cli';
 
 // SPEC §2: device entries answer the kernel's loop and block ioctls, with the
 // kernel's semantics and errnos. Every sequence runs on a kernel loop device
 // and on a loopfs entry, over identical files, and the two must agree.
-const test = e2eSuite('device ioctls');
-const HELPERS = path.join(REPO, 'test', 'helpers');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('devioctl');
-});
-test.after.each(() => {
+const test = sandboxSuite('device ioctls', 'devioctl', (s) => (sb = s), () => {
   // Kernel loop devices a failed run left bound to this sandbox's files.
   for (const line of execFileSync('losetup', ['-a'], { encoding: 'utf8' }).split('\n')) {
     const m = /^(\/dev\/loop\d+):.*\((.*)\)/.exec(line);
     if (m && m[2]!.startsWith(sb.root)) spawnSync('losetup', ['-d', m[1]!]);
   }
-  sb.cleanup();
 });
+const HELPERS = path.join(REPO, 'test', 'helpers');
 
 function py(script: string, args: string[], opts: { uid?: number } = {}): unknown {
   // The system's python: a user's rights may not reach a python of root's.

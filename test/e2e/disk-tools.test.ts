@@ -2,21 +2,14 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, entries, instDir, kernelAttach, q, randomFile, releaseKernelState, sh, sha, shOk } from './disk-helpers';
+import { attach, entries, instDir, kernelAttach, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
 
 // SPEC §2, §3: a loopfs device is a disk for mkfs, fsck, mount -o loop and
 // dd; its window never lets a byte outside it change.
-const test = e2eSuite('disk: real tools on loopfs devices');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('disk');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('disk: real tools on loopfs devices', 'disk', (s) => (sb = s), releaseKernelState);
 
 test('losetup -f --show, mkfs.ext4, e2fsck clean, mount -o loop, write files, umount, detach: the image is clean and holds the files', () => {
   const img = path.join(sb.root, 'disk.img');

@@ -2,23 +2,16 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, q, randomFile, releaseKernelState, sha, shOk } from './disk-helpers';
+import { attach, q, randomFile, releaseKernelState, sha, shOk } from '../helpers/disk';
 
 // SPEC §3 (direct I/O, partitions): the engine under concurrent requests of
 // every size and alignment, through the kernel, keeps every byte where it
 // belongs, with O_DIRECT on (aligned requests direct, others bounced or
 // buffered) as with it off.
-const test = e2eSuite('engine: concurrent I/O through the instance filesystem');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('eio');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('engine: concurrent I/O through the instance filesystem', 'eio', (s) => (sb = s), releaseKernelState);
 
 function bash(cmd: string): Promise<{ status: number | null; stderr: string }> {
   return new Promise((resolve) => {

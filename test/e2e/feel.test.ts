@@ -2,18 +2,13 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 
 // Issue 5: colour only where a person reads it; a spinner only on a terminal, for slow waits, leaving no debris.
-const test = e2eSuite('colour and spinner');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('feel');
-});
-test.after.each(() => {
+const test = sandboxSuite('colour and spinner', 'feel', (s) => (sb = s), () => {
   spawnSync('tmux', ['-L', 'loopfs-feel', 'kill-server']);
-  sb.cleanup();
 });
 
 const ESC = '\u001b[';

@@ -7,6 +7,7 @@ import { e2eSuite } from '../helpers/e2e';
 import { mountFuse, unmountFuse, isMounted } from '../../src/fuse/mount';
 import { Session } from '../../src/fuse/session';
 import type { FileSystem } from '../../src/fuse/types';
+import { ioThreadProgram } from '../../src/daemon/io-thread-program';
 
 // The FUSE layer alone, on a real mount: a filesystem of two files, one of
 // whose reads is slow. Nothing here knows about loop devices. The session is
@@ -66,7 +67,7 @@ for (const lazyThreads of [true, false]) test(`a slow request does not stall the
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'loopfs-fuse-'));
   const log: string[] = [];
   const m = await mountFuse(dir, { source: 'loopfs-test', subtype: 'loopfs-test', uid: 0, gid: 0, allowOther: true });
-  const served = new Session(m.fd, tinyFs(1500, log), { lazyThreads }).serve();
+  const served = new Session(m.fd, tinyFs(1500, log), { lazyThreads, threadProgram: ioThreadProgram() }).serve();
   try {
     assert.ok(isMounted(dir));
     assert.equal((await fs.promises.readdir(dir)).sort(), ['fast', 'slow']);

@@ -1,22 +1,15 @@
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, randomFile, releaseKernelState, sha, shOk } from './disk-helpers';
+import { attach, randomFile, releaseKernelState, sha, shOk } from '../helpers/disk';
 
 // An instance that serves no device I/O costs no I/O thread (each is a V8
 // isolate of its own): its daemon reads /dev/fuse on the main thread until
 // a device is opened, and then starts the threads, which serve the I/O.
-const test = e2eSuite('idle instance: the I/O threads start with the first open device');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('idle');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('idle instance: the I/O threads start with the first open device', 'idle', (s) => (sb = s), releaseKernelState);
 
 const MiB = 1 << 20;
 const WORKERS = 4; // SessionOptions.workers' default

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { e2eSuite, requiring } from '../helpers/e2e';
 import { REPO } from '../helpers/cli';
 
 /**
@@ -75,12 +75,8 @@ test('man finds the pages; the shell finds the binary, and it runs', () => {
   assert.match(text.stdout, /LOOPFS-LOSETUP\(8\)/);
 });
 
-test('the installed bash completion completes on a real terminal (readline splits at = and :)', () => {
-  if (spawnSync('tmux', ['-V']).error) {
-    assert.ok(process.env.LOOPFS_REQUIRE_E2E !== '1', 'tmux is missing (.ci/run installs it)');
-    console.log('  skipping: tmux is missing');
-    return;
-  }
+// .ci/run installs tmux.
+requiring(test, spawnSync('tmux', ['-V']).error ? 'tmux is missing' : undefined)('the installed bash completion completes on a real terminal (readline splits at = and :)', () => {
   const sock = `loopfs-install-${process.pid}`;
   const tm = (...args: string[]): string => spawnSync('tmux', ['-L', sock, ...args], { encoding: 'utf8' }).stdout ?? '';
   const sleep = (ms: number): void => void spawnSync('sleep', [String(ms / 1000)]);

@@ -2,19 +2,12 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, fuseMountsAt, waitFor, errnoOf } from '../helpers/cli';
 
 // SPEC §1, §2, §4 (mount, umount, ctl, rm, list, gc): private instances.
-const test = e2eSuite('instances');
 let sb: Sandbox;
-
-test.before.each(() => {
-  sb = new Sandbox('inst');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('instances', 'inst', (s) => (sb = s));
 
 function sh(cmd: string): { status: number; stderr: string } {
   const r = spawnSync('sh', ['-c', cmd], { encoding: 'utf8' });

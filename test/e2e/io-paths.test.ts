@@ -1,24 +1,17 @@
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, py, randomFile, readRange, releaseKernelState, sha } from './disk-helpers';
+import { attach, py, randomFile, readRange, releaseKernelState, sha } from '../helpers/disk';
 
 // SPEC §3 on the fast paths: requests of a bound device are served on the
 // daemon's FUSE threads (no FUSE passthrough: the kernel would read the file
 // at the file's size, not the device's). Reads past the end are end-of-file,
 // writes past it ENOSPC and never grow the file, whatever mix of handles is
 // open; readers see writers' bytes at once.
-const test = e2eSuite('I/O paths: the FUSE threads keep the device rules');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('iop');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('I/O paths: the FUSE threads keep the device rules', 'iop', (s) => (sb = s), releaseKernelState);
 
 const MiB = 1 << 20;
 

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { e2eSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { kernelReadsMbr, releaseKernelLoops } from '../helpers/ioctl';
-import { attach, kernelAttach, sh, shOk, q } from './disk-helpers';
+import { attach, kernelAttach, sh, shOk, q } from '../helpers/disk';
 
 /*
  * Issue 10: util-linux `blockdev` on a loopfs device, a window and a

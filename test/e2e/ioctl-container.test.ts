@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { e2eSuite } from '../helpers/e2e';
 import { REPO, Sandbox, waitFor } from '../helpers/cli';
 import { compileC, kernelLoopNames, releaseKernelLoops, removeKernelLoopIfNew } from '../helpers/ioctl';
-import { shOk, q } from './disk-helpers';
+import { shOk, q } from '../helpers/disk';
 
 /*
  * Issue 10, the case the 2020 loopfs proposal was written for: an instance

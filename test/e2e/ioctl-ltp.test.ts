@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { e2eSuite } from '../helpers/e2e';
 import { REPO, Sandbox } from '../helpers/cli';
-import { shOk, q } from './disk-helpers';
+import { shOk, q } from '../helpers/disk';
 import { compileC, kernelLoopNames, kernelReadsMbr, releaseKernelLoops, removeKernelLoopIfNew, runLtp, type LtpRun } from '../helpers/ioctl';
 
 /*

@@ -2,10 +2,10 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { releaseKernelLoops } from '../helpers/ioctl';
-import { randomFile, shOk, q } from './disk-helpers';
+import { randomFile, shOk, q } from '../helpers/disk';
 
 /*
  * Issue 10: util-linux's own losetup (2.38, /sbin/losetup) pointed at the
@@ -17,18 +17,16 @@ import { randomFile, shOk, q } from './disk-helpers';
  * (-a, -l, -j) read /sys/block, where no loopfs device is; -f asks
  * /dev/loop-control, the kernel's. See loopfs(8), UTIL-LINUX LOSETUP.
  */
-const test = e2eSuite('util-linux losetup on loopfs entries');
 let sb: Sandbox;
 let inst: string;
-test.before.each(() => {
-  sb = new Sandbox('ioctl-ul');
+const made = (s: Sandbox): void => {
+  sb = s;
   inst = sb.dir('inst');
   sb.ok(['mount', inst]);
-});
-test.after.each(() => {
+};
+const test = sandboxSuite('util-linux losetup on loopfs entries', 'ioctl-ul', made, () => {
   sb.run(['--instance', inst, 'losetup', '-D']);
   releaseKernelLoops(sb.root);
-  sb.cleanup();
 });
 
 const COLS = 'SIZELIMIT,OFFSET,AUTOCLEAR,RO,BACK-FILE,DIO,LOG-SEC,PARTSCAN';

@@ -1,17 +1,11 @@
 import * as assert from 'uvu/assert';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, python } from '../helpers/cli';
 
 // SPEC §2: LOOP_CTL_* ioctls on DIR/loop-control, with the kernel's results and errnos.
-const test = e2eSuite('loop-control ioctls');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('ioctl');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('loop-control ioctls', 'ioctl', (s) => (sb = s));
 
 /** Runs the ioctl sequence in python; each step prints its result or errno name. */
 function ioctls(ctl: string, steps: [number, number | null][]): string[] {

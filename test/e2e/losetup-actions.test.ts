@@ -2,21 +2,14 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, entries, instDir, py, q, randomFile, releaseKernelState, sh, sha, shOk } from './disk-helpers';
+import { attach, entries, instDir, py, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
 
 // SPEC §3, §4, §6: what `loopfs losetup` does to devices — read-only,
 // -j, -c, -D, -L — and N concurrent `-f --show` getting N devices.
-const test = e2eSuite('losetup: actions on an instance');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('acts');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('losetup: actions on an instance', 'acts', (s) => (sb = s), releaseKernelState);
 
 /** What python sees opening PATH with each mode: "opened" or the errno number. */
 const OPEN_MODES = `

@@ -1,23 +1,16 @@
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf } from '../helpers/cli';
-import { attach, entries, instDir, randomFile, releaseKernelState, sha } from './disk-helpers';
+import { attach, entries, instDir, randomFile, releaseKernelState, sha } from '../helpers/disk';
 
 // SPEC §3, §4, issue 11: bad input to `loopfs losetup` gets util-linux's
 // line on stderr (its words, strerror and all, with no "(ERRNO)"), exit
 // status 1, and changes nothing: no device entry appears or goes, no
 // binding changes, no backing file changes.
-const test = e2eSuite('losetup: bad input');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('lbad');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('losetup: bad input', 'lbad', (s) => (sb = s), releaseKernelState);
 
 test('a missing file, a directory, bad offsets, sizes and sector sizes, unbound or non-loopfs devices: util-linux\'s line, exit 1, nothing changed', () => {
   const img = randomFile(path.join(sb.root, 'd.img'), 1 << 20);

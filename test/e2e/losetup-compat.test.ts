@@ -2,23 +2,16 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, kernelAttach, randomFile, releaseKernelState } from './disk-helpers';
+import { attach, kernelAttach, randomFile, releaseKernelState } from '../helpers/disk';
 
 // SPEC §4: `loopfs losetup -l/-J/--raw/-n -O/-a` print what util-linux
 // losetup prints for a kernel loop device set up the same way on the same
 // file, through the daemon (not fabricated DeviceInfo). Device paths aside,
 // and MAJ:MIN (a loopfs device is no kernel block device: it is empty).
-const test = e2eSuite('losetup: listings compared with util-linux on kernel loop devices');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('compat');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('losetup: listings compared with util-linux on kernel loop devices', 'compat', (s) => (sb = s), releaseKernelState);
 
 /** util-linux losetup on one kernel device: never -a/-j, which would query every loop device of the system. */
 function kernel(args: string[], dev: string): string {

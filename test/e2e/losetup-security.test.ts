@@ -2,9 +2,9 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf, type Result } from '../helpers/cli';
-import { entries, randomFile, releaseKernelState, sha } from './disk-helpers';
+import { entries, randomFile, releaseKernelState, sha } from '../helpers/disk';
 
 // SPEC §7: a backing file is opened with the caller's rights, not the
 // daemon's. The daemon here runs as root and serves an instance root
@@ -15,15 +15,8 @@ import { entries, randomFile, releaseKernelState, sha } from './disk-helpers';
 // mounts the instance in a fresh run directory and then hands that run
 // directory (state, socket, lock files) over to the user, as an admin
 // setting up an instance for a user would.
-const test = e2eSuite('losetup: backing files are opened with the caller\'s rights');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('sec');
-});
-test.after.each(() => {
-  releaseKernelState(sb);
-  sb.cleanup();
-});
+const test = sandboxSuite('losetup: backing files are opened with the caller\'s rights', 'sec', (s) => (sb = s), releaseKernelState);
 
 /** A uid and gid no account has: nothing on the system is theirs but what the test gives them. */
 function unusedId(): number {

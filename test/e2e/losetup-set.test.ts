@@ -2,22 +2,17 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf } from '../helpers/cli';
 
 // `losetup -b N DEV` and `losetup --direct-io=on|off DEV` on a bound device
 // (util-linux's LOOP_SET_BLOCK_SIZE and LOOP_SET_DIRECT_IO).
-const test = e2eSuite('losetup: change a bound device');
 let sb: Sandbox;
-let ramfs: string | undefined;
-test.before.each(() => {
-  sb = new Sandbox('set');
-});
-test.after.each(() => {
+const test = sandboxSuite('losetup: change a bound device', 'set', (s) => (sb = s), () => {
   if (ramfs) spawnSync('umount', ['-l', ramfs]);
   ramfs = undefined;
-  sb.cleanup();
 });
+let ramfs: string | undefined;
 
 function cols(dev: string): { 'log-sec': number; dio: boolean } {
   return (JSON.parse(sb.ok(['losetup', '-J', '-l', '-O', 'LOG-SEC,DIO', dev])) as { loopdevices: { 'log-sec': number; dio: boolean }[] }).loopdevices[0]!;

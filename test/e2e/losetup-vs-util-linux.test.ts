@@ -2,10 +2,10 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, type Result } from '../helpers/cli';
-import { instDir, py, releaseKernelState } from './disk-helpers';
-import { LOOPFS_ADDITIONS } from '../../src/commands/losetup-run';
+import { instDir, py, releaseKernelState } from '../helpers/disk';
+import { LOOPFS_ADDITIONS } from '../../src/commands/losetup/run';
 
 // Issue 11, build item 3: `loopfs losetup` says what util-linux 2.38 losetup
 // says. One sequence of commands — every option, every error case of
@@ -30,17 +30,15 @@ import { LOOPFS_ADDITIONS } from '../../src/commands/losetup-run';
 // far above what -f creates here), checked unbound, and removed with
 // LOOP_CTL_REMOVE as soon as it is unbound again; NEW likewise once a step
 // made it.
-const test = e2eSuite('losetup: the same commands, side by side with util-linux on kernel loop devices');
 let sb: Sandbox;
 let madeKernel: number[] = [];
-test.before.each(() => {
-  sb = new Sandbox('vsul');
+const made = (s: Sandbox): void => {
+  sb = s;
   madeKernel = [];
-});
-test.after.each(() => {
+};
+const test = sandboxSuite('losetup: the same commands, side by side with util-linux on kernel loop devices', 'vsul', made, () => {
   releaseKernelState(sb);
   for (const n of madeKernel) loopControl(0x4c81, n); // LOOP_CTL_REMOVE
-  sb.cleanup();
 });
 
 /** LOOP_CTL_ADD (0x4c80) / LOOP_CTL_REMOVE (0x4c81) of kernel loop device N; returns the ioctl's result or errno. */

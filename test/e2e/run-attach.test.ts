@@ -2,21 +2,15 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
-import { sparseImage } from './disk-helpers';
+import { sandboxSuite } from '../helpers/e2e';
+import { sparseImage } from '../helpers/disk';
 import { Sandbox, errnoOf, sandboxFootprint, type Footprint } from '../helpers/cli';
 
 // issue 14, item 4: `loopfs run --attach IMG[,losetup options] -- CMD`: the devices are
 // attached by the sandbox's init before CMD starts, named in LOOPFS_DEV0… and
 // LOOPFS_DEVICES, and go with the sandbox.
-const test = e2eSuite('run-attach');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('run-attach');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('run-attach', 'run-attach', (s) => (sb = s));
 
 const footprint = (): Footprint => sandboxFootprint(sb);
 

@@ -2,19 +2,13 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
-import { sparseImage } from './disk-helpers';
+import { sandboxSuite } from '../helpers/e2e';
+import { sparseImage } from '../helpers/disk';
 import { Sandbox, errnoOf, waitFor, python, sandboxFootprint, type Footprint } from '../helpers/cli';
 
 // SPEC §5: `loopfs run` — private and self-cleaning, however CMD ends.
-const test = e2eSuite('run');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('run');
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+const test = sandboxSuite('run', 'run', (s) => (sb = s));
 
 const footprint = (): Footprint => sandboxFootprint(sb);
 

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { e2eSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { releaseKernelLoops } from '../helpers/ioctl';
-import { attach, kernelAttach, shOk, q, sparseImage } from './disk-helpers';
+import { attach, kernelAttach, shOk, q, sparseImage } from '../helpers/disk';
 
 /*
  * Issue 11: the logical sector size of a `-b 4096` device reaches the tools

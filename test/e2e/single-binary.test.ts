@@ -1,16 +1,15 @@
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { spawnSync, execFileSync } from 'node:child_process';
 import { Sandbox, REPO, python, fuseMountsAt } from '../helpers/cli';
 
 // Issue 2: `npm run build` makes dist/loopfs; copied alone into an empty
 // directory (no node_modules, no node on the path it needs) it runs the flows.
-const test = e2eSuite('single binary');
 let sb: Sandbox;
-test.before.each(() => {
-  sb = new Sandbox('sea');
+const made = (s: Sandbox): void => {
+  sb = s;
   const dir = sb.dir('bin');
   const bin = path.join(dir, 'loopfs');
   fs.copyFileSync(path.join(REPO, 'dist', 'loopfs'), bin);
@@ -19,10 +18,8 @@ test.before.each(() => {
   sb.bin = [bin];
   // No node_modules anywhere above the copy, and no NODE_PATH to find one.
   sb.env = { NODE_PATH: '', PATH: `${dir}:/usr/sbin:/usr/bin:/sbin:/bin` };
-});
-test.after.each(() => {
-  sb.cleanup();
-});
+};
+const test = sandboxSuite('single binary', 'sea', made);
 
 test('the copied binary mounts, answers loop-control ioctls, attaches a file, and tears down', () => {
   const a = sb.dir('a');

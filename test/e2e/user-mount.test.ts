@@ -2,7 +2,7 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync, execFileSync } from 'node:child_process';
-import { e2eSuite } from '../helpers/e2e';
+import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf, waitFor, mountsUnder, type Result } from '../helpers/cli';
 import { FUSERMOUNT_DIRS } from '../../src/fuse/mount';
 
@@ -10,7 +10,30 @@ import { FUSERMOUNT_DIRS } from '../../src/fuse/mount';
 // instance without root, through the setuid helper fusermount3 (issue 12).
 // The users are made here and removed after; /dev/fuse is made usable for
 // them (the kernel creates it 0666, this machine has 0600) and restored.
-const test = e2eSuite('user mount');
+let sb: Sandbox;
+const made = (s: Sandbox): void => {
+  sb = s;
+  fs.chmodSync(sb.root, 0o755);
+  for (const u of users) {
+    u.home = sb.dir(`home-${u.name}`);
+    u.xdg = sb.dir(`xdg-${u.name}`);
+    fs.chownSync(u.home, u.uid, u.gid);
+    fs.chownSync(u.xdg, u.uid, u.gid);
+    fs.chmodSync(u.xdg, 0o700);
+  }
+  fs.chmodSync('/dev/fuse', 0o666);
+};
+const test = sandboxSuite('user mount', 'user-mount', made, () => {
+  fs.chmodSync('/dev/fuse', fuseMode);
+  // The users' daemons and fusermount3 watchers are not under the sandbox's run directory.
+  for (const p of procsUnder(sb.root)) {
+    try {
+      process.kill(Number(p.split(' ')[0]), 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
 
 const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -19,7 +42,6 @@ interface User { name: string; uid: number; gid: number; home: string; xdg: stri
 const USERS = ['loopfs-e2e-um-a', 'loopfs-e2e-um-b'];
 const users: User[] = [];
 let fuseMode = 0;
-let sb: Sandbox;
 
 test.before(() => {
   fuseMode = fs.statSync('/dev/fuse').mode & 0o7777;
@@ -38,32 +60,6 @@ test.before(() => {
 test.after(() => {
   fs.chmodSync('/dev/fuse', fuseMode);
   for (const u of users) if (u.made) spawnSync('userdel', ['-r', u.name], { stdio: 'ignore' });
-});
-
-test.before.each(() => {
-  sb = new Sandbox('user-mount');
-  fs.chmodSync(sb.root, 0o755);
-  for (const u of users) {
-    u.home = sb.dir(`home-${u.name}`);
-    u.xdg = sb.dir(`xdg-${u.name}`);
-    fs.chownSync(u.home, u.uid, u.gid);
-    fs.chownSync(u.xdg, u.uid, u.gid);
-    fs.chmodSync(u.xdg, 0o700);
-  }
-  fs.chmodSync('/dev/fuse', 0o666);
-});
-
-test.after.each(() => {
-  fs.chmodSync('/dev/fuse', fuseMode);
-  // The users' daemons and fusermount3 watchers are not under the sandbox's run directory.
-  for (const p of procsUnder(sb.root)) {
-    try {
-      process.kill(Number(p.split(' ')[0]), 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-  sb.cleanup();
 });
 
 /** Live processes whose command line names something under `dir`: daemons, fusermount3, watchers. */

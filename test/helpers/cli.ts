@@ -2,7 +2,7 @@ import { spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { STRERROR } from '../../src/commands/losetup-strerror';
+import { STRERROR } from '../../src/commands/losetup/strerror';
 
 /**
  * Running the real CLI in tests. LOOPFS_BIN picks the program (the single

@@ -2,7 +2,7 @@ import { spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { REPO } from './cli';
-import { kernelLoopsUnder } from '../e2e/disk-helpers';
+import { kernelLoopsUnder } from './disk';
 
 /**
  * What the ioctl e2e suites share: C programs compiled at test time, the

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { REPO, binary } from '../helpers/cli';
+import { requiring } from '../helpers/e2e';
 
 /**
  * The shell completions, run in real shells: bash (its function called as
@@ -31,9 +32,6 @@ let env: Record<string, string> = {};
 function has(shell: string): boolean {
   return !spawnSync(shell, ['-c', 'exit 0']).error;
 }
-const haveZsh = has('zsh');
-const haveFish = has('fish');
-const requireShells = process.env.LOOPFS_REQUIRE_E2E === '1';
 
 interface Out {
   lines: string[];
@@ -149,6 +147,9 @@ function registered(): string[] {
 const sorted = (a: string[]): string[] => [...a].sort();
 
 const test = suite('completion');
+// .ci/run installs both (apt-get install zsh fish).
+const withZsh = requiring(test, has('zsh') ? undefined : 'zsh is not installed');
+const withFish = requiring(test, has('fish') ? undefined : 'fish is not installed');
 
 test.before(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'loopfs-completion-'));
@@ -321,23 +322,17 @@ test('bash: nothing on stderr, whatever the environment (no XDG_RUNTIME_DIR, no 
   assert.is(r.stdout.trim(), 'ok');
 });
 
-test('zsh and fish: the files parse', () => {
-  if (!haveZsh || !haveFish) {
-    const missing = [!haveZsh && 'zsh', !haveFish && 'fish'].filter(Boolean).join(' and ');
-    if (requireShells) assert.unreachable(`${missing} not installed (LOOPFS_REQUIRE_E2E=1): .ci/run must apt-get install zsh fish`);
-    console.log(`  skipping zsh/fish checks: ${missing} not installed`);
-  }
-  if (haveZsh) {
-    const r = spawnSync('zsh', ['-n', path.join(ZSH_DIR, '_loopfs')], { encoding: 'utf8' });
-    assert.is(r.status, 0, r.stderr);
-  }
-  if (haveFish) {
-    const r = spawnSync('fish', ['-n', FISH], { encoding: 'utf8' });
-    assert.is(r.status, 0, r.stderr);
-  }
+withZsh('zsh: the file parses', () => {
+  const r = spawnSync('zsh', ['-n', path.join(ZSH_DIR, '_loopfs')], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
 });
 
-(haveZsh ? test : test.skip)('zsh: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
+withFish('fish: the file parses', () => {
+  const r = spawnSync('fish', ['-n', FISH], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+});
+
+withZsh('zsh: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
   const cases: [string, string[], Record<string, string>?][] = [
     ['loopfs lo', ['losetup']],
     ['loopfs losetup --dir', ['--direct-io']],
@@ -357,7 +352,7 @@ test('zsh and fish: the files parse', () => {
   assert.equal(ids.get('loopfs rm '), ['loop7']);
 });
 
-(haveZsh ? test : test.skip)('zsh: every option of every command’s --help is offered after "-"', () => {
+withZsh('zsh: every option of every command’s --help is offered after "-"', () => {
   const cmds = ['', ...registered()];
   const lines = cmds.map((c) => (c ? `loopfs ${c} -` : 'loopfs -'));
   const got = zsh(lines);
@@ -367,7 +362,7 @@ test('zsh and fish: the files parse', () => {
   });
 });
 
-(haveFish ? test : test.skip)('fish: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
+withFish('fish: commands, options, --direct-io values, -O columns, devices and mountpoints', () => {
   const cases: [string, string[]][] = [
     ['loopfs lo', ['losetup']],
     ['loopfs losetup --direct-io=', ['--direct-io=off', '--direct-io=on']],
@@ -386,7 +381,7 @@ test('zsh and fish: the files parse', () => {
   assert.equal(fish(['loopfs rm ']).get('loopfs rm '), ['loop7']);
 });
 
-(haveFish ? test : test.skip)('fish: every option of every command’s --help is offered after "-"', () => {
+withFish('fish: every option of every command’s --help is offered after "-"', () => {
   const cmds = ['', ...registered()];
   const lines = cmds.map((c) => (c ? `loopfs ${c} -` : 'loopfs -'));
   const got = fish(lines);

@@ -1,6 +1,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { DeviceTable, IndexSet, MAX_INDEX, type Binding } from '../../src/daemon/devices';
+import { DeviceTable, IndexSet, type Binding } from '../../src/daemon/devices';
+import { MAX_INDEX } from '../../src/base/loopdev';
 import type { LoopDevice } from '../../src/daemon/devices';
 
 // LOOP_CTL_GET_FREE and LOOP_CTL_ADD (any number) answer from index sets, not

@@ -326,7 +326,7 @@ test('an unnamed delta is invisible in its directory and gone at close', async (
   await b.close();
 });
 
-test('Device with an overlay: windows stack on it, nothing is offered for direct file access, the base stays as it was', async () => {
+test('Device with an overlay: windows stack on it, the range offered to the I/O threads carries the overlay map, the base stays as it was', async () => {
   const size = 1 << 20;
   const base = file(size);
   const before = sha(base);
@@ -335,7 +335,13 @@ test('Device with an overlay: windows stack on it, nothing is offered for direct
   assert.is(dev.size, 512 * 1000);
   assert.is(dev.readOnly, false, 'writable through the delta although the base fd is read-only');
   assert.is(dev.warnings.length, 0);
-  assert.is(dev.fileRange(), undefined);
+  const range = dev.fileRange()!;
+  assert.is(range.fd, fd, 'positions are the base file\'s');
+  assert.is(range.start, 4096);
+  assert.is(range.length, 512 * 1000);
+  assert.is(range.directFd, undefined);
+  assert.is(range.overlay, dev.overlay!.fileRange()!.overlay);
+  assert.ok(range.overlay!.bits instanceof SharedArrayBuffer, 'the map is in shared memory');
   const data = randomBytes(70000);
   assert.is(await dev.write(data, data.length, 100), data.length);
   const got = Buffer.alloc(data.length);

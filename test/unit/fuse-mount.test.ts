@@ -51,9 +51,9 @@ test('not executable, not a file, relative PATH entries: skipped; none at all: u
 });
 
 test('mount(8)\'s whole message, not its dmesg hint', () => {
-  const e = toolError('mount', 'mount: /x: wrong fs type, bad option, bad superblock on loopfs, missing codepage or helper program, or other error.\n       dmesg(1) may have more information after failed mount system call.\n');
-  assert.is(e.message, 'mount: /x: wrong fs type, bad option, bad superblock on loopfs, missing codepage or helper program, or other error. dmesg(1) may have more information after failed mount system call.');
-  assert.is((e as NodeJS.ErrnoException).code, 'EINVAL');
+  const e = toolError('mount', 'mount: /x: wrong fs type, bad option, bad superblock on loopfs, missing codepage or helper program, or other error.\n       dmesg(1) may have more information after failed mount system call.\n', '/x');
+  assert.is(e.reason, 'mount: /x: wrong fs type, bad option, bad superblock on loopfs, missing codepage or helper program, or other error. dmesg(1) may have more information after failed mount system call.');
+  assert.is(e.errno, 'EINVAL');
 });
 
 test('fusermount3 messages: named once, errno read from them', () => {
@@ -65,12 +65,12 @@ test('fusermount3 messages: named once, errno read from them', () => {
     ['fusermount3: option allow_other only allowed if \'user_allow_other\' is set in /etc/fuse.conf\n', 'EPERM'],
   ];
   for (const [text, code] of cases) {
-    const e = toolError('/usr/bin/fusermount3', text);
-    assert.is(e.message, text.trim());
-    assert.is((e as NodeJS.ErrnoException).code, code, text);
+    const e = toolError('/usr/bin/fusermount3', text, '/x');
+    assert.is(e.reason, text.trim());
+    assert.is(e.errno, code, text);
   }
-  assert.is(toolError('/usr/bin/fusermount3', '').message, 'fusermount3 failed');
-  assert.is(toolError('umount', 'umount: /x: not mounted.\n').message, 'umount: /x: not mounted.');
+  assert.is(toolError('/usr/bin/fusermount3', '', '/x').reason, 'fusermount3 failed');
+  assert.is(toolError('umount', 'umount: /x: not mounted.\n', '/x').reason, 'umount: /x: not mounted.');
 });
 
 test.run();

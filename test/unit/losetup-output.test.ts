@@ -7,14 +7,16 @@ import * as path from 'node:path';
 import type { DeviceRef, InstanceClient } from '../../src/core/api';
 import type { DeviceInfo } from '../../src/base/types';
 import { LoopfsError } from '../../src/base/errors';
-import { runLosetup, type LosetupDeps } from '../../src/commands/losetup-run';
-import { PROG, losetupErrorText } from '../../src/commands/losetup-args';
+import { runLosetup, type LosetupDeps } from '../../src/commands/losetup/run';
+import { PROG, losetupErrorText } from '../../src/commands/losetup/args';
 import {
-  COLUMNS, DEFAULT_COLUMNS, cellValue, columnByName, devMajor, devMinor, formatOldLine, formatTable,
+  COLUMNS, DEFAULT_COLUMNS, cellValue, columnByName, formatOldLine, formatTable,
   type ColumnInfo, type TableOptions,
-} from '../../src/commands/losetup-output';
-import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup-text';
-import { parseSize } from '../../src/commands/losetup-size';
+} from '../../src/commands/losetup/output';
+import { jsonQuote, rawEncode, safeEncode } from '../../src/commands/losetup/text';
+import { parseSize } from '../../src/commands/losetup/size';
+import { devMajor, devMinor } from '../../src/base/loopdev';
+import { requiring } from '../helpers/e2e';
 
 /**
  * The formatter against the real thing: kernel loop devices made with
@@ -114,7 +116,6 @@ function stable(check: (rows: JsonRow[]) => void): void {
 
 const skip = whyNot();
 const test = suite('losetup output = util-linux 2.38');
-if (skip) console.log(`  skipping "losetup output = util-linux 2.38": ${skip}`);
 
 test.before(() => {
   if (skip) return;
@@ -130,7 +131,7 @@ test.after(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const t = (name: string, fn: () => void | Promise<void>): void => (skip ? test.skip(name, fn) : test(name, fn));
+const t = requiring(test, skip);
 
 t('every cell of every device equals util-linux (but MAJ:MIN, empty by design)', () => {
   stable((rows) => {
@@ -189,7 +190,7 @@ t('formatTable in the C locale escapes non-ASCII like util-linux', () => {
 });
 
 const noScript = spawnSync('script', ['--version']).status !== 0;
-(noScript ? test.skip : t)('formatTable on a terminal fits the width like libsmartcols', () => {
+requiring(test, skip ?? (noScript ? 'script(1) is not installed' : undefined))('formatTable on a terminal fits the width like libsmartcols', () => {
   for (const width of [200, 80, 72, 60, 45, 30, 12]) {
     for (const [args, names] of [[['-l'], DEFAULT_COLUMNS], [['-l', '--output-all'], COLUMNS.map((c) => c.name)], [['-l', '-O', 'NAME,BACK-FILE'], ['NAME', 'BACK-FILE']]] as const) {
       stable((rows) => {
@@ -235,6 +236,8 @@ function fakeDeps(rows: JsonRow[], out: string[], err: string[]): LosetupDeps {
     attach: async () => { throw new LoopfsError('ENOSYS', 'attach'); },
     detach: async () => {}, detachAll: async () => {}, setCapacity: async (i) => devs[i],
     addDevice: async () => 0, removeDevice: async () => {}, getFree: async () => 0,
+    setDirectIo: async (i) => devs[i], setSectorSize: async (i) => devs[i],
+    overlay: async () => { throw new LoopfsError('EOPNOTSUPP', 'overlay'); },
   };
   return {
     openInstance: async () => client,

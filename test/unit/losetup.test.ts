@@ -5,8 +5,8 @@ import type { AttachRequest, AttachResult, DeviceRef, InstanceClient } from '../
 import type { DeviceInfo } from '../../src/base/types';
 import { LoopfsError } from '../../src/base/errors';
 import { losetupArgv, register } from '../../src/commands/losetup';
-import { parseLosetupArgs } from '../../src/commands/losetup-args';
-import { runLosetup, type FileStat, type LosetupDeps } from '../../src/commands/losetup-run';
+import { parseLosetupArgs } from '../../src/commands/losetup/args';
+import { runLosetup, type FileStat, type LosetupDeps } from '../../src/commands/losetup/run';
 
 /** `loopfs losetup` on a fake instance: option parsing, the requests it makes, what it prints. */
 
@@ -30,7 +30,7 @@ interface World {
   capacity: number[];
   selectors: unknown[];
   devs: DeviceInfo[];
-  client: InstanceClient & { setDirectIo?: (i: number, on: boolean) => Promise<unknown> };
+  client: InstanceClient;
 }
 
 function world(devs: DeviceInfo[] = [], o: { attach?: (r: AttachRequest) => AttachResult; stat?: FileStat | undefined; env?: Record<string, string> } = {}): World {
@@ -51,6 +51,10 @@ function world(devs: DeviceInfo[] = [], o: { attach?: (r: AttachRequest) => Atta
     detachAll: async () => {},
     setCapacity: async (i) => { w.capacity.push(i); return devs[i]; },
     addDevice: async () => devs.length, removeDevice: async () => {}, getFree: async () => 7,
+    // An instance that cannot change these (a test replaces them where it can).
+    setDirectIo: async () => { throw new LoopfsError('EOPNOTSUPP', 'setDirectIo'); },
+    setSectorSize: async () => { throw new LoopfsError('EOPNOTSUPP', 'setSectorSize'); },
+    overlay: async () => { throw new LoopfsError('EOPNOTSUPP', 'overlay'); },
   };
   w.deps = {
     openInstance: async (sel) => { w.selectors.push(sel); return w.client; },
@@ -251,7 +255,7 @@ test('--direct-io DEV and -b N DEV: used when the instance offers them', async (
   const e = await fails(['--direct-io', 'loop0'], w);
   assert.equal([e.what, e.errno], [`${MNT}/loop0: set direct io failed`, 'EOPNOTSUPP']);
   const calls: [number, boolean][] = [];
-  w.client.setDirectIo = async (i, on) => void calls.push([i, on]);
+  w.client.setDirectIo = async (i, on) => { calls.push([i, on]); return w.devs[i]; };
   assert.is(await runLosetup(['--direct-io=off', 'loop0'], w.deps), 0);
   assert.equal(calls, [[0, false]]);
   const e2 = await fails(['-b', '4096', 'loop0'], w);

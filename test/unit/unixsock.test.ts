@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { UnixServer, UnixConn, connect, readLine } from '../../src/sys/unixsock';
+import { UnixServer, UnixConn, connect } from '../../src/sys/unixsock';
+import { readLine } from '../../src/sys/lines';
 import { LoopfsError } from '../../src/base/errors';
 
 const test = suite('unixsock');

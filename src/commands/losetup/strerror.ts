@@ -1,4 +1,4 @@
-import type { Errno } from '../base/errors';
+import type { Errno } from '../../base/errors';
 
 /**
  * glibc's strerror() text for every errno name Node knows, as util-linux

@@ -1,4 +1,4 @@
-import { LoopfsError } from '../base/errors';
+import { LoopfsError } from '../../base/errors';
 
 /**
  * GNU getopt_long as util-linux's losetup calls it: clustered short options,

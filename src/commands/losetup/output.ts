@@ -1,10 +1,11 @@
-import type { DeviceInfo } from '../base/types';
-import { jsonQuote, rawEncode, safeEncode } from './losetup-text';
+import type { DeviceInfo } from '../../base/types';
+import { devMajor, devMinor } from '../../base/loopdev';
+import { jsonQuote, rawEncode, safeEncode } from './text';
 
 /**
  * What `losetup` prints, reproduced from util-linux 2.38.1: the `--list`
  * table as libsmartcols lays it out (human, --raw, --json), and the old
- * `-a` line. Pure functions of DeviceInfo; losetup.ts does the I/O.
+ * `-a` line. Pure functions of DeviceInfo; run.ts does the I/O.
  */
 
 export type JsonType = 'string' | 'number' | 'boolean';
@@ -49,16 +50,6 @@ export const DEFAULT_COLUMNS: readonly string[] = ['NAME', 'SIZELIMIT', 'OFFSET'
 export function columnByName(name: string): ColumnInfo | undefined {
   const n = name.toUpperCase();
   return COLUMNS.find((c) => c.name === n) ?? EXTRA_COLUMNS.find((c) => c.name === n);
-}
-
-/** major()/minor() of a glibc dev_t (the encoding Node's stat uses; new_encode_dev agrees). */
-export function devMajor(dev: number): number {
-  const d = BigInt(dev);
-  return Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn));
-}
-export function devMinor(dev: number): number {
-  const d = BigInt(dev);
-  return Number((d & 0xffn) | ((d >> 12n) & 0xffffff00n));
 }
 
 /**

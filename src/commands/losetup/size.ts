@@ -1,5 +1,5 @@
-import { LoopfsError, type Errno } from '../base/errors';
-import { strerror } from './losetup-strerror';
+import { LoopfsError, type Errno } from '../../base/errors';
+import { strerror } from './strerror';
 
 /**
  * util-linux's strtosize() (lib/strutils.c parse_size): a number in C's

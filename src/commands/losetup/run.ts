@@ -1,11 +1,12 @@
 import { join } from 'node:path';
-import type { AttachRequest, DeviceRef, InstanceClient, InstanceSelector } from '../core/api';
-import type { DeviceIndex, DeviceInfo } from '../base/types';
-import { LoopfsError, fromSystemError, type Errno } from '../base/errors';
-import { VERSION } from '../version';
-import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type LosetupArgs } from './losetup-args';
-import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './losetup-output';
-import { isUtf8Locale } from './losetup-text';
+import type { AttachRequest, DeviceRef, InstanceClient, InstanceSelector } from '../../core/api';
+import type { DeviceIndex, DeviceInfo } from '../../base/types';
+import { LoopfsError, errnoOf, type Errno } from '../../base/errors';
+import { VERSION } from '../../version';
+import { PROG, errWith, errx, losetupErrorText, parseLosetupArgs, type Action, type LosetupArgs } from './args';
+import { COLUMNS, EXTRA_COLUMNS, cellValue, formatOldLine, formatTable } from './output';
+import { isUtf8Locale } from './text';
+import { findOverlap, sizeWarning } from '../../base/loopdev';
 
 /**
  * `loopfs losetup`: util-linux 2.38.1 losetup's actions over an instance.
@@ -36,16 +37,6 @@ export interface LosetupDeps {
   columns?: number;
 }
 
-/**
- * Operations of the kernel's loop driver that InstanceClient does not offer
- * (yet): `losetup --direct-io[=on|off] DEV` and `losetup -b N DEV`. Used when
- * the client has them, else those two fail with EOPNOTSUPP.
- */
-export interface LosetupClientExtras {
-  setDirectIo?(index: DeviceIndex, on: boolean): Promise<unknown>;
-  setSectorSize?(index: DeviceIndex, size: number): Promise<unknown>;
-}
-
 interface UsedDevice {
   client: InstanceClient;
   index: DeviceIndex;
@@ -59,24 +50,13 @@ interface UsedDevice {
  * (`errno` replaces it where util-linux would see another one).
  */
 function relabel(err: unknown, what: string, errno?: (e: Errno) => Errno): unknown {
-  let e: LoopfsError | undefined;
-  if (err instanceof LoopfsError) e = err;
-  else {
-    const x = err as NodeJS.ErrnoException;
-    if (x && typeof x.code === 'string' && /^E[A-Z0-9]+$/.test(x.code)) e = fromSystemError(err, what);
-  }
+  const e = errnoOf(err);
   if (!e) return err;
-  return errWith(errno ? errno(e.errno) : e.errno, what);
-}
-
-/** What util-linux prints for an error (see losetupErrorText). */
-export function errorLine(e: unknown): string {
-  return losetupErrorText(e);
+  return errWith(errno ? errno(e) : e, what);
 }
 
 export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Promise<number> {
   const a = parseLosetupArgs(argv, deps.env);
-  const sel = a.selector;
   const act = a.action;
   if (act.kind === 'help') {
     deps.stdout(usageText());
@@ -86,22 +66,57 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
     deps.stdout(`${PROG} from loopfs ${VERSION}\n`);
     return 0;
   }
+  const call = new Call(a, deps);
+  for (const arg of a.checkDevices) call.checked.set(arg, await call.useDevice(arg, true));
+  if (a.deferred) throw a.deferred;
+  return (ACTIONS[act.kind] as (c: Call, act: Action) => Promise<number>)(call, act);
+}
 
-  const lists = new Map<InstanceClient, Promise<DeviceInfo[]>>();
-  const listOf = (c: InstanceClient): Promise<DeviceInfo[]> => {
-    let l = lists.get(c);
-    if (!l) lists.set(c, (l = c.list()));
+type ActionOf<K extends Action['kind']> = Extract<Action, { kind: K }>;
+
+/** One function per action (help and version are answered before any device is looked at). */
+const ACTIONS: { [K in Exclude<Action['kind'], 'help' | 'version'>]: (c: Call, act: ActionOf<K>) => Promise<number> } = {
+  show: showAll,
+  'show-one': showOne,
+  find,
+  create: createAction,
+  detach,
+  'detach-all': detachAll,
+  'set-capacity': setCapacity,
+  'set-direct-io': (c, act) => setOne(c, act.device, 'set direct io failed', (u) => u.client.setDirectIo(u.index, act.on)),
+  'set-sector-size': (c, act) => setOne(c, act.device, 'set logical block size failed', (u) => u.client.setSectorSize(u.index, act.size)),
+};
+
+/** One losetup call: its arguments, the instances' device lists it has read (once each), and its output. */
+class Call {
+  private readonly lists = new Map<InstanceClient, Promise<DeviceInfo[]>>();
+  /** The devices of LosetupArgs.checkDevices, checked before the action, by argument. */
+  readonly checked = new Map<string, UsedDevice>();
+
+  constructor(readonly a: LosetupArgs, readonly deps: LosetupDeps) {}
+
+  listOf(c: InstanceClient): Promise<DeviceInfo[]> {
+    let l = this.lists.get(c);
+    if (!l) this.lists.set(c, (l = c.list()));
     return l;
-  };
-  const bound = async (c: InstanceClient): Promise<DeviceInfo[]> =>
-    (await listOf(c)).filter((d) => d.bound).sort((x, y) => x.index - y.index);
+  }
+
+  /** The bound devices of an instance, by index. */
+  async bound(c: InstanceClient): Promise<DeviceInfo[]> {
+    return (await this.listOf(c)).filter((d) => d.bound).sort((x, y) => x.index - y.index);
+  }
+
+  /** A device of checkDevices. */
+  device(arg: string): UsedDevice {
+    return this.checked.get(arg) as UsedDevice;
+  }
 
   /** util-linux's loopcxt_set_device (+ is_loopdev when the device must exist). */
-  const useDevice = async (arg: string, mustExist: boolean): Promise<UsedDevice> => {
+  async useDevice(arg: string, mustExist: boolean): Promise<UsedDevice> {
     const what = `${arg}: failed to use device`;
     let ref: DeviceRef;
     try {
-      ref = await deps.resolveDevice(arg, sel);
+      ref = await this.deps.resolveDevice(arg, this.a.selector);
     } catch (err) {
       // util-linux's is_loopdev(): whatever is not a loop device (no such path, not in an instance) is ENODEV.
       throw relabel(err, what, (e) => (e === 'EINVAL' || e === 'ENOENT' || e === 'ENOTDIR' ? 'ENODEV' : e));
@@ -111,20 +126,18 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
     let info: DeviceInfo | undefined;
     if (mustExist) {
       try {
-        info = (await listOf(ref.client)).find((d) => d.index === ref.index);
+        info = (await this.listOf(ref.client)).find((d) => d.index === ref.index);
       } catch (err) {
         throw relabel(err, what);
       }
       if (!info) throw errWith('ENODEV', what);
     }
     return { client: ref.client, index: ref.index, path: info?.path ?? join(ref.client.mountpoint, `loop${ref.index}`), info };
-  };
+  }
 
-  const checked = new Map<string, UsedDevice>();
-  for (const arg of a.checkDevices) checked.set(arg, await useDevice(arg, true));
-  if (a.deferred) throw a.deferred;
-
-  const table = (devs: DeviceInfo[]): void => {
+  /** `--list`: the devices as a table of the chosen columns. */
+  table(devs: DeviceInfo[]): void {
+    const { a, deps } = this;
     const rows = devs.map((d) => a.columns.map((c) => cellValue(c.name, d)));
     const env = deps.env;
     const envCols = Number(env.COLUMNS);
@@ -133,104 +146,106 @@ export async function runLosetup(argv: readonly string[], deps: LosetupDeps): Pr
     deps.stdout(formatTable(a.columns, rows, {
       format: a.format, noHeadings: a.noHeadings, isTerm: deps.isTTY, termWidth, utf8: isUtf8Locale(env),
     }));
-  };
+  }
+}
 
-  switch (act.kind) {
-    case 'show': {
-      const client = await deps.openInstance(sel);
-      let devs = await bound(client);
-      if (act.file !== undefined) devs = await associated(devs, act.file, a.offset, deps);
-      if (a.list) table(devs);
-      else deps.stdout(devs.map(formatOldLine).join(''));
-      return 0;
-    }
-    case 'show-one': {
-      const u = checked.get(act.device) as UsedDevice;
-      const info = u.info as DeviceInfo;
-      if (a.list) table([info]);
-      // util-linux fails here on reading the unbound device's backing file from sysfs.
-      else if (!info.bound) throw errWith('ENOENT', u.path);
-      else deps.stdout(formatOldLine(info));
-      return 0;
-    }
-    case 'find': {
-      const client = await deps.openInstance(sel);
-      let n: DeviceIndex;
-      try {
-        n = await client.getFree();
-      } catch (err) {
-        throw relabel(err, 'cannot find an unused loop device');
-      }
-      deps.stdout(`${join(client.mountpoint, `loop${n}`)}\n`);
-      return 0;
-    }
-    case 'create': {
-      let dev: UsedDevice | undefined;
-      if (act.device !== undefined) {
-        try {
-          dev = await useDevice(act.device, false);
-        } catch (err) {
-          // util-linux takes DEV as given (a name without a leading "/" as /dev/NAME): it fails to open
-          // it, or, for a file that is no device, the loop ioctls fail on it. A block device that is not
-          // loopfs's (a kernel loop device) stays "failed to use device": loopfs cannot set it up.
-          if (!(err instanceof LoopfsError) || err.errno !== 'ENODEV') throw err;
-          const p = act.device.startsWith('/') ? act.device : `/dev/${act.device}`;
-          const st = await deps.stat(p);
-          if (!st) throw errWith('ENOENT', `${p}: failed to set up loop device`);
-          if (!st.isBlockDevice) throw errWith('ENOTTY', `${act.file}: failed to set up loop device`);
-          throw err;
-        }
-      }
-      return create(a, act.file, dev, deps, bound);
-    }
-    case 'detach': {
-      let failed = 0;
-      let prev: UsedDevice | undefined;
-      for (let i = 0; i < act.devices.length; i++) {
-        let u: UsedDevice;
-        try {
-          u = i === 0 ? (checked.get(act.devices[0]) as UsedDevice) : await useDevice(act.devices[i], true);
-        } catch (err) {
-          if (!(err instanceof LoopfsError) || !prev) throw err;
-          deps.stderr(errorLine(err));
-          // util-linux's A_DELETE loop detaches again the device it still holds (prints "detach failed").
-          u = prev;
-        }
-        failed += await detachOne(u.client, u.index, u.path, deps);
-        prev = u;
-      }
-      return failed ? 1 : 0;
-    }
-    case 'detach-all': {
-      const client = await deps.openInstance(sel);
-      let failed = 0;
-      for (const d of await bound(client)) failed += await detachOne(client, d.index, d.path, deps);
-      return failed ? 1 : 0;
-    }
-    case 'set-capacity': {
-      const u = checked.get(act.device) as UsedDevice;
-      try {
-        await u.client.setCapacity(u.index);
-      } catch (err) {
-        throw relabel(err, `${u.path}: set capacity failed`);
-      }
-      return 0;
-    }
-    case 'set-direct-io':
-    case 'set-sector-size': {
-      const u = checked.get(act.device) as UsedDevice;
-      const x = u.client as InstanceClient & LosetupClientExtras;
-      const what = act.kind === 'set-direct-io' ? `${u.path}: set direct io failed` : `${u.path}: set logical block size failed`;
-      try {
-        if (act.kind === 'set-direct-io' && x.setDirectIo) await x.setDirectIo(u.index, act.on);
-        else if (act.kind === 'set-sector-size' && x.setSectorSize) await x.setSectorSize(u.index, act.size);
-        else throw errWith('EOPNOTSUPP', what);
-      } catch (err) {
-        throw relabel(err, what);
-      }
-      return 0;
+/** `-a`, `-l`, `-j FILE`, no arguments: the bound devices (of FILE), as a table or the old lines. */
+async function showAll(c: Call, act: ActionOf<'show'>): Promise<number> {
+  const client = await c.deps.openInstance(c.a.selector);
+  let devs = await c.bound(client);
+  if (act.file !== undefined) devs = await associated(devs, act.file, c.a.offset, c.deps);
+  if (c.a.list) c.table(devs);
+  else c.deps.stdout(devs.map(formatOldLine).join(''));
+  return 0;
+}
+
+/** `losetup [-l] DEV`. */
+async function showOne(c: Call, act: ActionOf<'show-one'>): Promise<number> {
+  const u = c.device(act.device);
+  const info = u.info as DeviceInfo;
+  if (c.a.list) c.table([info]);
+  // util-linux fails here on reading the unbound device's backing file from sysfs.
+  else if (!info.bound) throw errWith('ENOENT', u.path);
+  else c.deps.stdout(formatOldLine(info));
+  return 0;
+}
+
+/** `-f` alone: the first free device. */
+async function find(c: Call): Promise<number> {
+  const client = await c.deps.openInstance(c.a.selector);
+  let n: DeviceIndex;
+  try {
+    n = await client.getFree();
+  } catch (err) {
+    throw relabel(err, 'cannot find an unused loop device');
+  }
+  c.deps.stdout(`${join(client.mountpoint, `loop${n}`)}\n`);
+  return 0;
+}
+
+/** `-f FILE` or `DEV FILE`. */
+async function createAction(c: Call, act: ActionOf<'create'>): Promise<number> {
+  let dev: UsedDevice | undefined;
+  if (act.device !== undefined) {
+    try {
+      dev = await c.useDevice(act.device, false);
+    } catch (err) {
+      // util-linux takes DEV as given (a name without a leading "/" as /dev/NAME): it fails to open
+      // it, or, for a file that is no device, the loop ioctls fail on it. A block device that is not
+      // loopfs's (a kernel loop device) stays "failed to use device": loopfs cannot set it up.
+      if (!(err instanceof LoopfsError) || err.errno !== 'ENODEV') throw err;
+      const p = act.device.startsWith('/') ? act.device : `/dev/${act.device}`;
+      const st = await c.deps.stat(p);
+      if (!st) throw errWith('ENOENT', `${p}: failed to set up loop device`);
+      if (!st.isBlockDevice) throw errWith('ENOTTY', `${act.file}: failed to set up loop device`);
+      throw err;
     }
   }
+  return create(c, act.file, dev);
+}
+
+/** `-d DEV…`: each in turn; a failure is reported and the rest still detached. */
+async function detach(c: Call, act: ActionOf<'detach'>): Promise<number> {
+  let failed = 0;
+  let prev: UsedDevice | undefined;
+  for (let i = 0; i < act.devices.length; i++) {
+    let u: UsedDevice;
+    try {
+      u = i === 0 ? c.device(act.devices[0]) : await c.useDevice(act.devices[i], true);
+    } catch (err) {
+      if (!(err instanceof LoopfsError) || !prev) throw err;
+      c.deps.stderr(losetupErrorText(err));
+      // util-linux's A_DELETE loop detaches again the device it still holds (prints "detach failed").
+      u = prev;
+    }
+    failed += await detachOne(u.client, u.index, u.path, c.deps);
+    prev = u;
+  }
+  return failed ? 1 : 0;
+}
+
+/** `-D`: every bound device of the instance. */
+async function detachAll(c: Call): Promise<number> {
+  const client = await c.deps.openInstance(c.a.selector);
+  let failed = 0;
+  for (const d of await c.bound(client)) failed += await detachOne(client, d.index, d.path, c.deps);
+  return failed ? 1 : 0;
+}
+
+/** `-c DEV`. */
+function setCapacity(c: Call, act: ActionOf<'set-capacity'>): Promise<number> {
+  return setOne(c, act.device, 'set capacity failed', (u) => u.client.setCapacity(u.index));
+}
+
+/** A change of one checked device (`-c`, `--direct-io DEV`, `-b N DEV`), its failure worded `DEV: failed`. */
+async function setOne(c: Call, device: string, failed: string, change: (u: UsedDevice) => Promise<unknown>): Promise<number> {
+  const u = c.device(device);
+  try {
+    await change(u);
+  } catch (err) {
+    throw relabel(err, `${u.path}: ${failed}`);
+  }
+  return 0;
 }
 
 async function detachOne(client: InstanceClient, index: DeviceIndex, path: string, deps: LosetupDeps): Promise<number> {
@@ -240,7 +255,7 @@ async function detachOne(client: InstanceClient, index: DeviceIndex, path: strin
   } catch (err) {
     const e = relabel(err, `${path}: detach failed`);
     if (!(e instanceof LoopfsError)) throw e;
-    deps.stderr(errorLine(e));
+    deps.stderr(losetupErrorText(e));
     return 1;
   }
 }
@@ -272,13 +287,8 @@ async function associated(devs: DeviceInfo[], file: string, offset: number | und
   return out;
 }
 
-async function create(
-  a: LosetupArgs,
-  file: string,
-  dev: UsedDevice | undefined,
-  deps: LosetupDeps,
-  bound: (c: InstanceClient) => Promise<DeviceInfo[]>,
-): Promise<number> {
+async function create(c: Call, file: string, dev: UsedDevice | undefined): Promise<number> {
+  const { a, deps } = c;
   // Like util-linux: a size limit that is no multiple of 512 and an offset
   // past the end are accepted (the size is rounded down; a device of size
   // 0); a bad sector size is the kernel's EINVAL, from the engine.
@@ -287,11 +297,10 @@ async function create(
 
   const client = dev ? dev.client : await deps.openInstance(a.selector);
   let device: DeviceInfo | undefined;
-  // An overlay never writes its base: -L has nothing to guard.
-  if (a.nooverlap && a.overlay === undefined) device = await overlap(client, dev !== undefined, a, file, st, bound);
+  if (a.nooverlap) device = await overlap(c, client, dev !== undefined, file, st);
   if (!device) {
     // A bound DEV is busy (LOOP_CONFIGURE's EBUSY), found here before the daemon is handed the file.
-    if (dev && (await bound(client)).some((d) => d.index === dev.index)) throw errWith('EBUSY', setupFailed);
+    if (dev && (await c.bound(client)).some((d) => d.index === dev.index)) throw errWith('EBUSY', setupFailed);
     const req = attachRequest(a, file);
     if (dev) req.index = dev.index;
     try {
@@ -306,7 +315,8 @@ async function create(
     }
   }
   if (a.show) deps.stdout(`${device.path}\n`);
-  warnSize(file, a, st, deps);
+  const warning = sizeWarning(file, a.sizelimit, st && !st.isBlockDevice ? st.size : undefined, a.offset);
+  if (warning) deps.stderr(`${PROG}: ${warning}\n`);
   return 0;
 }
 
@@ -325,48 +335,19 @@ export function attachRequest(a: LosetupArgs, file: string): AttachRequest {
 }
 
 /**
- * `-L`: util-linux's loopcxt_find_overlap() over the instance's devices.
- * With -f, a device with the same file, offset and size limit is reused
- * (returned); any other overlap, or any overlap at all with `DEV FILE`, is
- * an error. The daemon checks again, atomically, with req.nooverlap.
+ * `-L` (findOverlap) over the instance's devices: with -f, a device with
+ * the same file, offset and size limit is reused (returned); any other
+ * overlap is an error. The daemon checks again, atomically, with
+ * req.nooverlap.
  */
-async function overlap(
-  client: InstanceClient,
-  hasDev: boolean,
-  a: LosetupArgs,
-  file: string,
-  st: FileStat | undefined,
-  bound: (c: InstanceClient) => Promise<DeviceInfo[]>,
-): Promise<DeviceInfo | undefined> {
-  const offset = a.offset ?? 0;
-  const sizelimit = a.sizelimit ?? 0;
-  for (const d of await bound(client)) {
-    if (!isUsed(d, st, file, undefined)) continue;
-    if (d.sizelimit === sizelimit && d.offset === offset && !hasDev) {
-      if (d.readOnly && !a.readOnly) throw errx(`${file}: overlapping read-only loop device exists`, 'EBUSY');
-      // util-linux also clears the reused device's autoclear flag; InstanceClient has no call for that.
-      return d;
-    }
-    if (d.sizelimit !== 0 && offset >= d.offset + d.sizelimit) continue;
-    if (sizelimit !== 0 && offset + sizelimit <= d.offset) continue;
-    throw errx(`${file}: overlapping loop device exists`, 'EBUSY');
-  }
-  return undefined;
-}
-
-/** util-linux warn_size(): the file's usable size is under, or not a multiple of, 512 bytes. */
-function warnSize(file: string, a: LosetupArgs, st: FileStat | undefined, deps: LosetupDeps): void {
-  let size = BigInt(a.sizelimit ?? 0);
-  if (!size) {
-    if (!st || st.isBlockDevice) return;
-    size = BigInt(st.size);
-    if (a.offset !== undefined) size = (size - BigInt(a.offset)) & ((1n << 64n) - 1n);
-  }
-  if (size < 512n) {
-    deps.stderr(`${PROG}: ${file}: Warning: file is smaller than 512 bytes; the loop device may be useless or invisible for system tools.\n`);
-  } else if (size % 512n) {
-    deps.stderr(`${PROG}: ${file}: Warning: file does not fit into a 512-byte sector; the end of the file will be ignored.\n`);
-  }
+async function overlap(c: Call, client: InstanceClient, hasDev: boolean, file: string, st: FileStat | undefined): Promise<DeviceInfo | undefined> {
+  const { a } = c;
+  const want = { offset: a.offset ?? 0, sizelimit: a.sizelimit ?? 0, readOnly: a.readOnly, overlay: a.overlay !== undefined };
+  const found = findOverlap(await c.bound(client), (d) => isUsed(d, st, file, undefined), want, !hasDev);
+  if (found?.kind === 'read-only') throw errx(`${file}: overlapping read-only loop device exists`, 'EBUSY');
+  if (found?.kind === 'overlap') throw errx(`${file}: overlapping loop device exists`, 'EBUSY');
+  // util-linux also clears the reused device's autoclear flag; InstanceClient has no call for that.
+  return found?.device;
 }
 
 /**

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Result, Sandbox } from '../helpers/cli';
+import type { Result, Sandbox } from './cli';
 
 /**
  * What the disk, engine and losetup e2e suites share: running real tools,

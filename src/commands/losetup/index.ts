@@ -1,9 +1,11 @@
 import type { CAC } from 'cac';
 import * as fs from 'node:fs';
-import { runLosetup, type FileStat, type LosetupDeps } from './losetup-run';
-import { losetupErrorText } from './losetup-args';
+import { runLosetup, type FileStat, type LosetupDeps } from './run';
+import { losetupErrorText } from './args';
+import type { InstanceSelector } from '../../core/api';
+import type { Selection } from '../../core/rundir';
 
-export { runLosetup, type LosetupDeps } from './losetup-run';
+export { runLosetup, type LosetupDeps } from './run';
 
 /**
  * `loopfs losetup`: util-linux 2.38 losetup, device paths inside the
@@ -77,8 +79,7 @@ export function losetupCommandArgv(argv: readonly string[]): string[] | undefine
  */
 export async function losetupMain(argv: string[]): Promise<number> {
   try {
-    const { openInstance, resolveDevice } = await import('../core/instance');
-    return await runLosetup(argv, processDeps(openInstance, resolveDevice));
+    return await runLosetup(argv, processDeps(await import('../../core/instance'), await import('../../core/rundir')));
   } catch (e) {
     if (process.env.LOOPFS_DEBUG === '1' && e instanceof Error) process.stderr.write(`${e.stack}\n`);
     process.stderr.write(losetupErrorText(e));
@@ -86,13 +87,17 @@ export async function losetupMain(argv: string[]): Promise<number> {
   }
 }
 
-function processDeps(
-  openInstance: LosetupDeps['openInstance'],
-  resolveDevice: LosetupDeps['resolveDevice'],
-): LosetupDeps {
+/**
+ * The process's LosetupDeps. The run directory of the call's selector is
+ * resolved once, on first use (a usage error or --help never makes it), and
+ * that Selection is what core's functions are given.
+ */
+function processDeps(core: typeof import('../../core/instance'), rundir: typeof import('../../core/rundir')): LosetupDeps {
+  let resolved: Selection | undefined;
+  const selected = (sel: InstanceSelector): Selection => (resolved ??= rundir.resolveSelector(sel));
   return {
-    openInstance,
-    resolveDevice,
+    openInstance: async (sel) => core.openInstance(selected(sel)),
+    resolveDevice: async (arg, sel) => core.resolveDevice(arg, selected(sel)),
     stdout: (s) => void process.stdout.write(s),
     stderr: (s) => void process.stderr.write(s),
     stat: async (p): Promise<FileStat | undefined> => {
