@@ -1,4 +1,5 @@
 import kleur from 'kleur';
+import { isatty } from 'node:tty';
 import { setReporter } from '../core/progress';
 
 /**
@@ -38,7 +39,8 @@ export function paint(stream: NodeJS.WriteStream): Record<Colour, (s: string) =>
 
 /** Installs the spinner as core's progress reporter, when stderr is a terminal. */
 export function installSpinner(): void {
-  if (!process.stderr.isTTY || process.env.TERM === 'dumb') return;
+  // isatty(2), not process.stderr.isTTY: making the stream costs every command at start.
+  if (!isatty(2) || process.env.TERM === 'dumb') return;
   setReporter((text) => {
     let spinner: { stop(): void } | undefined;
     let stopped = false;

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import { LoopfsError, toLoopfsError } from '../base/errors';
 import { PROTOCOL_VERSION, type Op, type Requests, type Response } from './protocol';
 import { SOCKET_FILE } from './state';
@@ -40,7 +41,64 @@ async function exchange<K extends Op>(conn: Conn, who: string, op: K, args: Requ
 
 /** One request over an instance's control socket. */
 export async function request<K extends Op>(stateDir: string, op: K, args: Requests[K]['args'], fds: number[] = []): Promise<Requests[K]['result']> {
+  if (fds.length === 0) return plainExchange(stateDir, op, args);
   return exchange(await connectTo(stateDir), path.basename(stateDir), op, args, fds);
+}
+
+/**
+ * A request that carries no descriptor, through Node's own socket: the
+ * libc sockets of sys/unixsock (needed to pass descriptors) load koffi,
+ * which costs a short command much of its start. Same line protocol, same
+ * errors; the daemon passes no descriptor back.
+ */
+function plainExchange<K extends Op>(stateDir: string, op: K, args: Requests[K]['args']): Promise<Requests[K]['result']> {
+  const who = path.basename(stateDir);
+  const file = path.join(stateDir, SOCKET_FILE);
+  const line = `${JSON.stringify({ v: PROTOCOL_VERSION, op, args })}\n`;
+  return new Promise((resolve, reject) => {
+    // A full backlog is EAGAIN for AF_UNIX: retried for a while, as connect() of sys/unixsock does.
+    const attempt = (delay: number, waited: number): void => {
+      let buf = '';
+      let done = false;
+      const finish = (f: () => void): void => {
+        if (done) return;
+        done = true;
+        sock.destroy();
+        f();
+      };
+      const sock = net.createConnection(file, () => sock.write(line));
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => {
+        buf += d;
+        const nl = buf.indexOf('\n');
+        if (nl < 0) return;
+        finish(() => {
+          try {
+            const res = JSON.parse(buf.slice(0, nl)) as Response<K>;
+            if (res.ok) resolve(res.result);
+            else reject(new LoopfsError(res.errno, res.what, res.reason));
+          } catch (e) {
+            reject(e);
+          }
+        });
+      });
+      sock.on('close', () => finish(() => reject(new LoopfsError('EPIPE', who, 'the daemon closed the connection without answering'))));
+      sock.on('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'EAGAIN' && waited <= 10_000 && !done) {
+          done = true;
+          sock.destroy();
+          setTimeout(() => attempt(Math.min(delay * 2, 200), waited + delay), delay);
+          return;
+        }
+        finish(() => {
+          if (e.code === 'ECONNREFUSED' || e.code === 'ENOENT') reject(new LoopfsError('ESRCH', who, 'the instance daemon is not running (see loopfs list, loopfs gc)'));
+          else if (e.code === 'EAGAIN') reject(new LoopfsError('ETIMEDOUT', file, 'server does not accept connections'));
+          else reject(toLoopfsError(e, file));
+        });
+      });
+    };
+    attempt(5, 0);
+  });
 }
 
 /**

@@ -3,13 +3,13 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Writable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { LoopfsError } from '../base/errors';
 import { ensureRunDir, defaultMountpoint } from './rundir';
 import { levelsFor, openLimitsFile, PARENTS_FILE, type LevelRef } from './limits';
 import { selfCommand, startInstance, openInstance, DEFAULT_ID } from './instance';
 import type { AttachRequest } from './api';
-import { setCloexec } from '../sys/libc';
+import { mount, setCloexec, MS_SHARED } from '../sys/libc';
 
 /**
  * `loopfs run` (SPEC §5). The outer process starts
@@ -134,10 +134,19 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
     fs.closeSync(FIRST_FD + i);
     return { path: `/proc/1/fd/${fd}`, uid: l.uid, label: l.label };
   });
-  const r = spawnSync('mount', ['-n', '-t', 'tmpfs', '-o', 'mode=0700', 'loopfs-run', cfg.runDir], { encoding: 'utf8' });
-  if (r.status !== 0) throw new LoopfsError('EPERM', cfg.runDir, `cannot mount the sandbox's run directory: ${(r.stderr || '').trim()}`);
-  // Shared, so the FUSE mounts that daemons make from their own namespaces show here (core/instance.ts).
-  spawnSync('mount', ['-n', '--make-shared', cfg.runDir]);
+  // mount(2) itself (no mount(8) to start): a tmpfs, then shared, so the FUSE mounts that
+  // daemons make from their own namespaces show here (core/instance.ts).
+  try {
+    mount('loopfs-run', cfg.runDir, 'tmpfs', 0, 'mode=0700');
+  } catch (e) {
+    const errno = e instanceof LoopfsError ? e.errno : 'EPERM';
+    throw new LoopfsError(errno, cfg.runDir, "cannot mount the sandbox's run directory");
+  }
+  try {
+    mount(null, cfg.runDir, null, MS_SHARED, null);
+  } catch {
+    /* as before: a run directory that stays private only hides daemons' mounts made elsewhere */
+  }
   fs.writeFileSync(path.join(cfg.runDir, PARENTS_FILE), `${JSON.stringify(parents)}\n`, { mode: 0o600 });
   const runDir = ensureRunDir(cfg.runDir);
   const mountpoint = cfg.dir ?? defaultMountpoint(runDir);

@@ -17,11 +17,14 @@ export interface Binding {
   autoclear: boolean;
   partscan: boolean;
   partitions: PartitionInfo[];
-  /** One window per partition, by partition number. */
-  windows: Map<number, BlockIO>;
+  /** One window per partition, by partition number; replaced whole, never changed (NO_WINDOWS is shared). */
+  windows: ReadonlyMap<number, BlockIO>;
   /** lo_file_name as LOOP_GET_STATUS returns it (LO_NAME_SIZE bytes); by default the path, as losetup sets it. */
   fileName?: Buffer;
 }
+
+/** The windows of a binding without partitions: one empty map for all of them. */
+export const NO_WINDOWS: ReadonlyMap<number, BlockIO> = new Map();
 
 export class LoopDevice {
   name: string;
@@ -33,7 +36,8 @@ export class LoopDevice {
    * a binding; a partition's goes with the partition.
    */
   roSet = false;
-  partRo = new Set<number>();
+  /** Made by the first BLKROSET on a partition entry. */
+  partRo: Set<number> | undefined;
   /**
    * Read-ahead in 512-byte sectors (BLKRAGET/BLKRASET, one value for the
    * disk and its partitions, as the kernel's bdi): the block layer's default

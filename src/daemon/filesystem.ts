@@ -55,7 +55,7 @@ export class LoopFilesystem implements FileSystem {
 
   /** BLKROSET on this entry: writes through it are EPERM, as on a block device so flagged. */
   private roSet(n: Node): boolean {
-    return n.kind === 'device' ? n.dev.roSet : n.kind === 'partition' ? n.dev.partRo.has(n.part) : false;
+    return n.kind === 'device' ? n.dev.roSet : n.kind === 'partition' ? !!n.dev.partRo?.has(n.part) : false;
   }
 
   private node(ino: NodeId): Node {

@@ -8,11 +8,12 @@ import { Device, type AttachOptions } from '../engine/device';
 import { tmpDelta, type Overlay } from '../engine/overlay';
 import { scanPartitions, PartitionWindow } from '../engine/partitions';
 import type { BlockIO } from '../engine/window';
-import { DeviceTable, type Binding, type LoopDevice, type TableHooks } from './devices';
+import { DeviceTable, NO_WINDOWS, type Binding, type LoopDevice, type TableHooks } from './devices';
 import { deviceIno, partitionIno } from './inodes';
 import { FUSE_ROOT_ID } from '../fuse/kernel';
 import { connectionOfDeviceFd, fuseConnection, mountOfFd } from '../fuse/mount';
 import { backingAccess } from './backing';
+import { collectWhenQuiet } from './heap';
 import type { KernelNotifier } from '../fuse/types';
 
 /**
@@ -65,6 +66,7 @@ export class Instance {
 
   /** Keeps the kernel's caches honest when devices change behind its back. */
   private changed(dev: LoopDevice, what: string, oldName?: string): void {
+    collectWhenQuiet();
     const s = this.kernel;
     const ino = deviceIno(dev.index);
     if (what === 'removed') void s.deleteEntry(FUSE_ROOT_ID, ino, dev.name);
@@ -176,12 +178,12 @@ export class Instance {
         }
       }
       const warnings = [...device.warnings];
-      const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: new Map(), fileName };
+      const binding: Binding = { device, autoclear: !!req.autoclear, partscan: !!req.partscan, partitions: [], windows: NO_WINDOWS, fileName };
       if (req.partscan) {
         const table = await scanPartitions(device);
         if (table.warning) warnings.push(table.warning);
         binding.partitions = table.partitions;
-        for (const p of table.partitions) binding.windows.set(p.number, new PartitionWindow(device, p));
+        binding.windows = windowsOf(device, table.partitions);
       }
       this.table.bind(dev, binding);
       for (const p of binding.partitions) void this.kernel.invalidateEntry(FUSE_ROOT_ID, `${dev.name}p${p.number}`);
@@ -279,18 +281,17 @@ export class Instance {
     const b = dev.binding;
     if (!b?.partscan) return;
     let parts: PartitionInfo[];
-    let windows: Map<number, BlockIO>;
+    let windows: ReadonlyMap<number, BlockIO>;
     try {
       parts = (await scanPartitions(b.device)).partitions;
-      windows = new Map(parts.map((p) => [p.number, new PartitionWindow(b.device, p)]));
+      windows = windowsOf(b.device, parts);
     } catch {
       return;
     }
     if (dev.binding !== b) return;
     const old = b.partitions;
     b.partitions = parts;
-    b.windows.clear();
-    for (const [n, w] of windows) b.windows.set(n, w);
+    b.windows = windows;
     const s = this.kernel;
     for (const p of old) {
       if (!windows.has(p.number)) void s.deleteEntry(FUSE_ROOT_ID, partitionIno(dev.index, p.number), `${dev.name}p${p.number}`);
@@ -350,8 +351,7 @@ export class Instance {
       throw new LoopfsError('EINVAL', dev.name, `the new backing file gives ${next.size} bytes, not ${oldSize}`);
     }
     b.device = next;
-    b.windows.clear();
-    for (const p of b.partitions) b.windows.set(p.number, new PartitionWindow(next, p));
+    b.windows = windowsOf(next, b.partitions);
     await this.kernel.invalidateNode(deviceIno(dev.index));
     await old.close();
     if (b.partscan) await this.rescanPartitions(dev);
@@ -471,6 +471,11 @@ export type { BlockIO };
 function overlayInfo(o: Overlay): OverlayInfo {
   const s = o.status();
   return { delta: s.delta ?? null, changedBytes: s.changedBytes, blockSize: s.blockSize, allocatedBytes: s.allocatedBytes };
+}
+
+/** One window per partition, by number (the shared empty map when there are none). */
+function windowsOf(device: Device, parts: PartitionInfo[]): ReadonlyMap<number, BlockIO> {
+  return parts.length === 0 ? NO_WINDOWS : new Map(parts.map((p) => [p.number, new PartitionWindow(device, p)]));
 }
 
 function closeQuietly(fd: number): void {

@@ -132,8 +132,8 @@ export class DeviceIoctls {
         this.admin(caller, name);
         const ro = caller.read(arg, 4).readInt32LE(0) !== 0;
         if (t.part === undefined) t.dev.roSet = ro;
-        else if (ro) t.dev.partRo.add(t.part);
-        else t.dev.partRo.delete(t.part);
+        else if (ro) (t.dev.partRo ??= new Set()).add(t.part);
+        else t.dev.partRo?.delete(t.part);
         // Handles served outside the FileSystem go back through it, which now says EPERM.
         await this.inst.refresh(t.dev, t.part);
         return ok;
@@ -348,7 +348,7 @@ export class DeviceIoctls {
 
   /** bdev_read_only(): the entry's BLKROSET flag or the device bound read-only. */
   private readOnly(t: IoctlTarget): boolean {
-    const flag = t.part === undefined ? t.dev.roSet : t.dev.partRo.has(t.part);
+    const flag = t.part === undefined ? t.dev.roSet : !!t.dev.partRo?.has(t.part);
     return flag || !!t.dev.binding?.device.readOnly;
   }
 }

@@ -49,8 +49,8 @@ export class FileIO implements Lower {
   private inflight = 0;
   private closed = false;
   private idle: (() => void) | undefined;
-  /** Free bounce buffers by size (powers of two). */
-  private pool = new Map<number, Buffer[]>();
+  /** Free bounce buffers by size (powers of two); made by the first bounce (most devices never bounce). */
+  private pool: Map<number, Buffer[]> | undefined;
   readonly counts: IoCounts = { direct: 0, bounced: 0, buffered: 0 };
 
   constructor(fd: number, path: string) {
@@ -131,7 +131,7 @@ export class FileIO implements Lower {
     const fds = this.dfd >= 0 ? [this.dfd, this.fd] : [this.fd];
     this.dfd = -1;
     this.directOn = false;
-    this.pool.clear();
+    this.pool = undefined;
     let first: unknown;
     for (const fd of fds) {
       try {
@@ -219,11 +219,12 @@ export class FileIO implements Lower {
     if (length > BOUNCE_MAX) return alignedUnsafe(length, this.align);
     let size = Math.max(4096, this.align);
     while (size < length) size *= 2;
-    return this.pool.get(size)?.pop() ?? alignedUnsafe(size, this.align);
+    return this.pool?.get(size)?.pop() ?? alignedUnsafe(size, this.align);
   }
 
   private giveBounce(b: Buffer): void {
     if (b.length > BOUNCE_MAX || this.closed) return;
+    this.pool ??= new Map();
     let free = this.pool.get(b.length);
     if (!free) this.pool.set(b.length, (free = []));
     if (free.length < BOUNCE_POOL) free.push(b);

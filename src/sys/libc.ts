@@ -19,6 +19,7 @@ function libc(): Record<string, Fn> {
     fallocate: l.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as Fn,
     flock: l.func('int flock(int fd, int op)') as Fn,
     umount2: l.func('int umount2(const char *target, int flags)') as Fn,
+    mount: l.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)') as Fn,
     fcntl_ptr: l.func('int fcntl(int fd, int cmd, _Inout_ uint8_t *arg)') as Fn,
     fcntl_int: l.func('int fcntl(int fd, int cmd, int arg)') as Fn,
     ...vmCalls(k, l),
@@ -95,6 +96,14 @@ export const MNT_DETACH = 2;
 
 export function umount2(target: string, flags: number): void {
   check(libc().umount2!(target, flags), `umount ${target}`);
+}
+
+// <sys/mount.h>
+export const MS_SHARED = 1 << 20;
+
+/** mount(2): what mount(8) does without its helpers and mtab (mount -i -n), minus a process start. */
+export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void {
+  check(libc().mount!(source, target, fstype, flags, data), `mount ${target}`);
 }
 
 const F_GETFL = 3;
@@ -185,4 +194,12 @@ const EFD_CLOEXEC = 0o2000000;
 /** eventfd(2), close-on-exec, counting from 0: one thread's wake-up call from another. */
 export function eventfd(): number {
   return check(Number(libc().syscall!(SYS_eventfd2, 'unsigned int', 0, 'int', EFD_CLOEXEC)), 'eventfd');
+}
+
+let trimFn: ((pad: number) => number) | undefined;
+
+/** malloc_trim(3): gives the C heap's free pages (in every arena) back to the system. */
+export function mallocTrim(): void {
+  trimFn ??= koffi().load('libc.so.6').func('int malloc_trim(size_t pad)') as (pad: number) => number;
+  trimFn(0);
 }
