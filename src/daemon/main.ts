@@ -82,7 +82,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
     // The instance is made with the session that serves it, as its KernelNotifier.
     const made = (kernel: KernelNotifier): LoopFilesystem => new LoopFilesystem(new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, kernel, limits, a.state));
-    session = new Session(mounted.fd, made, { threadProgram: ioThreadProgram(), debug: debug ? log : undefined });
+    session = new Session(mounted.fd, made, { threadProgram: ioThreadProgram(), debug: debug ? log : undefined, splice: process.env.LOOPFS_SPLICE !== '0' });
     inst = session.fsys.inst;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),

@@ -45,6 +45,8 @@ export interface SessionOptions {
   maxWrite?: number;
   /** Seconds the kernel may cache attributes and names. */
   attrTtl?: number;
+  /** The threads may reply to a READ of a backed file range with splice(2) (splice.ts); default true. */
+  splice?: boolean;
   debug?: (line: string) => void;
 }
 
@@ -72,6 +74,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
   private readonly backed = new BackedTable();
   private initialized = false;
   private readonly lazyThreads: boolean;
+  private readonly splice: boolean;
   private notifying = 0;
   private readonly notifyQueue: (() => void)[] = [];
   private readonly threadProgram: string;
@@ -89,6 +92,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
     this.attrTtl = opts.attrTtl ?? 1;
     this.workers = opts.workers ?? 4;
     this.lazyThreads = opts.lazyThreads ?? true;
+    this.splice = opts.splice ?? true;
     this.threadProgram = opts.threadProgram;
     this.debug = opts.debug;
     this.fsys = typeof fsys === 'function' ? (fsys as (kernel: KernelNotifier) => F)(this) : fsys;
@@ -98,7 +102,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
   serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
     const outs: Buffer[] = [];
-    const readers = runThreads(this.threadProgram, Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+    const readers = runThreads(this.threadProgram, Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug, this.splice), async (req) => {
       const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
       try {
         await this.dispatch(w, req.length);

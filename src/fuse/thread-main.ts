@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { toLoopfsError } from '../base/errors';
+import { SPLICE_MIN, splicer } from './splice';
 
 /**
  * The loop of the threads that read /dev/fuse (see threads.ts), generic:
@@ -60,6 +61,10 @@ export interface ThreadData {
   shared: [number, unknown][];
   /** Where later shares arrive: messages [tag, data]. */
   port?: MessagePort;
+  /** READ replies may be spliced (ThreadIO.replySplice). */
+  splice?: boolean;
+  /** Where the thread loads koffi from for splice (sys/ffi.ts koffiPath); undefined: no splice. */
+  koffi?: string;
 }
 
 /** A backed handle as a thread sees it: a copy of its slot. */
@@ -87,6 +92,12 @@ export interface ThreadIO {
   replyRead(len: number): void;
   /** Replies to a READ with buf[0, len) (buf: dout). */
   replyReadFrom(buf: Buffer, len: number): void;
+  /**
+   * Replies to a READ with len bytes of `file` at `pos`, spliced (splice.ts);
+   * false: nothing was sent (no splice on this thread, len below SPLICE_MIN,
+   * or the file did not have all len bytes) — reply the ordinary way.
+   */
+  replySplice(file: number, pos: number, len: number): boolean;
   /** Replies to a WRITE: n bytes written. */
   replyWritten(n: number): void;
   /** Replies with an error: a positive errno. */
@@ -109,7 +120,7 @@ const WRITE = 16;
 
 /** Runs the loop on this thread until /dev/fuse is gone. */
 export function runThread(backend: ThreadBackend): void {
-  const { fd, bufferSize, table, layout: L, order, fast, memory, memoryBase, shared, port } = workerData as ThreadData;
+  const { fd, bufferSize, table, layout: L, order, fast, memory, memoryBase, shared, port, koffi } = workerData as ThreadData;
   const seq = new Uint32Array(order);
   const i32 = new Int32Array(table);
   const f64 = new Float64Array(table);
@@ -120,6 +131,7 @@ export function runThread(backend: ThreadBackend): void {
   const dout = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign + span, bufferSize) : undefined;
   const out = Buffer.allocUnsafe(bufferSize);
   const known = new Map<number, unknown>(shared);
+  const spliced = koffi && fast ? splicer(koffi, fd, bufferSize) : undefined;
   /** The Int32 word index of the slot being served (its WRITTEN flag). */
   let current = 0;
 
@@ -154,6 +166,11 @@ export function runThread(backend: ThreadBackend): void {
     replyReadFrom: (buf, len) => {
       header(H + len, 0);
       send(() => fs.writevSync(fd, [out.subarray(0, H), buf.subarray(0, len)]));
+    },
+    replySplice: (file, pos, len) => {
+      if (!spliced || len < SPLICE_MIN) return false;
+      header(H + len, 0);
+      return spliced.reply(out, file, pos, len);
     },
     replyWritten: (n) => {
       if (n > 0) Atomics.store(i32, current + L.written, 1);

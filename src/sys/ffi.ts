@@ -12,6 +12,8 @@ import * as path from 'node:path';
 export type Koffi = typeof import('koffi');
 
 let cached: Koffi | undefined;
+/** The unnamed koffi.node of the single executable, open for the worker threads (koffiPath). */
+let keptFd: number | undefined;
 
 export function koffi(): Koffi {
   if (!cached) cached = load();
@@ -19,6 +21,21 @@ export function koffi(): Koffi {
 }
 
 const req = createRequire(typeof __filename === 'string' ? __filename : process.argv[1] ?? process.cwd());
+
+/**
+ * Where a worker thread can load koffi from: the package (require), or in
+ * the single executable the unnamed koffi.node, kept open for that
+ * (process.dlopen of /proc/self/fd/N); undefined where it cannot be had.
+ */
+export function koffiPath(): string | undefined {
+  const sea = seaModule();
+  if (sea && sea.isSea()) return keptFd === undefined ? undefined : `/proc/self/fd/${keptFd}`;
+  try {
+    return req.resolve('koffi');
+  } catch {
+    return undefined;
+  }
+}
 
 function load(): Koffi {
   const sea = seaModule();
@@ -78,9 +95,11 @@ function dlopenUnnamed(dir: string, bytes: Uint8Array): Koffi | undefined {
   }
   try {
     writeAll(fd, bytes);
-    return dlopen(`/proc/self/fd/${fd}`);
+    const k = dlopen(`/proc/self/fd/${fd}`);
+    keptFd = fd;
+    return k;
   } finally {
-    fs.closeSync(fd);
+    if (keptFd !== fd) fs.closeSync(fd);
   }
 }
 
