@@ -15,7 +15,8 @@ export async function ioThreadDefine() {
     platform: 'node',
     target: 'node20',
     format: 'cjs',
-    // Nothing native: the thread needs node:fs and node:worker_threads only.
+    // Nothing native bundled: a thread that splices (src/fuse/splice.ts) loads koffi from the path it is
+    // handed (workerData.koffi: the package, or the single executable's unnamed koffi.node).
     external: ['koffi'],
     logLevel: 'warning',
     sourcemap: false,

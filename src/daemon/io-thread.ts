@@ -49,6 +49,9 @@ runThread({
       io.replyReadFrom(io.dout, len);
       return true;
     }
+    // A plain file's range, buffered: spliced from the page cache (one copy, not two); else, or when the
+    // file ends inside the range (its rules below), read.
+    if (len > 0 && slot.directFd < 0 && io.replySplice(slot.fd, pos, len)) return true;
     if (len > 0) transfer(false, slot, io.out.subarray(REPLY_DATA), len, pos, false);
     io.replyRead(len);
     return true;

@@ -86,7 +86,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
     session = new Session(mounted.fd, made, {
       threadProgram: ioThreadProgram(), debug: debug ? log : undefined,
       uring: process.env.LOOPFS_URING !== '0', uringDepth: Number(process.env.LOOPFS_URING_DEPTH) || undefined,
-      uringSpread: process.env.LOOPFS_URING_SPREAD !== '0',
+      uringSpread: process.env.LOOPFS_URING_SPREAD !== '0', splice: process.env.LOOPFS_SPLICE !== '0',
     });
     inst = session.fsys.inst;
     control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {

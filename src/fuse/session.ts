@@ -56,6 +56,8 @@ export interface SessionOptions {
   uringDepth?: number;
   /** Each thread on queues of its own rather than every thread on every queue (uring.ts queuesOf); default true. */
   uringSpread?: boolean;
+  /** The threads may reply to a READ of a backed file range with splice(2) (splice.ts); default true. */
+  splice?: boolean;
   debug?: (line: string) => void;
 }
 
@@ -83,6 +85,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
   private readonly backed = new BackedTable();
   private initialized = false;
   private readonly lazyThreads: boolean;
+  private readonly splice: boolean;
   private notifying = 0;
   private readonly notifyQueue: (() => void)[] = [];
   private readonly threadProgram: string;
@@ -109,6 +112,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
     this.wantUring = opts.uring ?? true;
     this.uringDepth = opts.uringDepth ?? 1;
     this.uringSpread = opts.uringSpread ?? true;
+    this.splice = opts.splice ?? true;
     this.threadProgram = opts.threadProgram;
     this.debug = opts.debug;
     this.fsys = typeof fsys === 'function' ? (fsys as (kernel: KernelNotifier) => F)(this) : fsys;
@@ -118,7 +122,7 @@ export class Session<F extends FileSystem = FileSystem> implements KernelNotifie
   serve(): Promise<void> {
     const size = this.maxWrite + 64 * KiB;
     const outs: Buffer[] = [];
-    const readers = runThreads(this.threadProgram, Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug), async (req) => {
+    const readers = runThreads(this.threadProgram, Math.max(1, this.workers), threadData(this.fd, size, this.backed, !this.debug, this.splice), async (req) => {
       const w = { in: req, out: outs.pop() ?? Buffer.allocUnsafe(size) };
       try {
         await this.dispatch(w, req.length);

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { toLoopfsError } from '../base/errors';
 import { uringLoop, type UringData } from './uring';
+import { SPLICE_MIN, splicer } from './splice';
 
 /**
  * The loop of the threads that read /dev/fuse (see threads.ts), generic:
@@ -63,6 +64,10 @@ export interface ThreadData {
   port?: MessagePort;
   /** Serve requests from a FUSE-over-io_uring ring (uring.ts) instead of reading /dev/fuse. */
   uring?: UringData;
+  /** READ replies may be spliced (ThreadIO.replySplice). */
+  splice?: boolean;
+  /** Where the thread loads koffi from for splice (sys/ffi.ts koffiPath); undefined: no splice. */
+  koffi?: string;
 }
 
 /** A backed handle as a thread sees it: a copy of its slot. */
@@ -90,6 +95,12 @@ export interface ThreadIO {
   replyRead(len: number): void;
   /** Replies to a READ with buf[0, len) (buf: dout). */
   replyReadFrom(buf: Buffer, len: number): void;
+  /**
+   * Replies to a READ with len bytes of `file` at `pos`, spliced (splice.ts);
+   * false: nothing was sent (no splice on this thread, len below SPLICE_MIN,
+   * or the file did not have all len bytes) — reply the ordinary way.
+   */
+  replySplice(file: number, pos: number, len: number): boolean;
   /** Replies to a WRITE: n bytes written. */
   replyWritten(n: number): void;
   /** Replies with an error: a positive errno. */
@@ -112,7 +123,7 @@ const WRITE = 16;
 
 /** Runs the loop on this thread until /dev/fuse is gone. */
 export function runThread(backend: ThreadBackend): void {
-  const { fd, bufferSize, table, layout: L, order, fast, memory, memoryBase, shared, port, uring } = workerData as ThreadData;
+  const { fd, bufferSize, table, layout: L, order, fast, memory, memoryBase, shared, port, uring, koffi } = workerData as ThreadData;
   const seq = new Uint32Array(order);
   const i32 = new Int32Array(table);
   const f64 = new Float64Array(table);
@@ -130,6 +141,7 @@ export function runThread(backend: ThreadBackend): void {
   let writeOut = toDevice;
   let writevOut = toDeviceV;
   const known = new Map<number, unknown>(shared);
+  const spliced = koffi && fast ? splicer(koffi, fd, bufferSize) : undefined;
   /** The Int32 word index of the slot being served (its WRITTEN flag). */
   let current = 0;
 
@@ -168,6 +180,12 @@ export function runThread(backend: ThreadBackend): void {
     replyReadFrom: (buf, len) => {
       header(H + len, 0);
       send(() => writevOut([out.subarray(0, H), buf.subarray(0, len)]));
+    },
+    replySplice: (file, pos, len) => {
+      // A request from a ring entry is answered in the entry, never on /dev/fuse.
+      if (!spliced || len < SPLICE_MIN || writeOut !== toDevice) return false;
+      header(H + len, 0);
+      return spliced.reply(out, file, pos, len);
     },
     replyWritten: (n) => {
       if (n > 0) Atomics.store(i32, current + L.written, 1);

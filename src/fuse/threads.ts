@@ -242,7 +242,9 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         const { port1, port2 } = new MessageChannel();
         port1.unref();
         ports.push(port1);
-        const workerData: ThreadData = { ...data, ...alignedMemory(data.bufferSize), shared: [...shared], port: port2, uring };
+        const memory = alignedMemory(data.bufferSize);
+        // After alignedMemory: it loads koffi, which keeps the single executable's unnamed koffi.node open.
+        const workerData: ThreadData = { ...data, ...memory, shared: [...shared], port: port2, uring, koffi: data.splice ? koffiPath() : undefined };
         const t = new Thread(program, { eval: true, workerData, transferList: uring ? [port2, uring.port] : [port2] });
         t.on('message', (m: unknown) => {
           if (!(m instanceof ArrayBuffer)) return;
@@ -334,8 +336,8 @@ const LAYOUT: SlotLayout = {
   tag: TAG, fh: FH, start: START, length: LENGTH,
 };
 
-export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean): ThreadData {
-  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, shared: [] };
+export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean, splice = false): ThreadData {
+  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, shared: [], splice };
 }
 
 /**

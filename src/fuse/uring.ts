@@ -1,4 +1,5 @@
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { threadKoffi } from './thread-koffi';
 
 /**
  * FUSE over io_uring (Linux ≥ 6.14, CONFIG_FUSE_IO_URING): the kernel hands
@@ -99,11 +100,7 @@ export function queuesOf(t: number, threads: number, queues: number, spread: boo
  * then); returns true when the connection is gone.
  */
 export function uringLoop(io: RingHost, u: UringData): boolean {
-  const k = (u.koffi.startsWith('/proc/self/fd/') ? (() => {
-    const m = { exports: {} };
-    process.dlopen(m, u.koffi);
-    return m.exports;
-  })() : require(u.koffi)) as typeof import('koffi');
+  const k = threadKoffi(u.koffi);
   const libc = k.load('libc.so.6');
   const syscall = libc.func('long syscall(long, ...)') as (...a: unknown[]) => number;
   const mmap = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)') as (...a: unknown[]) => unknown;
