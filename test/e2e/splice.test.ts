@@ -12,6 +12,10 @@ import { attach, kernelAttach, q, randomFile, releaseKernelState, shOk } from '.
 // here with strace on the daemon, and every byte checked against the file and
 // a kernel loop device; the reads that splicing gives back to the ordinary
 // path (a file that ends inside the request) answer as the kernel does.
+// Splicing is for requests read from /dev/fuse: where the administrator
+// switched FUSE over io_uring on, requests come in ring entries and are
+// answered there (fuse-uring.test.ts), so these tests keep the daemon on
+// /dev/fuse (LOOPFS_URING=0) whatever the switch says.
 let sb: Sandbox;
 const test = sandboxSuite('READ replies spliced from the backing file', 'splice', (s) => (sb = s), releaseKernelState);
 const withStrace = requiring(test, spawnSync('strace', ['-V']).error ? 'strace is missing' : undefined);
@@ -41,6 +45,7 @@ async function splicesDuring(pid: number, work: () => void): Promise<number> {
 
 for (const on of [true, false]) {
   withStrace(`${on ? 'by default' : 'not with LOOPFS_SPLICE=0'}: O_DIRECT and buffered reads of a whole-file device and a window at -o 512 ${on ? 'are' : 'are not'} spliced, every byte right`, async () => {
+    sb.env.LOOPFS_URING = '0';
     if (!on) sb.env.LOOPFS_SPLICE = '0';
     const img = randomFile(path.join(sb.root, 'a.img'), 8 * MiB + 512);
     const whole = attach(sb, img);
