@@ -5,12 +5,13 @@
 // enough for V8 to compile it with TurboFan in every daemon, and the
 // optimizing compiler's code then stayed resident: ~3 MB more of the binary's
 // pages in an idle instance's RSS (issue 14). Here every importer of the same
-// module in node mode gets the one namespace made for the first: the same
-// getters and the same `default`, made once per module.
+// module gets the one namespace made for the first: the same getters and the
+// same `default`, made once per module. (A module marked __esModule imported
+// outside node mode gets no `default`: its namespaces are made each time, as before.)
 
 const DEFINITION = 'var __toESM = (mod, isNodeMode, target) => (';
 
-/** The bundle's text with __toESM made once per module in node mode (unchanged if it has no __toESM). */
+/** The bundle's text with __toESM made once per module (unchanged if it has no __toESM). */
 export function shareNamespaces(text) {
   const at = text.indexOf(`\n${DEFINITION}`);
   if (at < 0) {
@@ -20,7 +21,7 @@ export function shareNamespaces(text) {
   const shared = [
     'var __toESMShared = /* @__PURE__ */ new WeakMap();',
     'var __toESM = (mod, isNodeMode) => {',
-    '  if (!isNodeMode || mod == null || typeof mod !== "object" && typeof mod !== "function") return __toESMEach(mod, isNodeMode);',
+    '  if (mod == null || typeof mod !== "object" && typeof mod !== "function" || !isNodeMode && mod.__esModule) return __toESMEach(mod, isNodeMode);',
     '  let ns = __toESMShared.get(mod);',
     '  if (!ns) __toESMShared.set(mod, ns = __toESMEach(mod, isNodeMode));',
     '  return ns;',
