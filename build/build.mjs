@@ -1,7 +1,8 @@
 // Bundles src/main.ts into dist/loopfs.cjs (CommonJS: what a Node single
 // executable runs), with the I/O thread program (build/io-thread.mjs, a
 // second entry) embedded in it as text, then makes the single executable dist/loopfs from it
-// (build/sea.mjs). Prints one line.
+// (build/sea.mjs). Built-in modules' namespaces are made once each
+// (build/shared-namespaces.mjs: an idle daemon's RSS). Prints one line.
 //
 //   node build/build.mjs [--outdir DIR]      default DIR: dist
 import * as esbuild from 'esbuild';
@@ -9,6 +10,7 @@ import { chmodSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:
 import * as path from 'node:path';
 import { buildSea } from './sea.mjs';
 import { ioThreadDefine } from './io-thread.mjs';
+import { shareNamespaces } from './shared-namespaces.mjs';
 
 const args = process.argv.slice(2);
 const at = args.indexOf('--outdir');
@@ -34,7 +36,7 @@ const result = await esbuild.build({
   write: false,
 });
 const tmp = `${bundle}.${process.pid}`;
-writeFileSync(tmp, result.outputFiles[0].contents, { mode: 0o755 });
+writeFileSync(tmp, shareNamespaces(result.outputFiles[0].text), { mode: 0o755 });
 chmodSync(tmp, 0o755);
 renameSync(tmp, bundle);
 const sea = buildSea(bundle, path.join(outdir, 'loopfs'));

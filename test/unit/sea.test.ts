@@ -57,6 +57,8 @@ test('the build makes loopfs.cjs and the executable loopfs, printing one line', 
   assert.is(r.stderr, '');
   assert.is(fs.statSync(path.join(out, 'loopfs')).mode & 0o777, 0o755);
   assert.ok(fs.existsSync(path.join(out, 'loopfs.cjs')));
+  // One namespace per built-in module (build/shared-namespaces.mjs: an idle daemon's RSS).
+  assert.ok(fs.readFileSync(path.join(out, 'loopfs.cjs'), 'utf8').includes('\nvar __toESMShared = '), 'built-in namespaces are shared');
   assert.equal(fs.readdirSync(out).filter((f) => !f.startsWith('.')).sort(), ['loopfs', 'loopfs.cjs']);
 });
 
