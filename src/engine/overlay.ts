@@ -42,7 +42,7 @@ export const OVERLAY_MAGIC = 'LOOPFSOV';
 const VERSION = 1;
 const HEADER = 4096;
 const PAGE = 4096;
-export const DEFAULT_OVERLAY_BLOCK = 64 * 1024;
+export const DEFAULT_OVERLAY_BLOCK = 4096;
 /** The bitmap has room for this many times the base's blocks (the base may grow: losetup -c), at least MIN_MAP_BYTES. */
 const MAP_ROOM = 4;
 const MIN_MAP_BYTES = 1024 * 1024;

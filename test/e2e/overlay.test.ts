@@ -95,11 +95,14 @@ test('a named delta persists: write, detach, re-attach, the data is there; statu
   const st = JSON.parse(sb.ok(['overlay', 'status', '--json', dev])) as { overlays: { name: string; overlay: string; changed: number; 'block-size': number; allocated: number }[] };
   assert.is(st.overlays.length, 1);
   assert.is(st.overlays[0]!.overlay, delta);
-  // 1 MiB + 12345 bytes at 5000000: blocks 76..92 of 64 KiB
-  assert.is(st.overlays[0]!.changed, 17 * 65536);
-  assert.match(sb.ok(['overlay', 'status', dev]), new RegExp(`${delta}, ${17 * 65536} bytes changed \\(17 blocks of 65536 bytes\\)`));
+  // 1 MiB + 12345 bytes at 5000000: the blocks it touched (4 KiB: 1220..1479), whole
+  const bs = st.overlays[0]!['block-size'];
+  assert.is(bs, 4096);
+  const blocks = Math.floor((5000000 + (1 << 20) + 12345 - 1) / bs) - Math.floor(5000000 / bs) + 1;
+  assert.is(st.overlays[0]!.changed, blocks * bs);
+  assert.match(sb.ok(['overlay', 'status', dev]), new RegExp(`${delta}, ${blocks * bs} bytes changed \\(${blocks} blocks of ${bs} bytes\\)`));
   const json = JSON.parse(sb.ok(['losetup', '-J', '-O', 'NAME,OVERLAY,OVERLAY-CHANGED', dev])) as { loopdevices: Record<string, unknown>[] };
-  assert.equal(json.loopdevices[0], { name: dev, overlay: delta, 'overlay-changed': 17 * 65536 });
+  assert.equal(json.loopdevices[0], { name: dev, overlay: delta, 'overlay-changed': blocks * bs });
   // a second device on the same delta: EBUSY
   const busy = sb.run(['losetup', '-f', '--show', `--overlay=${delta}`, img]);
   assert.is(busy.status, 1);
@@ -308,19 +311,19 @@ test('fio verify on an overlay of a random base', () => {
   sb.ok(['losetup', '-d', dev]);
 });
 
-test('4 KiB direct writes, 32 in flight, into the blocks of an overlay (several I/O threads at once): fio verifies them all, the rest reads the base', () => {
+test('2 KiB direct writes, 32 in flight, into the blocks of an overlay (several I/O threads at once): fio verifies them all, the rest reads the base', () => {
   const probe = spawnSync('fio', ['--version'], { encoding: 'utf8' });
   assert.ok(!probe.error, 'fio is not installed (apt-get install fio; .ci/run installs it)');
   const img = randomFile(path.join(sb.root, 'race.img'), 8 << 20);
   const before = sha(img);
   const dev = attach(sb, img, ['--overlay']);
-  // Random order, 32 in flight (FUSE sends async direct writes at once): each 64 KiB overlay
-  // block gets 16 of them, some while another thread copies it up (test/unit/engine-overlay-threads
-  // makes that race certain).
-  const r = sh(`fio --name=race --filename=${q(dev)} --rw=randwrite --bs=4k --direct=1 --ioengine=libaio --iodepth=32 --size=6M --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --output-format=terse`, { timeout: 120_000 });
+  // Random order, 32 in flight (FUSE sends async direct writes at once): each 4 KiB overlay
+  // block gets two halves, one of which copies it up, some while another thread writes the
+  // other half (test/unit/engine-overlay-threads makes that race certain).
+  const r = sh(`fio --name=race --filename=${q(dev)} --rw=randwrite --bs=2k --direct=1 --ioengine=libaio --iodepth=32 --size=6M --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --output-format=terse`, { timeout: 120_000 });
   assert.is(r.status, 0, `fio: ${r.stdout}${r.stderr}`);
   assert.is(sha(dev, 6 << 20), sha(img, 6 << 20), 'past fio\'s range: the base');
-  assert.match(sb.ok(['overlay', 'status', dev]), / 6291456 bytes changed \(96 blocks of 65536 bytes\)/);
+  assert.match(sb.ok(['overlay', 'status', dev]), / 6291456 bytes changed \(1536 blocks of 4096 bytes\)/);
   assert.is(sha(img), before, 'the base is unchanged');
   sb.ok(['losetup', '-d', dev]);
 });
