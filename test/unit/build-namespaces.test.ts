@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { repoRoot } from '../helpers/root';
 
 /**
  * build/shared-namespaces.mjs on esbuild's real output: modules importing
@@ -14,13 +15,6 @@ import * as path from 'node:path';
  */
 const test = suite('build: shared namespaces of built-in modules');
 
-function repoRoot(): string {
-  for (let d = __dirname; d !== path.dirname(d); d = path.dirname(d)) {
-    const pkg = path.join(d, 'package.json');
-    if (fs.existsSync(pkg) && (JSON.parse(fs.readFileSync(pkg, 'utf8')) as { name?: string }).name === 'loopfs') return d;
-  }
-  throw new Error('repository root not found');
-}
 
 const ROOT = repoRoot();
 let tmp = '';

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { VERSION } from '../../src/version';
+import { repoRoot } from '../helpers/root';
 
 /**
  * The single executable: built into a temp dir, then run ALONE (copied into
@@ -15,13 +16,6 @@ import { VERSION } from '../../src/version';
  */
 const test = suite('sea');
 
-function repoRoot(): string {
-  for (let d = __dirname; d !== path.dirname(d); d = path.dirname(d)) {
-    const pkg = path.join(d, 'package.json');
-    if (fs.existsSync(pkg) && (JSON.parse(fs.readFileSync(pkg, 'utf8')) as { name?: string }).name === 'loopfs') return d;
-  }
-  throw new Error('repository root not found');
-}
 
 const ROOT = repoRoot();
 let tmp = '';
