@@ -1,5 +1,5 @@
 import { constants } from 'node:os';
-import { REPLY_DATA, runThread, WRITE_DATA, type BackedSlot, type ThreadIO } from '../fuse/thread-main';
+import { runThread, type BackedSlot, type ThreadIO } from '../fuse/thread-main';
 import { OverlayMap, type OverlayShare } from '../engine/overlay-map';
 import { transfer } from '../engine/transfer';
 import { readSpan, writeSpan } from '../engine/window';
@@ -40,7 +40,7 @@ runThread({
     const len = readSpan(slot.length, off, size);
     const pos = slot.start + off;
     if (overlay) {
-      overlay.read(io.out.subarray(REPLY_DATA), len, pos);
+      overlay.read(io.readData, len, pos);
       io.replyRead(len);
       return true;
     }
@@ -52,7 +52,7 @@ runThread({
     // A plain file's range, buffered: spliced from the page cache (one copy, not two); else, or when the
     // file ends inside the range (its rules below), read.
     if (len > 0 && slot.directFd < 0 && io.replySplice(slot.fd, pos, len)) return true;
-    if (len > 0) transfer(false, slot, io.out.subarray(REPLY_DATA), len, pos, false);
+    if (len > 0) transfer(false, slot, io.readData, len, pos, false);
     io.replyRead(len);
     return true;
   },
@@ -69,7 +69,7 @@ runThread({
       io.replyError(ENOSPC);
       return true;
     }
-    const data = io.req.subarray(WRITE_DATA);
+    const data = io.writeData;
     const pos = slot.start + off;
     if (len === 0) io.replyWritten(0);
     else io.replyWritten(overlay ? overlay.write(data, len, pos) : transfer(true, slot, data, len, pos, io.dout !== undefined));

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { toLoopfsError } from '../base/errors';
-import { uringLoop, type UringData } from './uring';
+import { uringLoop, type Channel, type UringData } from './uring';
 import { SPLICE_MIN, splicer } from './splice';
 
 /**
@@ -85,13 +85,13 @@ export interface BackedSlot {
 
 /** The request and reply buffers of a thread, and its replies. */
 export interface ThreadIO {
-  /** The request as read; a WRITE's data starts at WRITE_DATA. */
-  readonly req: Buffer;
-  /** The reply buffer; a READ's data goes from REPLY_DATA on. */
-  readonly out: Buffer;
+  /** A WRITE's data (a view made once, not per request). */
+  readonly writeData: Buffer;
+  /** Where a READ's data goes for replyRead: the reply buffer from REPLY_DATA on. */
+  readonly readData: Buffer;
   /** An aligned buffer of the request size for O_DIRECT reads; undefined without aligned memory. */
   readonly dout: Buffer | undefined;
-  /** Replies to a READ with out[REPLY_DATA, REPLY_DATA + len). */
+  /** Replies to a READ with readData[0, len). */
   replyRead(len: number): void;
   /** Replies to a READ with buf[0, len) (buf: dout). */
   replyReadFrom(buf: Buffer, len: number): void;
@@ -112,7 +112,7 @@ export interface ThreadIO {
 export interface ThreadBackend {
   /** Serves a READ of up to `size` bytes (capped to the reply buffer) at `off`; false forwards it. */
   read(slot: BackedSlot, off: number, size: number, io: ThreadIO): boolean;
-  /** Serves a WRITE of `size` bytes (io.req from WRITE_DATA) at `off`; false forwards it. */
+  /** Serves a WRITE of `size` bytes (io.writeData) at `off`; false forwards it. */
   write(slot: BackedSlot, off: number, size: number, io: ThreadIO): boolean;
 }
 
@@ -131,15 +131,18 @@ export function runThread(backend: ThreadBackend): void {
   // With aligned memory: WRITE data (at WRITE_DATA) starts on a maxAlign boundary, and so does dout.
   const span = Math.ceil(bufferSize / L.maxAlign) * L.maxAlign;
   const req0 = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign - WRITE_DATA, bufferSize) : Buffer.allocUnsafe(bufferSize);
-  let req: Buffer = req0;
   const dout = memory ? Buffer.from(memory, (memoryBase ?? 0) + L.maxAlign + span, bufferSize) : undefined;
   const out0 = Buffer.allocUnsafe(bufferSize);
-  let out: Buffer = out0;
-  // Where replies go: /dev/fuse, or the ring entry the request came from (uring.ts).
-  const toDevice = (len: number): void => void fs.writeSync(fd, out, 0, len);
-  const toDeviceV = (bufs: Buffer[]): void => void fs.writevSync(fd, bufs);
-  let writeOut = toDevice;
-  let writevOut = toDeviceV;
+  // Where requests are and replies go: /dev/fuse, or the ring entry the request came from (uring.ts).
+  const device: Channel = {
+    req: req0,
+    out: out0,
+    writeData: req0.subarray(WRITE_DATA),
+    readData: out0.subarray(REPLY_DATA),
+    write: (len) => void fs.writeSync(fd, out0, 0, len),
+    writev: (bufs) => void fs.writevSync(fd, bufs),
+  };
+  let ch = device;
   const known = new Map<number, unknown>(shared);
   const spliced = koffi && fast ? splicer(koffi, fd, bufferSize) : undefined;
   /** The Int32 word index of the slot being served (its WRITTEN flag). */
@@ -147,50 +150,55 @@ export function runThread(backend: ThreadBackend): void {
 
   const u64 = (b: Buffer, at: number): number => b.readUInt32LE(at) + b.readUInt32LE(at + 4) * 4294967296;
 
-  const send = (write: () => void): void => {
-    try {
-      write();
-    } catch (e) {
-      // ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
-      const code = (e as { code?: string }).code;
-      if (code !== 'ENOENT' && code !== 'ENODEV') throw e;
-    }
+  /** A reply that cannot be sent because its request is gone is dropped: ENOENT (interrupted), ENODEV (unmounted). */
+  const gone = (e: unknown): void => {
+    const code = (e as { code?: string }).code;
+    if (code !== 'ENOENT' && code !== 'ENODEV') throw e;
   };
 
   const header = (len: number, error: number): void => {
+    const out = ch.out;
     out.writeUInt32LE(len, 0);
     out.writeInt32LE(error, 4);
-    req.copy(out, 8, 8, 16);
+    ch.req.copy(out, 8, 8, 16);
   };
 
   const reply = (len: number, error: number): void => {
     header(len, error);
-    send(() => writeOut(len));
+    try {
+      ch.write(len);
+    } catch (e) {
+      gone(e);
+    }
   };
 
   const io: ThreadIO = {
-    get req() {
-      return req;
+    get writeData() {
+      return ch.writeData;
     },
-    get out() {
-      return out;
+    get readData() {
+      return ch.readData;
     },
     dout,
     replyRead: (len) => reply(H + len, 0),
     replyReadFrom: (buf, len) => {
       header(H + len, 0);
-      send(() => writevOut([out.subarray(0, H), buf.subarray(0, len)]));
+      try {
+        ch.writev([ch.out.subarray(0, H), buf.subarray(0, len)]);
+      } catch (e) {
+        gone(e);
+      }
     },
     replySplice: (file, pos, len) => {
       // A request from a ring entry is answered in the entry, never on /dev/fuse.
-      if (!spliced || len < SPLICE_MIN || writeOut !== toDevice) return false;
+      if (!spliced || len < SPLICE_MIN || ch !== device) return false;
       header(H + len, 0);
-      return spliced.reply(out, file, pos, len);
+      return spliced.reply(ch.out, file, pos, len);
     },
     replyWritten: (n) => {
       if (n > 0) Atomics.store(i32, current + L.written, 1);
-      out.writeUInt32LE(n, H);
-      out.writeUInt32LE(0, H + 4);
+      ch.out.writeUInt32LE(n, H);
+      ch.out.writeUInt32LE(0, H + 4);
       reply(H + 8, 0);
     },
     replyError: (errno) => reply(H, -errno),
@@ -206,25 +214,27 @@ export function runThread(backend: ThreadBackend): void {
     },
   };
 
+  /** The slot being served, one object filled per request (a backend keeps no reference to it). */
+  const slot: BackedSlot = { fd: -1, directFd: -1, align: 0, start: 0, length: 0, readOnly: false, tag: 0 };
+
   /** Serves a READ/WRITE of a backed handle; false if the handle is not (or no longer) backed, or the backend declines. */
   const serve = (op: number): boolean => {
-    const fh = u64(req, 40);
+    const fh = u64(ch.req, 40);
     const s = fh % L.slots;
     const w = s * 16;
     Atomics.add(i32, w + L.inflight, 1);
     try {
       if (Atomics.load(i32, w + L.state) !== 1 || f64[s * 8 + L.fh] !== fh) return false;
-      const slot: BackedSlot = {
-        fd: i32[w + L.fd]!,
-        directFd: i32[w + L.dfd]!,
-        align: i32[w + L.align]!,
-        start: f64[s * 8 + L.start]!,
-        length: f64[s * 8 + L.length]!,
-        readOnly: i32[w + L.readOnly] === 1,
-        tag: i32[w + L.tag]!,
-      };
+      slot.directFd = i32[w + L.dfd]!;
       if (slot.directFd >= 0 && !memory) return false;
+      slot.fd = i32[w + L.fd]!;
+      slot.align = i32[w + L.align]!;
+      slot.start = f64[s * 8 + L.start]!;
+      slot.length = f64[s * 8 + L.length]!;
+      slot.readOnly = i32[w + L.readOnly] === 1;
+      slot.tag = i32[w + L.tag]!;
       current = w;
+      const req = ch.req;
       const off = u64(req, 48);
       const size = req.readUInt32LE(56);
       try {
@@ -250,21 +260,16 @@ export function runThread(backend: ThreadBackend): void {
   if (uring) {
     const served = uringLoop({
       fd, fast, serve, forward,
-      bind: (r, o, w, wv) => {
-        req = r;
-        out = o;
-        writeOut = w;
-        writevOut = wv;
+      bind: (c) => {
+        ch = c;
       },
     }, uring);
-    req = req0;
-    out = out0;
-    writeOut = toDevice;
-    writevOut = toDeviceV;
+    ch = device;
     // No ring to be had: read /dev/fuse like the threads without one.
     if (served) return port?.close();
   }
 
+  const req = req0;
   for (;;) {
     let n: number;
     try {

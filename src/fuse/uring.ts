@@ -29,11 +29,25 @@ import { threadKoffi } from './thread-koffi';
  * loads koffi there, and only there where a ring is to be had.
  */
 
+/** Where a request is read from and its reply goes (/dev/fuse, or a ring entry), with the payload views made once. */
+export interface Channel {
+  req: Buffer;
+  out: Buffer;
+  /** req from WRITE_DATA on. */
+  writeData: Buffer;
+  /** out from REPLY_DATA on. */
+  readData: Buffer;
+  /** Sends out[0, len). */
+  write(len: number): void;
+  /** Sends the buffers (the first is out's header). */
+  writev(bufs: Buffer[]): void;
+}
+
 /** What runThread (thread-main.ts) lends the transport. */
 export interface RingHost {
   fd: number;
   /** The request and reply buffers serve() uses, and where its replies go. */
-  bind(req: Buffer, out: Buffer, write: (len: number) => void, writev: (bufs: Buffer[]) => void): void;
+  bind(channel: Channel): void;
   /** Serves a READ/WRITE of a backed handle from the bound buffers; false if not backed. */
   serve(op: number): boolean;
   /** Posts a request (/dev/fuse layout, `n` bytes) to the main thread; `route` names the entry awaiting its reply. */
@@ -254,7 +268,7 @@ export function uringLoop(io: RingHost, u: UringData): boolean {
       for (const b of bufs.slice(1)) len += b.copy(mem, p + len - 16);
       commit(e, bufs[0]!, len);
     };
-    return { req, out, write, writev };
+    return { req, out, writeData: mem.subarray(p, p + u.payload), readData: mem.subarray(p, p + u.payload), write, writev } satisfies Channel;
   });
 
   /** Entry e holds a request: serve it here or forward it. */
@@ -269,7 +283,7 @@ export function uringLoop(io: RingHost, u: UringData): boolean {
     if (io.fast && (op === READ || op === WRITE) && opIn === 40) {
       mem.copy(mem, p - 80, h, h + IN_HEADER);
       mem.copy(mem, p - 40, h + OP_IN, h + OP_IN + 40);
-      io.bind(v.req, v.out, v.write, v.writev);
+      io.bind(v);
       if (io.serve(op)) return;
     }
     const n = IN_HEADER + opIn + payloadSize;
