@@ -180,6 +180,7 @@ export class OverlayMap {
     let all = true;
     for (let b = b0; b <= b1 && all; b++) all = this.has(b);
     if (all) return writeRest(this.share.deltaFd, src, 0, length, this.share.dataOffset + position);
+    if (b0 === b1 && this.whole(b0, position, position + length)) return this.writeBlock(src, length, position, b0);
     return this.locked(b0, b1, () =>
       this.change(position, length, b0, b1, (blk, off, s, e) => src.copy(blk, off, s - position, e - position), (from, to) =>
         writeRest(this.share.deltaFd, src, from - position, to - position, this.share.dataOffset + position) - (from - position),
@@ -250,15 +251,41 @@ export class OverlayMap {
     this.set(b);
   }
 
+  /**
+   * The common case of a random write, without the closures of change():
+   * one whole block, absent when looked at, written under its lock (a
+   * copy-up of the block elsewhere must not land over it) and then present.
+   */
+  private writeBlock(src: Buffer, length: number, position: number, b: number): number {
+    const l = b % LOCKS;
+    this.take(l);
+    try {
+      const n = writeRest(this.share.deltaFd, src, 0, length, this.share.dataOffset + position);
+      if (n === length) this.set(b);
+      return n;
+    } finally {
+      this.give(l);
+    }
+  }
+
+  private take(l: number): void {
+    const i = LOCK0 + l;
+    while (Atomics.compareExchange(this.meta, i, 0, 1) !== 0) Atomics.wait(this.meta, i, 1, 100);
+  }
+
+  private give(l: number): void {
+    Atomics.store(this.meta, LOCK0 + l, 0);
+    Atomics.notify(this.meta, LOCK0 + l, 1);
+  }
+
   /** Runs fn holding the locks of blocks b0..b1, taken in ascending lock order. */
   private locked<T>(b0: number, b1: number, fn: () => T): T {
     const n = b1 - b0 + 1;
     const first = b0 % LOCKS;
     const taken: number[] = [];
     const take = (l: number): void => {
-      const i = LOCK0 + l;
-      while (Atomics.compareExchange(this.meta, i, 0, 1) !== 0) Atomics.wait(this.meta, i, 1, 100);
-      taken.push(i);
+      this.take(l);
+      taken.push(l);
     };
     try {
       if (n >= LOCKS) for (let l = 0; l < LOCKS; l++) take(l);
@@ -269,10 +296,7 @@ export class OverlayMap {
       }
       return fn();
     } finally {
-      for (const i of taken) {
-        Atomics.store(this.meta, i, 0);
-        Atomics.notify(this.meta, i, 1);
-      }
+      for (const l of taken) this.give(l);
     }
   }
 }
