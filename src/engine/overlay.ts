@@ -238,8 +238,16 @@ export class Overlay implements Lower {
     }
   }
 
+  /**
+   * A named delta: the data, then the bitmap (flushMap). An unnamed one is
+   * not flushed at all: it has no name and is freed with the device or the
+   * daemon, so nothing on the disk could ever read it back after a crash —
+   * an fsync would only make the device wait for the disk (ext4 allocating
+   * every hole the job filled) for nothing. Its pages reach the disk as the
+   * kernel's writeback decides.
+   */
   sync(datasync: boolean): Promise<void> {
-    if (!this.named) return this.delta.sync(datasync);
+    if (!this.named) return Promise.resolve();
     return this.flushMap(datasync);
   }
 

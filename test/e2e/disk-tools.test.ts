@@ -1,10 +1,10 @@
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
-import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { attach, entries, instDir, kernelAttach, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
+import { traceDuring } from '../helpers/trace';
 
 // SPEC §2, §3: a loopfs device is a disk for mkfs, fsck, mount -o loop and
 // dd; its window never lets a byte outside it change.
@@ -250,18 +250,13 @@ test('-b 4096: LOG-SEC 4096, the size rounded down to 4096', () => {
   assert.match(w.stderr, /No space left on device/, 'the partial last sector is not part of the device');
 });
 
-test('fsync through the device reaches the backing file; discard (fallocate -p) punches the backing file, and the range reads zero', () => {
+test('fsync through the device reaches the backing file; discard (fallocate -p) punches the backing file, and the range reads zero', async () => {
   const img = randomFile(path.join(sb.root, 'f.img'), 8 << 20);
   const offset = 1 << 20;
   const dev = attach(sb, img, ['-o', String(offset)]);
   const daemon = sb.daemons()[0]!;
   // The daemon's own syscalls show the fsync reach the backing file's descriptor.
-  const traceFile = path.join(sb.root, 'trace');
-  const tracer = spawn('strace', ['-f', '-qq', '-e', 'trace=fsync,fdatasync', '-o', traceFile, '-p', String(daemon)], { stdio: 'ignore' });
-  try {
-    const deadline = Date.now() + 5000;
-    while (!fs.existsSync(traceFile) && Date.now() < deadline) shOk('sleep 0.05');
-    shOk('sleep 0.3');
+  const trace = await traceDuring(sb.root, daemon, 'fsync,fdatasync', () => {
     const r = sh(`python3 -c ${q(`
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
@@ -272,11 +267,7 @@ os.fdatasync(fd)
 print('ok')
 `)} ${q(dev)}`);
     assert.is(r.stdout, 'ok\n', r.stderr);
-  } finally {
-    tracer.kill('SIGINT');
-    shOk('sleep 0.3');
-  }
-  const trace = fs.readFileSync(traceFile, 'utf8');
+  });
   const synced = [...trace.matchAll(/\b(fsync|fdatasync)\((\d+)\) += 0/g)].map((m) => [m[1], fs.readlinkSync(`/proc/${daemon}/fd/${m[2]}`)]);
   assert.ok(synced.some(([call, file]) => call === 'fsync' && file === img), `the daemon fsynced the backing file: ${trace}`);
   assert.ok(synced.some(([call, file]) => call === 'fdatasync' && file === img), `the daemon fdatasynced the backing file: ${trace}`);

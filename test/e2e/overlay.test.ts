@@ -3,13 +3,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { sandboxSuite } from '../helpers/e2e';
+import { requiring, sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf, waitFor } from '../helpers/cli';
 import { attach, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
+import { traceDuring } from '../helpers/trace';
 
 // SPEC §8: copy-on-write devices over a shared base (losetup --overlay, loopfs overlay).
 let sb: Sandbox;
 const test = sandboxSuite('overlay: copy-on-write devices over a shared base', 'overlay', (s) => (sb = s), releaseKernelState);
+const withStrace = requiring(test, spawnSync('strace', ['-V']).error ? 'strace is missing' : undefined);
 
 /** A 64 MiB ext4 image holding a few files (mke2fs -d). */
 function goldenImage(name = 'golden.img'): string {
@@ -294,6 +296,26 @@ while True:
   }
   assert.ok(total >= 5 * rounds, `files were written (${total})`);
   assert.is(sha(img), before);
+});
+
+// An unnamed delta cannot be read back after a crash (no name; freed with the device or the daemon), so an fsync of
+// its device flushes nothing; a named delta's fsync is an fdatasync of the delta (its data, then its bitmap).
+withStrace('fsync of an overlay: an unnamed delta is never flushed, a named one is fdatasync\'d', async () => {
+  const img = randomFile(path.join(sb.root, 'sync-base.img'), 4 << 20);
+  const before = sha(img);
+  const named = path.join(sb.root, 'sync.delta');
+  const tmp = attach(sb, img, ['--overlay']);
+  const kept = attach(sb, img, [`--overlay=${named}`]);
+  const daemon = sb.daemons()[0]!;
+  const fsync = (dev: string): void => void shOk(`dd if=/dev/urandom of=${q(dev)} bs=4k count=16 seek=3 conv=notrunc,fsync status=none`);
+  const flushed = async (dev: string): Promise<string[]> => {
+    const trace = await traceDuring(sb.root, daemon, 'fsync,fdatasync', () => fsync(dev));
+    return [...trace.matchAll(/\b(?:fsync|fdatasync)\((\d+)\) += 0/g)].map((m) => fs.readlinkSync(`/proc/${daemon}/fd/${m[1]}`));
+  };
+  assert.equal(await flushed(tmp), [], 'nothing flushed for the unnamed delta');
+  assert.ok((await flushed(kept)).includes(named), 'the named delta was flushed');
+  assert.is(sha(img), before, 'the base is unchanged');
+  sb.ok(['losetup', '-d', tmp, kept]);
 });
 
 test('fio verify on an overlay of a random base', () => {

@@ -1,10 +1,11 @@
 import * as assert from 'uvu/assert';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { sandboxSuite, requiring } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { attach, kernelAttach, q, randomFile, releaseKernelState, shOk } from '../helpers/disk';
+import { traceDuring } from '../helpers/trace';
 
 // The I/O threads reply to a READ of a plain file range with splice(2)
 // (fuse/splice.ts): the data goes from the page cache through a pipe into
@@ -22,25 +23,9 @@ const withStrace = requiring(test, spawnSync('strace', ['-V']).error ? 'strace i
 
 const MiB = 1 << 20;
 
-/** The splice(2) calls the daemon `pid` (all its threads, and those it starts) makes while `work` runs. */
+/** The splice(2) calls the daemon `pid` makes while `work` runs. */
 async function splicesDuring(pid: number, work: () => void): Promise<number> {
-  const log = path.join(sb.root, `strace.${pid}.${Date.now()}`);
-  const tracer = spawn('strace', ['-f', '-qq', '-e', 'trace=splice', '-e', 'signal=none', '-o', log, '-p', String(pid)], { stdio: 'ignore' });
-  const exited = new Promise<void>((resolve) => tracer.on('exit', () => resolve()));
-  try {
-    // Attached once every thread of the daemon has a tracer.
-    const deadline = Date.now() + 10_000;
-    const traced = (): boolean => fs.readdirSync(`/proc/${pid}/task`).every((t) => /^TracerPid:\s+[1-9]/m.test(fs.readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8')));
-    while (!traced()) {
-      if (Date.now() > deadline) assert.unreachable('strace attached within 10 s');
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    work();
-  } finally {
-    tracer.kill('SIGTERM');
-    await exited;
-  }
-  return fs.readFileSync(log, 'utf8').split('\n').filter((l) => /\bsplice\(/.test(l)).length;
+  return (await traceDuring(sb.root, pid, 'splice', work)).split('\n').filter((l) => /\bsplice\(/.test(l)).length;
 }
 
 for (const on of [true, false]) {
