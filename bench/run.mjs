@@ -830,7 +830,10 @@ async function settled(pid) {
  * nothing attached): its private (anonymous) memory, RSS and PSS, a fresh
  * instance each run; then what each bound device adds to its private
  * memory (DEVICES attached from one process through the control socket,
- * bench/attach.ts). Figures are taken once the daemon has settled. The
+ * bench/attach.ts, then DEVICES more: the figure judged is the second
+ * batch's, the slope; the first batch also pays, once, for the attach path
+ * itself — its compiled code, the heap growing — and is shown beside it).
+ * Figures are taken once the daemon has settled. The
  * binary was dropped from the page cache before its first run: just written by the build,
  * its pages sit in large folios that a fault maps whole, so the daemon of a
  * fresh build counts ~15 MB more of the (shared, clean) binary in its RSS
@@ -843,6 +846,7 @@ async function memorySuite(lf, loopfs, env, work, runDir) {
   const attacher = await bundleBench('attach.ts');
   const idle = [];
   const perDevice = [];
+  const firstBatch = [];
   const img = path.join(work, 'memory.img');
   fs.writeFileSync(img, Buffer.alloc(MiB));
   await lf(['sysctl', 'max_loop_devices=100000']);
@@ -856,10 +860,13 @@ async function memorySuite(lf, loopfs, env, work, runDir) {
     idle.push(before);
     await run(process.execPath, [attacher, mnt, img, String(DEVICES)], { env: menv });
     const after = await settled(pid);
-    perDevice.push(((after.anon - before.anon) * 1024) / DEVICES);
+    await run(process.execPath, [attacher, mnt, img, String(DEVICES)], { env: menv });
+    const after2 = await settled(pid);
+    firstBatch.push(((after.anon - before.anon) * 1024) / DEVICES);
+    perDevice.push(((after2.anon - after.anon) * 1024) / DEVICES);
     timeSync(loopfs, ['losetup', '-D'], menv);
     timeSync(loopfs, ['umount', mnt], env);
-    log(`  idle: private ${before.anon} kB, RSS ${before.rss} kB, PSS ${before.pss} kB; ${DEVICES} bound devices: +${after.anon - before.anon} kB`);
+    log(`  idle: private ${before.anon} kB, RSS ${before.rss} kB, PSS ${before.pss} kB; ${DEVICES} bound devices: +${after.anon - before.anon} kB, ${DEVICES} more: +${after2.anon - after.anon} kB`);
   }
   // MANY idle instances at once (a CI host with a `loopfs run` per job): the sum of their PSS,
   // each daemon's private memory plus its share of the binary's pages.
@@ -892,7 +899,7 @@ async function memorySuite(lf, loopfs, env, work, runDir) {
   return [
     { section, name: 'idle instance: private (anonymous)', loopfs: mb(anon), kernel: '', ratio: '', raw: `PSS ${mb(pss)}`, target: '≤ 15 MB', met: anon <= 15 * 1024 },
     { section, name: 'idle instance: RSS', loopfs: mb(rss), kernel: '', ratio: '', raw: '', target: '≤ 50 MB', met: rss <= 50 * 1024 },
-    { section, name: `each bound device (${DEVICES} attached)`, loopfs: `${(dev / 1024).toFixed(2)} KB`, kernel: '', ratio: '', raw: '', target: '≤ 2 KB', met: dev <= 2048 },
+    { section, name: `each bound device (${DEVICES} attached to ${DEVICES})`, loopfs: `${(dev / 1024).toFixed(2)} KB`, kernel: '', ratio: '', raw: `first ${DEVICES}, with the attach path's start: ${(median(firstBatch) / 1024).toFixed(2)} KB each`, target: '≤ 2 KB', met: dev <= 2048 },
     { section, name: `${MANY} idle instances at once: total PSS`, loopfs: mb(totalPss), kernel: '', ratio: '', raw: `${mb(totalPss / MANY)} each`, target: `≤ ${MANY * 15} MB (${MANY} × 15 MB)`, met: totalPss <= MANY * 15 * 1024 },
   ];
 }
@@ -1003,9 +1010,11 @@ const HOW_MEASURED = `## How it is measured
   binary is dropped from the page cache before its first run, so its pages are mapped as from disk
   (just written by the build they sit in large folios that a fault maps whole, ~15 MB more RSS).
   Per device (≤ 2 KB): 1000 devices attached through the control socket from one process
-  (bench/attach.ts), the growth of the private memory once settled (V8 gives heap pages back some
-  seconds after a burst: every memory figure is read after at least 10 s, once three readings a
-  second apart agree), divided by 1000. 50 instances at once: 50 idle instances mounted side by
+  (bench/attach.ts), then 1000 more; the growth of the private memory from 1000 to 2000 devices
+  once settled (V8 gives heap pages back some seconds after a burst: every memory figure is read
+  after at least 10 s, once three readings a second apart agree), divided by 1000. The first 1000's
+  growth, shown beside it, also holds what the first attach costs once (the attach path's compiled
+  code, the heap growing: ~2.5 MB); up to commit 0daeab3 that was the figure judged. 50 instances at once: 50 idle instances mounted side by
   side, the sum of their \`Pss\` once it holds within 0.5% for three readings (the binary's shared
   pages counted once in all). Issue 14 gives no figure of its own for this row: its target is 50 ×
   the 15 MB private target of one instance.
