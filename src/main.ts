@@ -1,16 +1,12 @@
-import { cac } from 'cac';
 import { usageError } from './base/errors';
-import { reportError } from './commands/report';
-import { registerCommands } from './commands/index';
-import { losetupCommandArgv, losetupMain } from './commands/losetup';
-import { runArgv } from './commands/run';
-import { installSpinner } from './commands/ui';
 import { VERSION } from './version';
 
 /**
  * The entry point: builds the CLI from commands/ and turns every error into
  * one line on stderr and an exit status. The daemon is this same binary run
- * with the hidden first argument `__daemon`.
+ * with the hidden first argument `__daemon`. Every module is loaded by the
+ * path that needs it: a daemon or a sandbox init starts without the CLI's
+ * (cac, the commands, colours), the CLI without the daemon's.
  */
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === '__daemon') {
@@ -23,7 +19,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       process.exit(await runDaemon(argv.slice(1)));
     } catch (e) {
-      process.exit(reportError('daemon', e));
+      process.exit((await import('./commands/report')).reportError('daemon', e));
     }
   }
   if (argv[0] === '__run-init') {
@@ -32,9 +28,12 @@ async function main(argv: string[]): Promise<number> {
     try {
       process.exit(await runSandboxInit(argv.slice(1)));
     } catch (e) {
-      process.exit(reportError('run', e));
+      process.exit((await import('./commands/report')).reportError('run', e));
     }
   }
+  const [{ cac }, { reportError }, { registerCommands }, { losetupCommandArgv, losetupMain }, { runArgv }, { installSpinner }] = await Promise.all([
+    import('cac'), import('./commands/report'), import('./commands/index'), import('./commands/losetup'), import('./commands/run'), import('./commands/ui'),
+  ]);
   installSpinner();
   // `loopfs losetup` is util-linux's losetup, --help and error lines included: cac never sees it.
   const lo = losetupCommandArgv(argv);
@@ -69,7 +68,7 @@ main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
   },
-  (err) => {
-    process.exitCode = reportError('', err);
+  async (err) => {
+    process.exitCode = (await import('./commands/report')).reportError('', err);
   },
 );
