@@ -1,15 +1,16 @@
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { sandboxSuite } from '../helpers/e2e';
+import { requiring, sandboxSuite } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { attach, entries, instDir, kernelAttach, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
-import { traceDuring } from '../helpers/trace';
+import { straceMissing, traceDuring } from '../helpers/trace';
 
 // SPEC §2, §3: a loopfs device is a disk for mkfs, fsck, mount -o loop and
 // dd; its window never lets a byte outside it change.
 let sb: Sandbox;
 const test = sandboxSuite('disk: real tools on loopfs devices', 'disk', (s) => (sb = s), releaseKernelState);
+const withStrace = requiring(test, straceMissing);
 
 test('losetup -f --show, mkfs.ext4, e2fsck clean, mount -o loop, write files, umount, detach: the image is clean and holds the files', () => {
   const img = path.join(sb.root, 'disk.img');
@@ -250,7 +251,7 @@ test('-b 4096: LOG-SEC 4096, the size rounded down to 4096', () => {
   assert.match(w.stderr, /No space left on device/, 'the partial last sector is not part of the device');
 });
 
-test('fsync through the device reaches the backing file; discard (fallocate -p) punches the backing file, and the range reads zero', async () => {
+withStrace('fsync through the device reaches the backing file; discard (fallocate -p) punches the backing file, and the range reads zero', async () => {
   const img = randomFile(path.join(sb.root, 'f.img'), 8 << 20);
   const offset = 1 << 20;
   const dev = attach(sb, img, ['-o', String(offset)]);

@@ -6,12 +6,12 @@ import { createHash } from 'node:crypto';
 import { requiring, sandboxSuite } from '../helpers/e2e';
 import { Sandbox, errnoOf, waitFor } from '../helpers/cli';
 import { attach, q, randomFile, releaseKernelState, sh, sha, shOk } from '../helpers/disk';
-import { traceDuring } from '../helpers/trace';
+import { straceMissing, traceDuring } from '../helpers/trace';
 
 // SPEC §8: copy-on-write devices over a shared base (losetup --overlay, loopfs overlay).
 let sb: Sandbox;
 const test = sandboxSuite('overlay: copy-on-write devices over a shared base', 'overlay', (s) => (sb = s), releaseKernelState);
-const withStrace = requiring(test, spawnSync('strace', ['-V']).error ? 'strace is missing' : undefined);
+const withStrace = requiring(test, straceMissing);
 
 /** A 64 MiB ext4 image holding a few files (mke2fs -d). */
 function goldenImage(name = 'golden.img'): string {

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { sandboxSuite, requiring } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
 import { attach, kernelAttach, q, randomFile, releaseKernelState, shOk } from '../helpers/disk';
-import { traceDuring } from '../helpers/trace';
+import { straceMissing, traceDuring } from '../helpers/trace';
 
 // The I/O threads reply to a READ of a plain file range with splice(2)
 // (fuse/splice.ts): the data goes from the page cache through a pipe into
@@ -19,7 +19,7 @@ import { traceDuring } from '../helpers/trace';
 // /dev/fuse (LOOPFS_URING=0) whatever the switch says.
 let sb: Sandbox;
 const test = sandboxSuite('READ replies spliced from the backing file', 'splice', (s) => (sb = s), releaseKernelState);
-const withStrace = requiring(test, spawnSync('strace', ['-V']).error ? 'strace is missing' : undefined);
+const withStrace = requiring(test, straceMissing);
 
 const MiB = 1 << 20;
 

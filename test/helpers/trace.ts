@@ -1,7 +1,10 @@
 import * as assert from 'uvu/assert';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+
+/** Why traceDuring cannot run here (for requiring()), or undefined. */
+export const straceMissing: string | undefined = spawnSync('strace', ['-V']).error ? 'strace is missing' : undefined;
 
 /**
  * What strace saw process `pid` (all its threads, and those it starts) call
