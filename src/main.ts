@@ -8,6 +8,11 @@ import { VERSION } from './version';
  * path that needs it: a daemon or a sandbox init starts without the CLI's
  * (cac, the commands, colours), the CLI without the daemon's.
  */
+/** commands/report.ts's reportError, loaded when an error is to be told. */
+async function report(cmd: string, e: unknown): Promise<number> {
+  return (await import('./commands/report')).reportError(cmd, e);
+}
+
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === '__daemon') {
     // A daemon lives long and mostly idle: V8 doubles the young generation under a burst of
@@ -19,7 +24,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       process.exit(await runDaemon(argv.slice(1)));
     } catch (e) {
-      process.exit((await import('./commands/report')).reportError('daemon', e));
+      process.exit(await report('daemon', e));
     }
   }
   if (argv[0] === '__run-init') {
@@ -28,7 +33,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       process.exit(await runSandboxInit(argv.slice(1)));
     } catch (e) {
-      process.exit((await import('./commands/report')).reportError('run', e));
+      process.exit(await report('run', e));
     }
   }
   const [{ cac }, { reportError }, { registerCommands }, { losetupCommandArgv, losetupMain }, { runArgv }, { installSpinner }] = await Promise.all([
@@ -69,6 +74,6 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   async (err) => {
-    process.exitCode = (await import('./commands/report')).reportError('', err);
+    process.exitCode = await report('', err);
   },
 );
