@@ -12,6 +12,7 @@ import { straceMissing, traceDuring } from '../helpers/trace';
 let sb: Sandbox;
 const test = sandboxSuite('overlay: copy-on-write devices over a shared base', 'overlay', (s) => (sb = s), releaseKernelState);
 const withStrace = requiring(test, straceMissing);
+const withFio = requiring(test, spawnSync('fio', ['--version']).error ? 'fio is missing (apt-get install fio; .ci/run installs it)' : undefined);
 
 /** A 64 MiB ext4 image holding a few files (mke2fs -d). */
 function goldenImage(name = 'golden.img'): string {
@@ -318,9 +319,7 @@ withStrace('fsync of an overlay: an unnamed delta is never flushed, a named one 
   sb.ok(['losetup', '-d', tmp, kept]);
 });
 
-test('fio verify on an overlay of a random base', () => {
-  const probe = spawnSync('fio', ['--version'], { encoding: 'utf8' });
-  assert.ok(!probe.error, 'fio is not installed (apt-get install fio; .ci/run installs it)');
+withFio('fio verify on an overlay of a random base', () => {
   const img = randomFile(path.join(sb.root, 'random.img'), 64 << 20);
   const before = sha(img);
   const dev = attach(sb, img, ['--overlay']);
@@ -333,9 +332,7 @@ test('fio verify on an overlay of a random base', () => {
   sb.ok(['losetup', '-d', dev]);
 });
 
-test('2 KiB direct writes, 32 in flight, into the blocks of an overlay (several I/O threads at once): fio verifies them all, the rest reads the base', () => {
-  const probe = spawnSync('fio', ['--version'], { encoding: 'utf8' });
-  assert.ok(!probe.error, 'fio is not installed (apt-get install fio; .ci/run installs it)');
+withFio('2 KiB direct writes, 32 in flight, into the blocks of an overlay (several I/O threads at once): fio verifies them all, the rest reads the base', () => {
   const img = randomFile(path.join(sb.root, 'race.img'), 8 << 20);
   const before = sha(img);
   const dev = attach(sb, img, ['--overlay']);
