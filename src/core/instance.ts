@@ -7,11 +7,12 @@ import { ensurePrivateDir, instancesDir, defaultMountpoint, type RunDir, type Se
 import { ALIAS_FILE, O_PATH, daemonAlive, findInstance, listInstances, type InstanceRecord } from './registry';
 import { ControlClient, requestWithin } from './client';
 import type { Op, Requests } from './protocol';
-import { LOG_FILE } from './state';
+import { LOG_FILE, SOCKET_FILE, instanceState, writeState } from './state';
 import { waiting } from './progress';
-import { PARENTS_FILE } from './limits';
-import { flock, LOCK_EX, LOCK_UN } from '../sys/libc';
-import { isMounted, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
+import { PARENTS_FILE, checkLevels, levelsFor } from './limits';
+import { flock, umount2, LOCK_EX, LOCK_UN, MNT_DETACH } from '../sys/libc';
+import { UnixServer } from '../sys/unixsock';
+import { isMounted, isRoot, mountFuse, type Mounted, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
 import type { DeviceRef, InstanceClient } from './api';
 
 /** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
@@ -55,7 +56,10 @@ export function selfCommand(): string[] {
   return sea ? [process.execPath] : [process.execPath, process.argv[1]!];
 }
 
-/** Mounts a new instance at `mountpoint` and returns once its daemon serves it. */
+/**
+ * Mounts a new instance at `mountpoint` and returns once it is mounted and
+ * its daemon started (as root: handOver) or serving (an ordinary user).
+ */
 export async function startInstance(runDir: RunDir, mountpoint: string, opts: StartOptions, id?: string): Promise<InstanceRecord> {
   const isDefault = id === DEFAULT_ID;
   return withRunDirLock(runDir, async () => {
@@ -73,19 +77,56 @@ export async function startInstance(runDir: RunDir, mountpoint: string, opts: St
     if (opts.alias) writeAlias(stateDir, opts.alias);
     const uid = opts.uid ?? process.getuid?.() ?? 0;
     const gid = opts.gid ?? process.getgid?.() ?? 0;
-    const log = fs.openSync(path.join(stateDir, LOG_FILE), 'a', 0o600);
     // Inside `loopfs run` the daemon gets a mount namespace of its own (see sandboxMountpoint).
     const sandboxed = fs.existsSync(path.join(runDir, PARENTS_FILE));
     const bound = sandboxed ? sandboxMountpoint(runDir, mountpoint) : false;
-    const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(opts.max ?? MAX_DEVICES), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir, ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : [])];
+    const spec = { id: instId, mountpoint, uid, gid, max: opts.max ?? MAX_DEVICES, removeMountpoint: isDefault, boundMountpoint: bound };
+    // What a start that fails leaves: nothing (the mount, if made, is undone by whoever made it).
+    const undo = (): void => {
+      fs.rmSync(stateDir, { recursive: true, force: true });
+      if (bound) cp().spawnSync('umount', ['-n', mountpoint]);
+      if (isDefault) rmdirQuiet(mountpoint);
+    };
+    // As root the mount and the control socket are made here and handed to the daemon.
+    let handed: Handover | undefined;
+    try {
+      checkLevels(levelsFor(runDir, uid));
+      handed = isRoot() ? await handOver(stateDir, spec) : undefined;
+    } catch (e) {
+      undo();
+      throw e;
+    }
+    const daemonArgv = [...selfCommand(), '__daemon', '--id', instId, '--mountpoint', mountpoint, '--state', stateDir, '--max', String(spec.max), '--uid', String(uid), '--gid', String(gid), '--run-dir', runDir,
+      ...(isDefault ? ['--remove-mountpoint'] : []), ...(bound ? ['--bound-mountpoint'] : []), ...(handed ? ['--fuse-fd', '3', '--control-fd', '4'] : [])];
     const argv = sandboxed ? ['unshare', '--mount', '--propagation', 'unchanged', '--', ...daemonArgv] : daemonArgv;
-    const child = cp().spawn(argv[0]!, argv.slice(1), {
-      detached: true,
-      stdio: ['ignore', log, log, 'pipe'],
-      // Two malloc arenas: memory one pool thread frees serves the next (one arena per thread keeps it all).
-      env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' },
-    });
-    fs.closeSync(log);
+    const log = fs.openSync(path.join(stateDir, LOG_FILE), 'a', 0o600);
+    let child: ChildProcess.ChildProcess;
+    try {
+      child = cp().spawn(argv[0]!, argv.slice(1), {
+        detached: true,
+        stdio: ['ignore', log, log, ...(handed ? [handed.fuse.fd, handed.control.fd] : ['pipe' as const])],
+        // Two malloc arenas: memory one pool thread frees serves the next (one arena per thread keeps it all).
+        env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' },
+      });
+    } finally {
+      fs.closeSync(log);
+      handed?.close();
+    }
+    if (handed) {
+      // The daemon holds the mount and the socket now; its record names it. A spawn that failed
+      // (no pid) has left the connection with nobody: the kernel aborted it, the mount goes.
+      child.on('error', () => { /* reported below, by the missing pid */ });
+      if (child.pid === undefined) {
+        handed.unmount();
+        undo();
+        throw new LoopfsError('EIO', mountpoint, 'cannot start the instance daemon');
+      }
+      writeState(stateDir, instanceState(spec, child.pid));
+      child.unref();
+      const rec = findInstance(runDir, instId);
+      if (rec) return rec;
+      throw new LoopfsError('EIO', mountpoint, 'the instance daemon left no state');
+    }
     const line = await waiting(`starting the loopfs instance at ${mountpoint}`, () => firstLine(child.stdio[3] as NodeJS.ReadableStream));
     child.unref();
     (child.stdio[3] as unknown as { destroy(): void }).destroy();
@@ -104,11 +145,53 @@ export async function startInstance(runDir: RunDir, mountpoint: string, opts: St
       const logText = readTail(path.join(stateDir, LOG_FILE));
       err = new LoopfsError('EIO', mountpoint, `the daemon exited before it was ready${logText ? `: ${logText}` : ''}`);
     }
-    fs.rmSync(stateDir, { recursive: true, force: true });
-    if (bound) cp().spawnSync('umount', ['-n', mountpoint]);
-    if (isDefault) rmdirQuiet(mountpoint);
+    undo();
     throw err;
   });
+}
+
+interface Handover {
+  fuse: Mounted;
+  control: UnixServer;
+  /** Closes this process's copies (after the daemon got its own). */
+  close(): void;
+  /** Takes the mount down again (the daemon could not be started). */
+  unmount(): void;
+}
+
+/**
+ * A root start makes the FUSE mount and the control socket itself and hands
+ * both to the daemon: from then on the kernel holds the filesystem's first
+ * requests (INIT, then what callers ask) and the socket's backlog holds the
+ * control clients until the daemon serves them, so a start returns without
+ * waiting for the daemon's runtime to come up. Errors of the mount (no
+ * /dev/fuse, a refused mount) are the starter's, told at once.
+ */
+async function handOver(stateDir: string, spec: { mountpoint: string; uid: number; gid: number }): Promise<Handover> {
+  const fuse = await mountFuse(spec.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: spec.uid, gid: spec.gid, allowOther: true });
+  const unmount = (): void => {
+    try {
+      umount2(spec.mountpoint, MNT_DETACH);
+    } catch {
+      /* gone already */
+    }
+  };
+  let control: UnixServer;
+  try {
+    control = UnixServer.listen(path.join(stateDir, SOCKET_FILE), 0o600);
+  } catch (e) {
+    fs.closeSync(fuse.fd);
+    unmount();
+    throw e;
+  }
+  return {
+    fuse, control, unmount,
+    // Closed, not shut down: a shutdown(2) would stop the daemon's copy listening too.
+    close: () => {
+      fs.closeSync(fuse.fd);
+      fs.closeSync(control.fd);
+    },
+  };
 }
 
 function writeAlias(stateDir: string, alias: string): void {

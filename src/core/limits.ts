@@ -169,6 +169,14 @@ export class Budget {
   }
 }
 
+/**
+ * Opens and closes what a daemon's Budget opens at its start: a starter that
+ * does not wait for its daemon tells these errors itself.
+ */
+export function checkLevels(refs: LevelRef[]): void {
+  for (const r of refs) fs.closeSync(new Level(r).fd);
+}
+
 /** The levels above a run directory (written by `loopfs run` into the sandbox's run directory). */
 export function readParents(runDir: string): LevelRef[] {
   const file = path.join(runDir, PARENTS_FILE);

@@ -28,6 +28,11 @@ export interface InstanceState {
   created: string;
 }
 
+/** The record of an instance whose daemon is `pid`. */
+export function instanceState(d: Pick<InstanceState, 'id' | 'mountpoint' | 'uid' | 'gid' | 'max' | 'removeMountpoint' | 'boundMountpoint'>, pid: number): InstanceState {
+  return { version: 1, id: d.id, mountpoint: d.mountpoint, pid, uid: d.uid, gid: d.gid, max: d.max, removeMountpoint: d.removeMountpoint, boundMountpoint: d.boundMountpoint, created: new Date().toISOString() };
+}
+
 export function writeState(dir: string, st: InstanceState): void {
   const tmp = path.join(dir, `.${STATE_FILE}.${process.pid}`);
   const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600);

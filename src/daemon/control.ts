@@ -46,8 +46,9 @@ export class ControlServer {
   private wake: (() => void) | undefined;
   private logWindow = { start: 0, lines: 0, dropped: 0 };
 
-  constructor(path: string, private readonly inst: Instance, hooks: ControlHooks, private readonly log: (s: string) => void) {
-    this.server = UnixServer.listen(path, 0o600);
+  /** `server`: the instance's control socket, listening (bound by the daemon or by the process that started it). */
+  constructor(server: UnixServer, private readonly inst: Instance, hooks: ControlHooks, private readonly log: (s: string) => void) {
+    this.server = server;
     this.handlers = {
       status: () => hooks.status(),
       list: () => inst.list(),

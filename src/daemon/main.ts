@@ -2,7 +2,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { InstanceStatus } from '../core/protocol';
-import { SOCKET_FILE, writeState, type InstanceState } from '../core/state';
+import { SOCKET_FILE, instanceState, readState, writeState } from '../core/state';
+import { UnixServer } from '../sys/unixsock';
+import { setCloexec } from '../sys/libc';
 import { mountFuse, unmountFuse, type Mounted } from '../fuse/mount';
 import { Session } from '../fuse/session';
 import type { KernelNotifier } from '../fuse/types';
@@ -14,10 +16,16 @@ import { ioThreadProgram } from './io-thread-program';
 
 /**
  * The daemon of one instance: `loopfs __daemon --id … --mountpoint … --state …`.
- * Mounts the FUSE filesystem, serves it and the control socket, reports
- * "ready" (or the error) on fd 3 to the `loopfs mount` that started it, and
- * removes its state (and a mountpoint it owns) when the mount goes away —
- * unmounted by `loopfs umount`, by umount(8), or lazily after the last close.
+ * Serves the FUSE filesystem and the control socket, and removes its state
+ * (and a mountpoint it owns) when the mount goes away — unmounted by
+ * `loopfs umount`, by umount(8), or lazily after the last close.
+ *
+ * Started by root, it is handed a mount already made and a control socket
+ * already listening (`--fuse-fd`, `--control-fd`, core/instance.ts): the
+ * kernel holds the first requests, and the control socket's clients, until
+ * it serves them, and its starter does not wait for it. Started by an
+ * ordinary user, it mounts through fusermount3 and binds the socket itself,
+ * then reports "ready" (or the error) on fd 3 to the process that started it.
  */
 
 interface DaemonArgs {
@@ -30,6 +38,8 @@ interface DaemonArgs {
   removeMountpoint: boolean;
   boundMountpoint: boolean;
   runDir: string;
+  /** The mount and the control socket made by the starter, when it made them. */
+  adopted?: { fuseFd: number; controlFd: number };
 }
 
 function parseArgs(argv: string[]): DaemonArgs {
@@ -48,6 +58,7 @@ function parseArgs(argv: string[]): DaemonArgs {
     removeMountpoint: argv.includes('--remove-mountpoint'),
     boundMountpoint: argv.includes('--bound-mountpoint'),
     runDir: get('run-dir'),
+    ...(argv.includes('--fuse-fd') ? { adopted: { fuseFd: Number(get('fuse-fd')), controlFd: Number(get('control-fd')) } } : {}),
   };
 }
 
@@ -79,7 +90,10 @@ export async function runDaemon(argv: string[]): Promise<number> {
     const limits = { reserve: (n: number) => budget.reserve(n), release: (n: number) => budget.release(n) };
     // allow_other lets root reach an instance it mounted for another owner; an
     // ordinary user's instance (through fusermount3) is the owner's alone.
-    mounted = await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
+    if (a.adopted) setCloexec(a.adopted.fuseFd); // what the daemon starts (umount(8)) must not hold the connection
+    mounted = a.adopted
+      ? { fd: a.adopted.fuseFd, mountpoint: a.mountpoint, release: () => {} }
+      : await mountFuse(a.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: a.uid, gid: a.gid, allowOther: process.geteuid?.() === 0 });
     // The instance is made with the session that serves it, as its KernelNotifier.
     const made = (kernel: KernelNotifier): LoopFilesystem => new LoopFilesystem(new Instance(a.id, a.mountpoint, { uid: a.uid, gid: a.gid }, a.max, kernel, limits, a.state));
     // io_uring where the administrator switched it on (the kernel offers it then); LOOPFS_URING=0 keeps /dev/fuse.
@@ -89,12 +103,12 @@ export async function runDaemon(argv: string[]): Promise<number> {
       uringSpread: process.env.LOOPFS_URING_SPREAD !== '0', splice: process.env.LOOPFS_SPLICE !== '0',
     });
     inst = session.fsys.inst;
-    control = new ControlServer(path.join(a.state, SOCKET_FILE), inst, {
+    const socket = path.join(a.state, SOCKET_FILE);
+    control = new ControlServer(a.adopted ? UnixServer.adopt(a.adopted.controlFd, socket) : UnixServer.listen(socket), inst, {
       status: (): InstanceStatus => ({ id: a.id, mountpoint: a.mountpoint, uid: a.uid, gid: a.gid, max: inst.table.max, pid: process.pid, devices: inst.table.count, bound: inst.boundDevices, open: inst.openDevices }),
       remount: (max) => {
         inst.table.max = max;
-        state.max = max;
-        writeState(a.state, state);
+        writeState(a.state, { ...readState(a.state), max });
       },
       umount: async (lazy) => {
         if (!lazy && inst.openDevices > 0) throw new LoopfsError('EBUSY', a.mountpoint, `${inst.openDevices} device(s) open`);
@@ -103,11 +117,25 @@ export async function runDaemon(argv: string[]): Promise<number> {
     }, log);
   } catch (e) {
     const err = toLoopfsError(e, a.mountpoint);
-    tellParent(`error ${err.errno} ${JSON.stringify({ what: err.what, reason: err.reason })}`);
+    if (!a.adopted) {
+      tellParent(`error ${err.errno} ${JSON.stringify({ what: err.what, reason: err.reason })}`);
+      return 1;
+    }
+    // Nobody waits for an adopted start: say why in the log, and take down what was handed over.
+    log(`cannot serve the instance: ${err.what}: ${err.reason} (${err.errno})`);
+    await unmountFuse(a.mountpoint, true).catch(() => undefined);
+    fs.rmSync(a.state, { recursive: true, force: true });
+    if (a.removeMountpoint) {
+      try {
+        fs.rmdirSync(a.mountpoint);
+      } catch {
+        /* left for loopfs gc */
+      }
+    }
     return 1;
   }
-  const state: InstanceState = { version: 1, id: a.id, mountpoint: a.mountpoint, pid: process.pid, uid: a.uid, gid: a.gid, max: a.max, removeMountpoint: a.removeMountpoint, boundMountpoint: a.boundMountpoint, created: new Date().toISOString() };
-  writeState(a.state, state);
+  // An adopted start's record was written by its starter.
+  if (!a.adopted) writeState(a.state, instanceState(a, process.pid));
 
   const served = control.serve();
   const stop = (): void => {
@@ -117,7 +145,7 @@ export async function runDaemon(argv: string[]): Promise<number> {
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
   process.on('SIGHUP', () => {});
-  tellParent('ready');
+  if (!a.adopted) tellParent('ready');
 
   try {
     await session.serve();

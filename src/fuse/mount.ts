@@ -3,17 +3,17 @@ import * as path from 'node:path';
 import type * as ChildProcess from 'node:child_process';
 import { socketPair } from '../sys/unixsock';
 import { closeFds } from '../sys/socket-calls';
-import { umount2, MNT_DETACH } from '../sys/libc';
+import { mount, umount2, MNT_DETACH, MS_NODEV, MS_NOSUID } from '../sys/libc';
 import { LoopfsError, errnoOf, type Errno } from '../base/errors';
 
 /** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
 const cp = (): typeof ChildProcess => require('node:child_process') as typeof ChildProcess;
 
 /**
- * Mounting a FUSE filesystem without libfuse. As root: open /dev/fuse, hand
- * the fd to mount(8) as fd 3, and pass `fd=3` in the options (`-i` keeps
- * mount(8) from looking for a /sbin/mount.fuse helper). As an ordinary user:
- * through the setuid helper fusermount3, as libfuse does (see mountFuseUser).
+ * Mounting a FUSE filesystem without libfuse. As root: open /dev/fuse and
+ * mount(2) with `fd=N` in the options (what mount(8) would do, without
+ * starting it). As an ordinary user: through the setuid helper fusermount3,
+ * as libfuse does (see mountFuseUser).
  */
 
 export interface MountOptions {
@@ -37,8 +37,8 @@ export interface Mounted {
   release(): void;
 }
 
-/** Root mounts with mount(8); anyone else through fusermount3. */
-function isRoot(): boolean {
+/** Root mounts with mount(2) itself; anyone else through fusermount3. */
+export function isRoot(): boolean {
   return (process.geteuid?.() ?? 0) === 0;
 }
 
@@ -53,20 +53,19 @@ export async function mountFuse(mountpoint: string, opts: MountOptions): Promise
     throw new LoopfsError(code, mountpoint, `cannot open /dev/fuse: ${why}`);
   }
   const options = [
-    'fd=3',
+    `fd=${fd}`,
     'rootmode=40000',
     `user_id=${opts.uid}`,
     `group_id=${opts.gid}`,
     'default_permissions',
     ...(opts.allowOther ? ['allow_other'] : []),
-    'nosuid',
-    'nodev',
   ].join(',');
   try {
-    await run('mount', ['-i', '-n', '-t', `fuse.${opts.subtype}`, '-o', options, opts.source, mountpoint], mountpoint, fd);
+    mount(opts.source, mountpoint, `fuse.${opts.subtype}`, MS_NOSUID | MS_NODEV, options);
   } catch (e) {
     fs.closeSync(fd);
-    throw e;
+    const err = e instanceof LoopfsError ? e : new LoopfsError(errnoOf(e) ?? 'EIO', mountpoint);
+    throw new LoopfsError(err.errno, mountpoint, `cannot mount the FUSE filesystem: ${err.reason}`);
   }
   return { fd, mountpoint, release: () => {} };
 }
@@ -78,10 +77,9 @@ export function unmountFuse(mountpoint: string, lazy = false): Promise<void> {
 }
 
 /** Runs a mount tool on `what` (the mountpoint); its failure is toolError's. */
-function run(cmd: string, args: string[], what: string, passFd?: number): Promise<void> {
+function run(cmd: string, args: string[], what: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const stdio: ('ignore' | 'pipe' | number)[] = ['ignore', 'ignore', 'pipe'];
-    if (passFd !== undefined) stdio.push(passFd);
+    const stdio: ('ignore' | 'pipe')[] = ['ignore', 'ignore', 'pipe'];
     // argv[0] the bare name, so the tool's messages start with it.
     const child = cp().spawn(cmd, args, { stdio, argv0: path.basename(cmd) });
     let err = '';

@@ -100,6 +100,8 @@ export function umount2(target: string, flags: number): void {
 
 // <sys/mount.h>
 export const MS_SHARED = 1 << 20;
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
 
 /** mount(2): what mount(8) does without its helpers and mtab (mount -i -n), minus a process start. */
 export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void {

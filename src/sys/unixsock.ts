@@ -6,6 +6,7 @@ import {
   Scratch, call, closeFd, closeFds, cmsgAlign, encodeAddr, fillMsg, must, scratch, sys,
 } from './socket-calls';
 import { cancelWaiters, wait } from './poller';
+import { setCloexec } from './libc';
 
 /**
  * AF_UNIX stream sockets with fd passing (SCM_RIGHTS) and peer credentials
@@ -53,6 +54,16 @@ export class UnixServer {
       closeFd(fd);
       throw e;
     }
+    return new UnixServer(fd, path);
+  }
+
+  /**
+   * A socket already bound and listening at `path` (by the process that
+   * started this one, passed down as `fd`): made close-on-exec here, so what
+   * this process starts does not inherit it.
+   */
+  static adopt(fd: number, path: string): UnixServer {
+    setCloexec(fd);
     return new UnixServer(fd, path);
   }
 

@@ -139,6 +139,22 @@ test('a SIGTERM sent while the sandbox is still starting is not lost: CMD gets i
   assert.not.match(out, /survived/);
 });
 
+test('a daemon killed at its start leaves a mount that fails at once (nothing else holds its connection); the next losetup starts the instance afresh', () => {
+  // The init mounts the instance and hands the mount to the daemon without waiting for it (core/instance.ts
+  // handOver): had the init kept its copy of the /dev/fuse descriptor, the stat below would hang forever.
+  const img = image('k.img', 8);
+  const script = [
+    'pid=$(sed -n \'s/.*"pid": \\([0-9]*\\).*/\\1/p\' "$LOOPFS_RUNDIR/instances/default/state.json")',
+    'kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done',
+    'timeout 10 stat "$LOOPFS" >/dev/null 2>&1; echo "stat=$?"',
+    `loopfs losetup -f --show ${img} && loopfs losetup -a`,
+  ].join('\n');
+  const r = sb.run(['run', '--', 'sh', '-c', script]);
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^stat=1$/m); // ENOTCONN, not timeout's 124
+  assert.match(r.stdout, new RegExp(`^\\S+/default/loop0: .*${img}`, 'm'));
+});
+
 test('inside run: LOOPFS is set, loopfs needs no flags, the host\'s instances are not visible', () => {
   const host = sb.dir('host');
   sb.ok(['mount', host]);
