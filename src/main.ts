@@ -36,13 +36,14 @@ async function main(argv: string[]): Promise<number> {
       process.exit(await report('run', e));
     }
   }
-  const [{ cac }, { reportError }, { registerCommands }, { losetupCommandArgv, losetupMain }, { runArgv }, { installSpinner }] = await Promise.all([
-    import('cac'), import('./commands/report'), import('./commands/index'), import('./commands/losetup'), import('./commands/run'), import('./commands/ui'),
-  ]);
+  const [{ losetupCommandArgv, losetupMain }, { installSpinner }] = await Promise.all([import('./commands/losetup'), import('./commands/ui')]);
   installSpinner();
   // `loopfs losetup` is util-linux's losetup, --help and error lines included: cac never sees it.
   const lo = losetupCommandArgv(argv);
   if (lo) return losetupMain(lo);
+  const [{ cac }, { reportError }, { registerCommands }, { runArgv }] = await Promise.all([
+    import('cac'), import('./commands/report'), import('./commands/index'), import('./commands/run'),
+  ]);
   const cli = cac('loopfs');
   registerCommands(cli);
   cli.help();

@@ -1,4 +1,4 @@
-import kleur from 'kleur';
+import type Kleur from 'kleur';
 import { isatty } from 'node:tty';
 import { setReporter } from '../core/progress';
 
@@ -25,6 +25,9 @@ type Colour = 'red' | 'green' | 'yellow' | 'cyan' | 'bold' | 'dim';
  */
 export function paint(stream: NodeJS.WriteStream): Record<Colour, (s: string) => string> {
   const on = colourWanted(stream);
+  // Loaded here, not at start: kleur looks at process.stdout as it loads, and making that stream costs a command that prints nothing in colour.
+  const mod = require('kleur') as typeof Kleur & { default?: typeof Kleur };
+  const kleur = mod.default ?? mod;
   const wrap = (c: Colour) => (s: string): string => {
     const before = kleur.enabled;
     kleur.enabled = on;
