@@ -3,6 +3,7 @@ import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from '
 import { toLoopfsError } from '../base/errors';
 import { uringLoop, type Channel, type UringData } from './uring';
 import { SPLICE_MIN, splicer } from './splice';
+import { GROW_AFTER, READING, SEQUENCE } from './types';
 
 /**
  * The loop of the threads that read /dev/fuse (see threads.ts), generic:
@@ -251,7 +252,7 @@ export function runThread(backend: ThreadBackend): void {
   const forward = (r: Buffer, n: number, route: number): void => {
     const ab = new ArrayBuffer(L.forwardHeader + n);
     const head = new Uint32Array(ab, 0, 2);
-    head[0] = Atomics.add(seq, 0, 1);
+    head[0] = Atomics.add(seq, SEQUENCE, 1);
     head[1] = route + 1;
     r.copy(Buffer.from(ab), L.forwardHeader, 0, n);
     parentPort!.postMessage(ab, [ab]);
@@ -270,6 +271,9 @@ export function runThread(backend: ThreadBackend): void {
   }
 
   const req = req0;
+  // From here on the main thread may stop reading (threads.ts).
+  Atomics.add(seq, READING, 1);
+  let served = 0;
   for (;;) {
     let n: number;
     try {
@@ -284,6 +288,7 @@ export function runThread(backend: ThreadBackend): void {
       throw e;
     }
     if (n < 40) continue;
+    if (++served === GROW_AFTER) parentPort!.postMessage({ grow: true });
     const op = req.readUInt32LE(4);
     if (fast && (op === READ || op === WRITE) && serve(op)) continue;
     forward(req, n, -1);

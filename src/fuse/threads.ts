@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
-import type { BackedRange } from './types';
+import { READING, SEQUENCE, type BackedRange } from './types';
 import type { SlotLayout, ThreadData } from './thread-main';
 import { queuesOf, type UringData, type UringReply } from './uring';
 import { koffi, koffiPath } from '../sys/ffi';
@@ -181,21 +181,24 @@ const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
  * `lazy`: no thread at first. Until want(), the main thread reads /dev/fuse
  * itself, one read(2) at a time on the libuv pool, and dispatches what it
  * reads: an instance that serves nothing but lookups and control requests
- * costs no thread's isolate. The request that main read after want() is the
- * last it reads; it takes its number before any thread starts, so the order
- * holds across the handover.
+ * costs no thread's isolate. After want() main goes on reading (a thread's
+ * runtime takes tens of ms to start) until a thread reads /dev/fuse; the
+ * request it reads then is its last. Each request takes its number as it is
+ * read, on main or on a thread, so the order holds across the handover.
  */
 export function runThreads(program: string, count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>, lazy = false): Readers {
-  let live = lazy ? 1 : count;
+  /** Readers of /dev/fuse that have not ended: the main thread while it reads, and every thread started. */
+  let live = lazy ? 1 : 0;
   let pending = 0;
   let failure: unknown;
   let next = 0;
   let wanted = !lazy;
-  let started = !lazy;
+  /** Threads started so far. */
+  let running = 0;
   let ring: Pick<UringData, 'queues' | 'depth' | 'spread' | 'koffi'> | undefined;
   const routes = new Map<bigint, Route>();
   const early = new Map<number, ArrayBuffer>();
-  let startThreads = (): void => {};
+  let startThreads = (_n: number): void => {};
   const order = new Uint32Array(data.order);
   const shared = new Map<number, unknown>();
   const ports: MessagePort[] = [];
@@ -228,9 +231,10 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
     const readerGone = (): void => {
       if (--live === 0 && pending === 0) settle();
     };
-    startThreads = (): void => {
-      started = true;
-      for (let i = 0; i < count; i++) {
+    startThreads = (n: number): void => {
+      while (running < n) {
+        const i = running++;
+        live++;
         let uring: UringData | undefined;
         let wake: Route | undefined;
         if (ring) {
@@ -247,7 +251,11 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         const workerData: ThreadData = { ...data, ...memory, shared: [...shared], port: port2, uring, koffi: data.splice ? koffiPath() : undefined };
         const t = new Thread(program, { eval: true, workerData, transferList: uring ? [port2, uring.port] : [port2] });
         t.on('message', (m: unknown) => {
-          if (!(m instanceof ArrayBuffer)) return;
+          if (!(m instanceof ArrayBuffer)) {
+            // The first thread is busy: the others start now (thread-main.ts, GROW_AFTER).
+            if ((m as { grow?: boolean }).grow && live > 0) startThreads(count);
+            return;
+          }
           const route = new Uint32Array(m, 4, 1)[0]!;
           if (route && wake) routes.set(Buffer.from(m, FORWARD_HEADER + 8, 8).readBigUInt64LE(0), { ...wake, route: route - 1 });
           received(m);
@@ -265,7 +273,7 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         });
       }
     };
-    if (!lazy) return startThreads();
+    if (!lazy) return startThreads(count);
     const buf = Buffer.allocUnsafe(data.bufferSize);
     const readOnMain = (): void => {
       fs.read(data.fd, buf, 0, data.bufferSize, null, (err, n) => {
@@ -276,17 +284,16 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         }
         if (n >= 40) {
           const ab = new ArrayBuffer(FORWARD_HEADER + n);
-          new Uint32Array(ab, 0, 1)[0] = Atomics.add(order, 0, 1);
+          new Uint32Array(ab, 0, 1)[0] = Atomics.add(order, SEQUENCE, 1);
           buf.copy(Buffer.from(ab), FORWARD_HEADER, 0, n);
           received(ab);
         }
         if (!wanted) return readOnMain();
-        if (!started) {
-          live += count;
-          startThreads();
-        }
-        // With a ring, FORGET and INTERRUPT still come through /dev/fuse.
-        if (ring) return readOnMain();
+        // One thread first (a ring needs them all): it asks for the others once load needs them.
+        if (running === 0) startThreads(ring ? count : 1);
+        // With a ring, FORGET and INTERRUPT still come through /dev/fuse; without, main reads on
+        // (and serves what it reads) until a thread reads: a thread's runtime takes tens of ms to start.
+        if (ring || Atomics.load(order, READING) === 0) return readOnMain();
         readerGone();
       });
     };
@@ -299,7 +306,7 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
     },
     useUring: (r) => {
       const path = koffiPath();
-      if (started || !path) return false;
+      if (running > 0 || !path) return false;
       ring = { ...r, koffi: path };
       return true;
     },
@@ -337,7 +344,7 @@ const LAYOUT: SlotLayout = {
 };
 
 export function threadData(fd: number, bufferSize: number, table: BackedTable, fast: boolean, splice = false): ThreadData {
-  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(4), fast, shared: [], splice };
+  return { fd, bufferSize, table: table.buffer, layout: LAYOUT, order: new SharedArrayBuffer(8), fast, shared: [], splice };
 }
 
 /**

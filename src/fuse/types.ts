@@ -140,3 +140,15 @@ export interface FileSystem {
   link?(ctx: RequestContext, node: NodeId, newParent: NodeId, newName: string): Promise<Entry> | Entry;
   create?(ctx: RequestContext, parent: NodeId, name: string, mode: number, flags: number): Promise<Entry & OpenResult>;
 }
+
+/** Words of ThreadData.order (u32): the next request's sequence number, and how many threads read /dev/fuse. */
+export const SEQUENCE = 0;
+export const READING = 1;
+
+/**
+ * Requests the first I/O thread serves before the others start: an instance
+ * that formats or checks one image (a few hundred requests) runs on one
+ * thread and never pays the others' start; a sustained load gets them all
+ * within its first milliseconds.
+ */
+export const GROW_AFTER = 512;

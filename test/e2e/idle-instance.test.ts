@@ -26,7 +26,7 @@ async function until(what: string, cond: () => boolean, ms = 10_000): Promise<vo
   }
 }
 
-test('bound devices start no thread; the first open does, and the threads serve its I/O', async () => {
+test('bound devices start no thread; the first open starts one, a sustained load the others, and the threads serve its I/O', async () => {
   const img = randomFile(path.join(sb.root, 'a.img'), 4 * MiB);
   // The default instance starts; its control socket and lookups are served without the threads.
   const first = attach(sb, img);
@@ -39,9 +39,13 @@ test('bound devices start no thread; the first open does, and the threads serve 
   // An offset window (not passthrough): its reads are FUSE READs.
   const win = attach(sb, img, ['-o', String(MiB)]);
   assert.is(sha(win), sha(img, MiB));
-  await until(`${WORKERS} I/O threads started`, () => threads(pid!) >= idle + WORKERS);
-  shOk(`dd if=${devs[1]} of=${sb.root}/copy bs=64k iflag=direct status=none`);
+  // 3 MiB read ahead in 128 KiB requests: a light load, one thread.
+  await until('the first I/O thread started', () => threads(pid!) >= idle + 1);
+  assert.is(threads(pid!), idle + 1, 'one thread for a few requests');
+  // 1024 requests of 4 KiB: more than the first thread serves alone (GROW_AFTER).
+  shOk(`dd if=${devs[1]} of=${sb.root}/copy bs=4k iflag=direct status=none`);
   assert.is(sha(path.join(sb.root, 'copy')), sha(img));
+  await until(`${WORKERS} I/O threads started`, () => threads(pid!) >= idle + WORKERS);
   sb.ok(['losetup', '-D']);
 });
 
