@@ -45,6 +45,20 @@ async function withRunDirLock<T>(runDir: string, fn: () => Promise<T>): Promise<
   }
 }
 
+/**
+ * Variables Node reads at every start that loopfs's own processes (a daemon,
+ * a sandbox's init) have no use for: NODE_EXTRA_CA_CERTS makes each start
+ * load a CA bundle for TLS (~40 ms here), and they make no TLS connection.
+ */
+export const STARTUP_ONLY_ENV = ['NODE_EXTRA_CA_CERTS'];
+
+/** The environment for one of loopfs's own processes: `env` without STARTUP_ONLY_ENV, plus `extra`. */
+export function ownProcessEnv(env: NodeJS.ProcessEnv, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = { ...env, ...extra };
+  for (const k of STARTUP_ONLY_ENV) delete out[k];
+  return out;
+}
+
 /** argv that runs this same program: the single executable, or node + the bundle. */
 export function selfCommand(): string[] {
   let sea = false;
@@ -106,7 +120,7 @@ export async function startInstance(runDir: RunDir, mountpoint: string, opts: St
         detached: true,
         stdio: ['ignore', log, log, ...(handed ? [handed.fuse.fd, handed.control.fd] : ['pipe' as const])],
         // Two malloc arenas: memory one pool thread frees serves the next (one arena per thread keeps it all).
-        env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' },
+        env: ownProcessEnv(process.env, { UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' }),
       });
     } finally {
       fs.closeSync(log);

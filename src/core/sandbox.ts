@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { LoopfsError } from '../base/errors';
 import { ensureRunDir, defaultMountpoint } from './rundir';
 import { levelsFor, openLimitsFile, PARENTS_FILE, type LevelRef } from './limits';
-import { selfCommand, startInstance, openInstance, DEFAULT_ID } from './instance';
+import { selfCommand, startInstance, openInstance, ownProcessEnv, DEFAULT_ID, STARTUP_ONLY_ENV } from './instance';
 import type { AttachRequest } from './api';
 import { mount, setCloexec, MS_SHARED } from '../sys/libc';
 
@@ -55,6 +55,8 @@ interface InitConfig {
   levels: { uid: number; label: string }[];
   /** The inherited socket on which signals for CMD arrive, one name a line. */
   signalFd: number;
+  /** Variables kept from the init (ownProcessEnv) that CMD gets back as they were. */
+  env: Record<string, string>;
 }
 
 /** The signals `run` passes on to CMD. */
@@ -74,6 +76,7 @@ export async function runSandbox(opts: RunOptions): Promise<number> {
     attach: opts.attach ?? [],
     levels: levels.map((l) => ({ uid: l.uid, label: l.label })),
     signalFd: FIRST_FD + fds.length,
+    env: Object.fromEntries(STARTUP_ONLY_ENV.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]!])),
   };
   const unshare = ['unshare', '--fork', '--kill-child=SIGKILL', '--pid', '--mount-proc', '--propagation', 'private', ...(uid === 0 ? [] : ['--user', '--map-root-user'])];
   // Listening before the sandbox exists: from then on a signal is ours to pass on, never
@@ -91,6 +94,7 @@ export async function runSandbox(opts: RunOptions): Promise<number> {
   try {
     child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', ...unshare, '--', ...selfCommand(), '__run-init', JSON.stringify(cfg), '--', ...opts.cmd], {
       stdio: ['inherit', 'inherit', 'inherit', ...fds, 'pipe'],
+      env: ownProcessEnv(process.env),
     });
   } catch (e) {
     stopForwarding();
@@ -155,7 +159,7 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
   const bin = path.join(cfg.runDir, 'bin');
   fs.mkdirSync(bin, { mode: 0o755 });
   fs.writeFileSync(path.join(bin, 'loopfs'), `#!/bin/sh\nexec ${selfCommand().map(shellQuote).join(' ')} "$@"\n`, { mode: 0o755 });
-  const env: NodeJS.ProcessEnv = { ...process.env, LOOPFS: rec.state!.mountpoint, LOOPFS_RUNDIR: cfg.runDir, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}` };
+  const env: NodeJS.ProcessEnv = { ...process.env, ...cfg.env, LOOPFS: rec.state!.mountpoint, LOOPFS_RUNDIR: cfg.runDir, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}` };
   // `--attach`: in this process, through the instance's own attach (what `losetup -f` asks of it);
   // a failure ends the init, and the sandbox with the devices attached so far.
   // (A nested run's CMD sees its own devices only, not its parent's.)

@@ -155,6 +155,24 @@ test('a daemon killed at its start leaves a mount that fails at once (nothing el
   assert.match(r.stdout, new RegExp(`^\\S+/default/loop0: .*${img}`, 'm'));
 });
 
+test('CMD gets NODE_EXTRA_CA_CERTS as it was; the sandbox\'s init and the daemon start without it (they make no TLS connection)', () => {
+  const ca = path.join(sb.root, 'extra-ca.pem');
+  fs.copyFileSync('/etc/ssl/certs/ca-certificates.crt', ca);
+  const script = [
+    'echo "cmd=$NODE_EXTRA_CA_CERTS"',
+    'pid=$(sed -n \'s/.*"pid": \\([0-9]*\\).*/\\1/p\' "$LOOPFS_RUNDIR/instances/default/state.json")',
+    'echo "init=$(tr "\\0" "\\n" < /proc/1/environ | grep -c ^NODE_EXTRA_CA_CERTS=)"',
+    'echo "daemon=$(tr "\\0" "\\n" < /proc/$pid/environ | grep -c ^NODE_EXTRA_CA_CERTS=)"',
+    'tr "\\0" " " < /proc/$pid/cmdline | grep -q __daemon && echo daemon-found',
+  ].join('\n');
+  const r = sb.run(['run', '--', 'sh', '-c', script], { env: { NODE_EXTRA_CA_CERTS: ca } });
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`^cmd=${ca}$`, 'm'));
+  assert.match(r.stdout, /^init=0$/m);
+  assert.match(r.stdout, /^daemon=0$/m);
+  assert.match(r.stdout, /^daemon-found$/m);
+});
+
 test('inside run: LOOPFS is set, loopfs needs no flags, the host\'s instances are not visible', () => {
   const host = sb.dir('host');
   sb.ok(['mount', host]);
