@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
-import { READING, SEQUENCE, type BackedRange } from './types';
+import { FIRST_THREAD_AFTER, READING, SEQUENCE, type BackedRange } from './types';
 import type { SlotLayout, ThreadData } from './thread-main';
 import { queuesOf, type UringData, type UringReply } from './uring';
 import { koffi, koffiPath } from '../sys/ffi';
@@ -193,6 +193,8 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
   let failure: unknown;
   let next = 0;
   let wanted = !lazy;
+  /** Requests main has read since want(). */
+  let servedOnMain = 0;
   /** Threads started so far. */
   let running = 0;
   let ring: Pick<UringData, 'queues' | 'depth' | 'spread' | 'koffi'> | undefined;
@@ -289,7 +291,9 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
           received(ab);
         }
         if (!wanted) return readOnMain();
-        // One thread first (a ring needs them all): it asks for the others once load needs them.
+        // Main serves a light load itself (FIRST_THREAD_AFTER), then one thread starts (a ring needs
+        // them all at once), which asks for the others once the load is sustained (GROW_AFTER).
+        if (running === 0 && !ring && ++servedOnMain < FIRST_THREAD_AFTER) return readOnMain();
         if (running === 0) startThreads(ring ? count : 1);
         // With a ring, FORGET and INTERRUPT still come through /dev/fuse; without, main reads on
         // (and serves what it reads) until a thread reads: a thread's runtime takes tens of ms to start.

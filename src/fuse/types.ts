@@ -146,9 +146,12 @@ export const SEQUENCE = 0;
 export const READING = 1;
 
 /**
- * Requests the first I/O thread serves before the others start: an instance
- * that formats or checks one image (a few hundred requests) runs on one
- * thread and never pays the others' start; a sustained load gets them all
- * within its first milliseconds.
+ * When the I/O threads start (threads.ts): the main thread serves the first
+ * FIRST_THREAD_AFTER requests after a device is opened itself, then one
+ * thread starts, which asks for the others once it has served GROW_AFTER.
+ * Formatting or checking one image (a few hundred requests) costs no
+ * thread's start, whose runtime takes both CPUs of a small machine for tens
+ * of ms; a sustained load has them all within its first milliseconds.
  */
+export const FIRST_THREAD_AFTER = 256;
 export const GROW_AFTER = 512;

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { sandboxSuite, requiring } from '../helpers/e2e';
 import { Sandbox } from '../helpers/cli';
-import { attach, kernelAttach, q, randomFile, releaseKernelState, shOk } from '../helpers/disk';
+import { attach, kernelAttach, q, randomFile, releaseKernelState, shOk, sustainUntilThreads, threadsOf } from '../helpers/disk';
 import { straceMissing, traceDuring } from '../helpers/trace';
 
 // The I/O threads reply to a READ of a plain file range with splice(2)
@@ -38,6 +38,10 @@ for (const on of [true, false]) {
     const kwin = kernelAttach(img, ['-o', '512']);
     const [pid] = sb.daemons();
     assert.ok(pid, 'the daemon runs');
+    // Splicing is the I/O threads' (the main thread serves a light load without): a load starts them first.
+    const before = threadsOf(pid!);
+    sustainUntilThreads(pid!, whole, before + 4);
+    assert.is(threadsOf(pid!), before + 4, 'the four I/O threads run');
     const n = await splicesDuring(pid!, () => {
       // 1 MiB O_DIRECT requests reach the daemon as 128 KiB READs; the buffered ones as read-ahead.
       shOk(`dd if=${q(whole)} of=${q(sb.root)}/direct bs=1M count=8 iflag=direct status=none`);

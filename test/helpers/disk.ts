@@ -156,3 +156,18 @@ export function py(code: string, ...args: string[]): Result {
 export function instDir(sb: Sandbox): string {
   return path.join(sb.runDir, 'default');
 }
+
+/** The threads of process `pid` now (/proc/PID/status). */
+export function threadsOf(pid: number): number {
+  return Number(/^Threads:\s+(\d+)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+}
+
+/**
+ * A sustained load on `dev` (rounds of 1024 O_DIRECT reads of 4 KiB, at most
+ * `rounds`) until the daemon `pid` runs `target` threads: an instance's I/O
+ * threads start only under load (fuse/types.ts FIRST_THREAD_AFTER,
+ * GROW_AFTER), and while a thread boots the main thread serves on.
+ */
+export function sustainUntilThreads(pid: number, dev: string, target: number, rounds = 40): void {
+  for (let r = 0; r < rounds && threadsOf(pid) < target; r++) shOk(`dd if=${q(dev)} of=/dev/null bs=4k count=1024 iflag=direct status=none`);
+}
