@@ -12,7 +12,7 @@ import { waiting } from './progress';
 import { PARENTS_FILE, checkLevels, levelsFor } from './limits';
 import { flock, umount2, LOCK_EX, LOCK_UN, MNT_DETACH } from '../sys/libc';
 import { UnixServer } from '../sys/unixsock';
-import { isMounted, isRoot, mountFuse, type Mounted, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
+import { isMounted, isRoot, mountFuse, readMountinfo, detachExactMount, abortFuseConnection, fuseConnection, fuseConnectionsOf, type MountInfo } from '../fuse/mount';
 import type { DeviceRef, InstanceClient } from './api';
 
 /** node:child_process (and node:net under it) is loaded on first use: most commands never spawn. */
@@ -118,7 +118,7 @@ export async function startInstance(runDir: RunDir, mountpoint: string, opts: St
     try {
       child = cp().spawn(argv[0]!, argv.slice(1), {
         detached: true,
-        stdio: ['ignore', log, log, ...(handed ? [handed.fuse.fd, handed.control.fd] : ['pipe' as const])],
+        stdio: ['ignore', log, log, ...(handed ? [handed.fuseFd, handed.controlFd] : ['pipe' as const])],
         // Two malloc arenas: memory one pool thread frees serves the next (one arena per thread keeps it all).
         env: ownProcessEnv(process.env, { UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '16', MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' }),
       });
@@ -165,8 +165,9 @@ export async function startInstance(runDir: RunDir, mountpoint: string, opts: St
 }
 
 interface Handover {
-  fuse: Mounted;
-  control: UnixServer;
+  /** /dev/fuse of the mount made, and the control socket listening. */
+  fuseFd: number;
+  controlFd: number;
   /** Closes this process's copies (after the daemon got its own). */
   close(): void;
   /** Takes the mount down again (the daemon could not be started). */
@@ -182,7 +183,7 @@ interface Handover {
  * /dev/fuse, a refused mount) are the starter's, told at once.
  */
 async function handOver(stateDir: string, spec: { mountpoint: string; uid: number; gid: number }): Promise<Handover> {
-  const fuse = await mountFuse(spec.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: spec.uid, gid: spec.gid, allowOther: true });
+  const { fd: fuseFd } = await mountFuse(spec.mountpoint, { source: 'loopfs', subtype: 'loopfs', uid: spec.uid, gid: spec.gid, allowOther: true });
   const unmount = (): void => {
     try {
       umount2(spec.mountpoint, MNT_DETACH);
@@ -190,20 +191,20 @@ async function handOver(stateDir: string, spec: { mountpoint: string; uid: numbe
       /* gone already */
     }
   };
-  let control: UnixServer;
+  let controlFd: number;
   try {
-    control = UnixServer.listen(path.join(stateDir, SOCKET_FILE), 0o600);
+    controlFd = UnixServer.listen(path.join(stateDir, SOCKET_FILE), 0o600).fd;
   } catch (e) {
-    fs.closeSync(fuse.fd);
+    fs.closeSync(fuseFd);
     unmount();
     throw e;
   }
   return {
-    fuse, control, unmount,
-    // Closed, not shut down: a shutdown(2) would stop the daemon's copy listening too.
+    fuseFd, controlFd, unmount,
+    // Closed, not shut down (UnixServer.close): a shutdown(2) would stop the daemon's copy listening too.
     close: () => {
-      fs.closeSync(fuse.fd);
-      fs.closeSync(control.fd);
+      fs.closeSync(fuseFd);
+      fs.closeSync(controlFd);
     },
   };
 }

@@ -181,10 +181,13 @@ const WAKE = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
  * `lazy`: no thread at first. Until want(), the main thread reads /dev/fuse
  * itself, one read(2) at a time on the libuv pool, and dispatches what it
  * reads: an instance that serves nothing but lookups and control requests
- * costs no thread's isolate. After want() main goes on reading (a thread's
- * runtime takes tens of ms to start) until a thread reads /dev/fuse; the
- * request it reads then is its last. Each request takes its number as it is
- * read, on main or on a thread, so the order holds across the handover.
+ * costs no thread's isolate. After want() main serves FIRST_THREAD_AFTER
+ * more requests, then starts one thread (all of them with a ring), and goes on
+ * reading until a thread reads /dev/fuse (a thread's runtime takes tens of ms
+ * to start); the request it reads then is its last. The first thread asks for
+ * the others after GROW_AFTER requests (types.ts). Each request takes its
+ * number as it is read, on main or on a thread, so the order holds across the
+ * handover.
  */
 export function runThreads(program: string, count: number, data: ThreadData, dispatch: (req: Buffer) => Promise<void>, lazy = false): Readers {
   /** Readers of /dev/fuse that have not ended: the main thread while it reads, and every thread started. */
