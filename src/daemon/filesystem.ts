@@ -177,11 +177,11 @@ export class LoopFilesystem implements FileSystem {
     return { fh, backing, directIo };
   }
 
-  release(_ctx: RequestContext, _ino: NodeId, fh: number): void {
+  release(_ctx: RequestContext, _ino: NodeId, fh: number, drained: Promise<void>): void {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
-    if (h.node.kind === 'device' || h.node.kind === 'partition') this.inst.closed(h.node.dev);
+    if (h.node.kind === 'device' || h.node.kind === 'partition') this.inst.closed(h.node.dev, drained);
   }
 
   private io(fh: number): { io: BlockIO | undefined; name: string } {

@@ -440,9 +440,17 @@ export class Instance {
     dev.openCount++;
   }
 
-  closed(dev: LoopDevice): void {
+  /**
+   * A close: counted at once (LOOP_CLR_FD right after it sees one opener
+   * fewer, as on a kernel loop device); the autoclear of the last one unbinds
+   * once the handle's I/O has drained.
+   */
+  closed(dev: LoopDevice, drained: Promise<void> = Promise.resolve()): void {
     dev.openCount = Math.max(0, dev.openCount - 1);
-    if (dev.openCount === 0 && dev.binding?.autoclear) void this.unbind(dev);
+    const b = dev.binding;
+    if (dev.openCount === 0 && b?.autoclear) {
+      void drained.then(() => (dev.openCount === 0 && dev.binding === b ? this.unbind(dev) : undefined));
+    }
   }
 
   get openDevices(): number {

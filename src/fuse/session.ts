@@ -435,9 +435,9 @@ const TABLE: Partial<Record<number, Handler>> = {
   },
   [Op.FLUSH]: async (s, _w, h, b, ctx) => (await s.fsOf().flush?.(ctx, h.nodeid, b.u64(0)), 0),
   [Op.RELEASE]: async (s, _w, h, b, ctx) => {
-    const drained = s.releasing(b.u64(0));
-    if (drained) await drained;
-    await s.fsOf().release?.(ctx, h.nodeid, b.u64(0));
+    const drained = s.releasing(b.u64(0)) ?? Promise.resolve();
+    await s.fsOf().release?.(ctx, h.nodeid, b.u64(0), drained);
+    await drained;
     return 0;
   },
   [Op.FSYNC]: async (s, _w, h, b, ctx) => (await s.fsOf().fsync?.(ctx, h.nodeid, b.u64(0), (b.u32(8) & FUSE_FSYNC_FDATASYNC) !== 0), 0),

@@ -142,6 +142,11 @@ export class BackedTable {
 /** Bytes before a forwarded request in its ArrayBuffer: its sequence number (u32, then padding). */
 const FORWARD_HEADER = 8;
 
+/** The kernel's number of a forwarded request (fuse_in_header.unique): the order it queued them in. */
+function uniqueOf(m: ArrayBuffer): bigint {
+  return new DataView(m, FORWARD_HEADER + 8, 8).getBigUint64(0, true);
+}
+
 /** The running readers of /dev/fuse (see runThreads). */
 export interface Readers {
   /** Resolves once /dev/fuse is gone and every dispatch has settled; rejects with a reader's error. */
@@ -219,18 +224,27 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         if (--pending === 0 && live === 0) settle();
       });
     };
+    // A request's number is taken just after its read(2), so two threads that read two requests in a row
+    // may number them the wrong way round (a RELEASE, then an ioctl that must see that close). Every number
+    // taken is followed by its message: once `next` is here, the numbers taken by then (a round) are waited
+    // for and dispatched in the order the kernel queued them (their unique); later ones make the next round.
+    let roundEnd: number | undefined;
     const received = (m: ArrayBuffer): void => {
-      const seq = new Uint32Array(m, 0, 1)[0]!;
-      if (seq !== next) {
-        early.set(seq, m);
-        return;
-      }
-      start(m);
-      next = (next + 1) >>> 0;
-      for (let e = early.get(next); e; e = early.get(next)) {
-        early.delete(next);
-        start(e);
-        next = (next + 1) >>> 0;
+      early.set(new Uint32Array(m, 0, 1)[0]!, m);
+      for (;;) {
+        if (roundEnd === undefined) {
+          if (!early.has(next)) return;
+          roundEnd = Atomics.load(order, SEQUENCE);
+        }
+        for (let s = next; s !== roundEnd; s = (s + 1) >>> 0) if (!early.has(s)) return;
+        const round: ArrayBuffer[] = [];
+        for (; next !== roundEnd; next = (next + 1) >>> 0) {
+          round.push(early.get(next)!);
+          early.delete(next);
+        }
+        roundEnd = undefined;
+        if (round.length > 1) round.sort((x, y) => (uniqueOf(x) < uniqueOf(y) ? -1 : 1));
+        for (const r of round) start(r);
       }
     };
     const readerGone = (): void => {

@@ -124,7 +124,13 @@ export interface FileSystem {
   read?(ctx: RequestContext, node: NodeId, fh: number, offset: number, size: number, buf: Buffer): Promise<number> | number;
   write?(ctx: RequestContext, node: NodeId, fh: number, offset: number, data: Buffer): Promise<number> | number;
   flush?(ctx: RequestContext, node: NodeId, fh: number): Promise<void> | void;
-  release?(ctx: RequestContext, node: NodeId, fh: number): Promise<void> | void;
+  /**
+   * Called as the RELEASE is dispatched, before any request read after it
+   * (a close(2) of a block device is over when it returns: an ioctl after it
+   * must not see that opener); `drained` resolves once no I/O thread touches
+   * the handle's descriptor any more.
+   */
+  release?(ctx: RequestContext, node: NodeId, fh: number, drained: Promise<void>): Promise<void> | void;
   fsync?(ctx: RequestContext, node: NodeId, fh: number, datasync: boolean): Promise<void> | void;
   fallocate?(ctx: RequestContext, node: NodeId, fh: number, offset: number, length: number, mode: number): Promise<void> | void;
   ioctl?(ctx: RequestContext, node: NodeId, fh: number, cmd: number, arg: bigint, input: Buffer, outSize: number): Promise<IoctlResult> | IoctlResult;
