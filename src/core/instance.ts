@@ -284,7 +284,8 @@ function checkMountpoint(runDir: string, dir: string): void {
     throw new LoopfsError(errnoOf(e) ?? 'ENOENT', dir, 'mountpoint does not exist');
   }
   if (!st.isDirectory()) throw new LoopfsError('ENOTDIR', dir, 'mountpoint is not a directory');
-  const holder = findInstance(runDir, dir);
+  // An orphaned daemon (its state gone) serving at DIR is found by the mount check below, without a look through /proc.
+  const holder = findInstance(runDir, dir, false);
   if (holder?.state && (holder.alive || holder.mounted)) throw new LoopfsError('EBUSY', dir, `already holds loopfs instance ${holder.id}`);
   if (isMounted(dir)) throw new LoopfsError('EBUSY', dir, 'something is already mounted there');
   if (fs.readdirSync(dir).length > 0) throw new LoopfsError('ENOTEMPTY', dir, 'mountpoint is not empty');

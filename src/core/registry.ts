@@ -156,11 +156,14 @@ export function listInstances(runDir: string, orphans = true): InstanceRecord[] 
   return records.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
-/** By id, or by mountpoint (any path that resolves to it). */
-export function findInstance(runDir: string, what: string): InstanceRecord | undefined {
+/**
+ * By id, or by mountpoint (any path that resolves to it). `orphans`: also
+ * among live daemons whose state is gone (a look through /proc).
+ */
+export function findInstance(runDir: string, what: string, orphans = true): InstanceRecord | undefined {
   // An instance with its state in place is found without the look through /proc: only the orphans need it.
   const served = pick(listInstances(runDir, false), what);
-  return served?.alive && !served.orphaned ? served : pick(listInstances(runDir), what);
+  return (served?.alive && !served.orphaned) || !orphans ? served : pick(listInstances(runDir), what);
 }
 
 function pick(all: InstanceRecord[], what: string): InstanceRecord | undefined {
