@@ -310,7 +310,7 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         if (!wanted) return readOnMain();
         // Main serves a light load itself (FIRST_THREAD_AFTER), then one thread starts (a ring needs
         // them all at once), which asks for the others once the load is sustained (GROW_AFTER).
-        if (running === 0 && !ring && ++servedOnMain < FIRST_THREAD_AFTER) return readOnMain();
+        if (running === 0 && ++servedOnMain < FIRST_THREAD_AFTER) return readOnMain();
         if (running === 0) startThreads(ring ? count : 1);
         // With a ring, FORGET and INTERRUPT still come through /dev/fuse; without, main reads on
         // (and serves what it reads) until a thread reads: a thread's runtime takes tens of ms to start.
