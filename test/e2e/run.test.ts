@@ -155,6 +155,28 @@ test('a daemon killed at its start leaves a mount that fails at once (nothing el
   assert.match(r.stdout, new RegExp(`^\\S+/default/loop0: .*${img}`, 'm'));
 });
 
+test('a daemon that cannot serve what it was handed takes the mount down and removes its instance; a start that would fail so is refused at once', () => {
+  // The daemon reads the limits chain (parents.json) as it starts, after the init has mounted and handed over:
+  // it is held stopped while CMD spoils the file, so it meets the spoiled one.
+  const dir = sb.dir('later');
+  const script = [
+    'pid=$(sed -n \'s/.*"pid": \\([0-9]*\\).*/\\1/p\' "$LOOPFS_RUNDIR/instances/default/state.json")',
+    'kill -STOP "$pid"; echo "[spoiled" > "$LOOPFS_RUNDIR/parents.json"; kill -CONT "$pid"',
+    'i=0; while [ -e "$LOOPFS_RUNDIR/instances/default" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done',
+    'echo "gone=$(ls "$LOOPFS_RUNDIR/instances" | wc -l)"',
+    'echo "mounted=$(grep -c " $LOOPFS " /proc/self/mountinfo)"',
+    `loopfs mount ${dir}; echo "mount=$?"`,
+    'echo "after=$(ls "$LOOPFS_RUNDIR/instances" | wc -l) $(grep -c fuse.loopfs /proc/self/mountinfo)"',
+  ].join('\n');
+  const r = sb.run(['run', '--', 'sh', '-c', script]);
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^gone=0$/m);
+  assert.match(r.stdout, /^mounted=0$/m);
+  assert.match(r.stdout, /^mount=1$/m);
+  assert.match(r.stderr, /^loopfs mount: \S+\/parents\.json: does not parse; not trusted \(EINVAL\)$/m);
+  assert.match(r.stdout, /^after=0 0$/m);
+});
+
 test('CMD gets NODE_EXTRA_CA_CERTS as it was; the sandbox\'s init and the daemon start without it (they make no TLS connection)', () => {
   const ca = path.join(sb.root, 'extra-ca.pem');
   fs.copyFileSync('/etc/ssl/certs/ca-certificates.crt', ca);
