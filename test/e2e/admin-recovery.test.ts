@@ -186,6 +186,11 @@ for (const lost of ['ctl.sock', 'run directory'] as const) {
       const listed = JSON.parse(sb.ok(['list', '--json'])) as { mountpoint: string; health: string; pid: number }[];
       assert.equal(listed.map((i) => [i.mountpoint, i.health, i.pid]).sort(), [[a.dir, 'orphaned', a.pid], [b.dir, 'orphaned', b.pid]].sort());
       assert.match(sb.ok(['list']), /orphaned/);
+      // Its mountpoint is not free: a new instance there is refused, and b's mount stays as it was.
+      const again = sb.run(['mount', b.dir]);
+      assert.is(again.status, 1, again.stdout);
+      assert.is(errnoOf(again), 'EBUSY');
+      assert.ok(loopfsMountAt(b.dir));
       // Commands that need the socket say what is wrong, and what to do.
       const add = sb.run(['--instance', a.dir, 'ctl', 'add', '1']);
       assert.is(add.status, 1);
