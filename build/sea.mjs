@@ -44,8 +44,12 @@ function run(args, what) {
   }
 }
 
-/** Builds OUT from BUNDLE; returns { out, cached }. */
-export function buildSea(bundle = path.join(ROOT, 'dist/loopfs.cjs'), out = path.join(ROOT, 'dist/loopfs')) {
+/**
+ * Builds OUT from BUNDLE; returns { out, cached }. Its main script is the
+ * loader build/sea-main.cjs; the bundle is the asset `loopfs.cjs`, and each
+ * CACHES/KEY.bin (build/train.mjs) the asset `cache/KEY`.
+ */
+export function buildSea(bundle = path.join(ROOT, 'dist/loopfs.cjs'), out = path.join(ROOT, 'dist/loopfs'), caches = undefined) {
   bundle = path.resolve(bundle);
   out = path.resolve(out);
   fs.mkdirSync(path.dirname(out), { recursive: true });
@@ -53,12 +57,16 @@ export function buildSea(bundle = path.join(ROOT, 'dist/loopfs.cjs'), out = path
   try {
     const blob = path.join(work, 'sea-prep.blob');
     const config = path.join(work, 'sea-config.json');
+    const assets = { 'koffi.node': koffiNativePath(), 'loopfs.cjs': bundle };
+    for (const f of caches && fs.existsSync(caches) ? fs.readdirSync(caches) : []) {
+      if (f.endsWith('.bin')) assets[`cache/${f.slice(0, -4)}`] = path.join(caches, f);
+    }
     fs.writeFileSync(config, JSON.stringify({
-      main: bundle,
+      main: path.join(ROOT, 'build/sea-main.cjs'),
       output: blob,
       disableExperimentalSEAWarning: true,
       useCodeCache: true,
-      assets: { 'koffi.node': koffiNativePath() },
+      assets,
     }));
     run(['--experimental-sea-config', config], 'node --experimental-sea-config');
 

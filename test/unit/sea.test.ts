@@ -53,7 +53,30 @@ test('the build makes loopfs.cjs and the executable loopfs, printing one line', 
   assert.ok(fs.existsSync(path.join(out, 'loopfs.cjs')));
   // One namespace per built-in module (build/shared-namespaces.mjs: an idle daemon's RSS).
   assert.ok(fs.readFileSync(path.join(out, 'loopfs.cjs'), 'utf8').includes('\nvar __toESMShared = '), 'built-in namespaces are shared');
-  assert.equal(fs.readdirSync(out).filter((f) => !f.startsWith('.')).sort(), ['loopfs', 'loopfs.cjs']);
+  // loopfs-main.cjs: the executable's loader (build/sea-main.cjs), as the code cache's training runs it.
+  assert.equal(fs.readdirSync(out).filter((f) => !f.startsWith('.')).sort(), ['loopfs', 'loopfs-main.cjs', 'loopfs.cjs']);
+});
+
+// Node's useCodeCache holds the bundle's top level only; build/train.mjs runs each kind of process
+// and the executable carries what each compiled (build/sea-main.cjs). A cache V8 rejects (another
+// node, other V8 flags) would be dropped by the build, and the loader says so under LOOPFS_DEBUG=1.
+test('the executable carries a code cache trained for each kind of process, and uses it', () => {
+  const out = path.join(tmp, 'out');
+  const root = process.getuid?.() === 0 && fs.existsSync('/dev/fuse');
+  const trained = fs.readdirSync(path.join(out, '.code-cache')).filter((f) => f.endsWith('.bin')).map((f) => f.slice(0, -4)).sort();
+  // Without root and /dev/fuse only the CLI's own paths run at build time.
+  assert.equal(trained, root ? ['__daemon', '__run-init', 'cli', 'losetup', 'mount', 'run'] : ['cli', 'losetup']);
+  const dir = alone(path.join(out, 'loopfs'), 'loopfs');
+  const env = { ...cleanEnv, LOOPFS_DEBUG: '1', LOOPFS_RUNDIR: path.join(tmp, 'no-run-dir') };
+  const said = (args: string[]): string => spawnSync('./loopfs', args, { cwd: dir, env, encoding: 'utf8' }).stderr.split('\n')[0]!;
+  assert.is(said(['--version']), 'loopfs: code cache cli: used');
+  assert.is(said(['--instance', 'x', 'losetup', '--help']), 'loopfs: code cache losetup: used');
+  // A daemon's and an init's start with arguments they refuse: nothing is mounted or started.
+  if (root) {
+    assert.is(said(['__daemon']), 'loopfs: code cache __daemon: used');
+    assert.is(said(['__run-init', '{}']), 'loopfs: code cache __run-init: used');
+  }
+  assert.not.ok(fs.existsSync(env.LOOPFS_RUNDIR));
 });
 
 test('copied alone into an empty dir, ./loopfs --version works, silently', () => {
