@@ -11,7 +11,8 @@ import type { BlockIO } from '../engine/window';
 import { DeviceTable, NO_WINDOWS, type Binding, type LoopDevice, type TableHooks } from './devices';
 import { deviceIno, partitionIno } from './inodes';
 import { FUSE_ROOT_ID } from '../fuse/kernel';
-import { connectionOfDeviceFd, fuseConnection, mountOfFd } from '../fuse/mount';
+import { connectionOfDeviceFd } from '../fuse/mount';
+import { deviceOfFd } from '../sys/libc';
 import { backingAccess } from './backing';
 import { collectWhenQuiet } from './heap';
 import type { KernelNotifier } from '../fuse/types';
@@ -210,12 +211,14 @@ export class Instance {
    */
   async notOwnEntry(backing: { fd: number; path: string }): Promise<void> {
     try {
-      const mount = mountOfFd(backing.fd);
+      // Our mount's device is 0:N, N its connection: compared with the fd's, as the kernel has it cached.
       const own = connectionOfDeviceFd(this.kernel.fd);
       let ours: boolean;
-      if (mount && own !== undefined) ours = fuseConnection(mount) === own;
-      else {
-        // A mount this namespace does not show, or a kernel that names no connection: ask by stat, asynchronously.
+      if (own !== undefined) {
+        const dev = deviceOfFd(backing.fd);
+        ours = dev.major === 0 && dev.minor === own;
+      } else {
+        // A kernel that names no connection: ask by stat, asynchronously.
         const st = await new Promise<fs.BigIntStats>((res, rej) => fs.fstat(backing.fd, { bigint: true }, (e, s) => (e ? rej(e) : res(s))));
         const mine = await new Promise<bigint | undefined>((res) => fs.stat(this.mountpoint, { bigint: true }, (e, s) => res(e ? undefined : s.dev)));
         ours = st.dev === mine;

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { LoopfsError, toLoopfsError } from '../base/errors';
 import type { ByteOffset } from '../base/types';
-import { ioctlBuf } from '../sys/libc';
+import { deviceOfFd, ioctlBuf } from '../sys/libc';
 import { FileIO, type IoCounts } from './file';
 import { Overlay, type DeltaFile } from './overlay';
 import { Window, type BlockIO } from './window';
@@ -253,7 +253,25 @@ export function windowSize(fileSize: ByteOffset, offset: ByteOffset, sizelimit: 
   return n - (n % sectorSize);
 }
 
+/**
+ * fstat(2) of a backing fd: at once where its filesystem sits on a block
+ * device (nothing there waits on a server), on the libuv pool elsewhere
+ * (FUSE, NFS: a slow or gone server must not stop the daemon's loop).
+ */
 function fstat(b: { fd: number; path: string }): Promise<fs.Stats> {
+  let onDisk = false;
+  try {
+    onDisk = deviceOfFd(b.fd).major !== 0;
+  } catch {
+    // asked on the pool below
+  }
+  if (onDisk) {
+    try {
+      return Promise.resolve(fs.fstatSync(b.fd));
+    } catch (e) {
+      return Promise.reject(toLoopfsError(e, b.path));
+    }
+  }
   return new Promise((resolve, reject) => fs.fstat(b.fd, (err, st) => (err ? reject(toLoopfsError(err, b.path)) : resolve(st))));
 }
 

@@ -319,22 +319,6 @@ export function connectionOfDeviceFd(fd: number): number | undefined {
 }
 
 /**
- * The mount (an entry of this namespace's mount table) that descriptor `fd`
- * of this process is on, found by the mnt_id of its fdinfo: no stat, so no
- * request to the filesystem — a FUSE daemon asking about a file of its own
- * mount would wait on itself. undefined when this namespace does not show
- * that mount (the file was opened in another mount namespace).
- */
-export function mountOfFd(fd: number): MountInfo | undefined {
-  try {
-    const id = /^mnt_id:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
-    return id === undefined ? undefined : readMountinfo().find((m) => m.id === Number(id));
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * The FUSE connections process `pid` serves: those of its open /dev/fuse
  * descriptors, which the kernel names in their fdinfo ("fuse_connection:
  * N", Linux 6.x). Empty where the kernel does not say, or the process is gone.

@@ -22,6 +22,7 @@ function libc(): Record<string, Fn> {
     mount: l.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)') as Fn,
     fcntl_ptr: l.func('int fcntl(int fd, int cmd, _Inout_ uint8_t *arg)') as Fn,
     fcntl_int: l.func('int fcntl(int fd, int cmd, int arg)') as Fn,
+    statx: l.func('int statx(int dirfd, const char *path, int flags, unsigned int mask, _Inout_ uint8_t *buf)') as Fn,
     ...vmCalls(k, l),
     syscall: l.func('long syscall(long, ...)') as Fn,
   };
@@ -106,6 +107,23 @@ export const MS_NODEV = 4;
 /** mount(2): what mount(8) does without its helpers and mtab (mount -i -n), minus a process start. */
 export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void {
   check(libc().mount!(source, target, fstype, flags, data), `mount ${target}`);
+}
+
+const AT_EMPTY_PATH = 0x1000;
+const AT_STATX_DONT_SYNC = 0x4000;
+const STATX_TYPE = 1;
+
+/**
+ * The device (major, minor) of the filesystem open file `fd` is on, from
+ * statx(2) with AT_STATX_DONT_SYNC: the attributes the kernel has cached, so
+ * no request reaches the filesystem (a FUSE daemon may ask this of a file of
+ * its own, or of a filesystem whose server does not answer).
+ */
+export function deviceOfFd(fd: number): { major: number; minor: number } {
+  // struct statx: stx_dev_major at 136, stx_dev_minor at 140 (256 bytes in all).
+  const buf = Buffer.alloc(256);
+  check(libc().statx!(fd, '', AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE, buf), 'statx');
+  return { major: buf.readUInt32LE(136), minor: buf.readUInt32LE(140) };
 }
 
 const F_GETFL = 3;
