@@ -1,10 +1,15 @@
 import * as fs from 'node:fs';
-import { MessageChannel, Worker as Thread, type MessagePort } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
 import { FIRST_THREAD_AFTER, READING, SEQUENCE, type BackedRange } from './types';
 import type { SlotLayout, ThreadData } from './thread-main';
 import { queuesOf, type UringData, type UringReply } from './uring';
 import { koffi, koffiPath } from '../sys/ffi';
 import { eventfd } from '../sys/libc';
+
+/** node:worker_threads, loaded when the first thread starts (~1.4 ms of every daemon's start otherwise). */
+function workerThreads(): typeof import('node:worker_threads') {
+  return require('node:worker_threads') as typeof import('node:worker_threads');
+}
 
 /**
  * The threads that read /dev/fuse, and the table of backed handles they
@@ -257,18 +262,18 @@ export function runThreads(program: string, count: number, data: ThreadData, dis
         let uring: UringData | undefined;
         let wake: Route | undefined;
         if (ring) {
-          const c = new MessageChannel();
+          const c = new (workerThreads().MessageChannel)();
           const efd = eventfd();
           uring = { ...ring, mine: queuesOf(i, count, ring.queues, ring.spread), payload: data.bufferSize, port: c.port2, eventfd: efd };
           wake = { port: c.port1, eventfd: efd, route: 0 };
         }
-        const { port1, port2 } = new MessageChannel();
+        const { port1, port2 } = new (workerThreads().MessageChannel)();
         port1.unref();
         ports.push(port1);
         const memory = alignedMemory(data.bufferSize);
         // After alignedMemory: it loads koffi, which keeps the single executable's unnamed koffi.node open.
         const workerData: ThreadData = { ...data, ...memory, shared: [...shared], port: port2, uring, koffi: data.splice ? koffiPath() : undefined };
-        const t = new Thread(program, { eval: true, workerData, transferList: uring ? [port2, uring.port] : [port2] });
+        const t = new (workerThreads().Worker)(program, { eval: true, workerData, transferList: uring ? [port2, uring.port] : [port2] });
         t.on('message', (m: unknown) => {
           if (!(m instanceof ArrayBuffer)) {
             // The first thread is busy: the others start now (thread-main.ts, GROW_AFTER).

@@ -1,4 +1,4 @@
-import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
 import { threadKoffi } from './thread-koffi';
 
 /**
@@ -321,6 +321,8 @@ export function uringLoop(io: RingHost, u: UringData): boolean {
   }
   armWake();
 
+  // Loaded here, in the thread: the daemon's main thread imports this module for queuesOf at every start.
+  const { receiveMessageOnPort } = require('node:worker_threads') as typeof import('node:worker_threads');
   for (;;) {
     const err = enter(1);
     if (err < 0) break;
