@@ -1,5 +1,6 @@
 import { usageError } from './base/errors';
 import { VERSION } from './version';
+import { losetupCommandArgv } from './commands/losetup/command-argv';
 
 /**
  * The entry point: builds the CLI from commands/ and turns every error into
@@ -36,11 +37,11 @@ async function main(argv: string[]): Promise<number> {
       process.exit(await report('run', e));
     }
   }
-  const [{ losetupCommandArgv, losetupMain }, { installSpinner }] = await Promise.all([import('./commands/losetup'), import('./commands/ui')]);
-  installSpinner();
   // `loopfs losetup` is util-linux's losetup, --help and error lines included: cac never sees it.
   const lo = losetupCommandArgv(argv);
-  if (lo) return losetupMain(lo);
+  const [losetup, { installSpinner }] = await Promise.all([lo ? import('./commands/losetup') : undefined, import('./commands/ui')]);
+  installSpinner();
+  if (lo) return losetup!.losetupMain(lo);
   const [{ cac }, { reportError }, { registerCommands }, { runArgv }] = await Promise.all([
     import('cac'), import('./commands/report'), import('./commands/index'), import('./commands/run'),
   ]);

@@ -1,11 +1,9 @@
 import type { CAC } from 'cac';
 import * as fs from 'node:fs';
-import { runLosetup, type FileStat, type LosetupDeps } from './run';
-import { losetupErrorText } from './args';
+import type { FileStat, LosetupDeps } from './run';
+import { losetupCommandArgv } from './command-argv';
 import type { InstanceSelector } from '../../core/api';
 import type { Selection } from '../../core/rundir';
-
-export { runLosetup, type LosetupDeps } from './run';
 
 /**
  * `loopfs losetup`: util-linux 2.38 losetup, device paths inside the
@@ -59,17 +57,6 @@ export function losetupArgv(rawArgs: readonly string[]): string[] {
   return losetupCommandArgv(rawArgs.slice(2)) ?? [];
 }
 
-/** losetupArgv of loopfs's arguments (without node and script); undefined when the command is not `losetup`. */
-export function losetupCommandArgv(argv: readonly string[]): string[] | undefined {
-  let i = 0;
-  while (i < argv.length) {
-    const a = argv[i];
-    if (a === '--instance' || a === '--run-dir') i += 2;
-    else if (a.startsWith('--instance=') || a.startsWith('--run-dir=')) i++;
-    else break;
-  }
-  return argv[i] === 'losetup' ? [...argv.slice(0, i), ...argv.slice(i + 1)] : undefined;
-}
 
 /**
  * `loopfs losetup ARGS`, which main.ts calls before cac parses anything
@@ -79,10 +66,12 @@ export function losetupCommandArgv(argv: readonly string[]): string[] | undefine
  */
 export async function losetupMain(argv: string[]): Promise<number> {
   try {
+    // Loaded as the command runs: registering it (every other command's start) needs none of it.
+    const { runLosetup } = await import('./run');
     return await runLosetup(argv, processDeps(await import('../../core/instance'), await import('../../core/rundir')));
   } catch (e) {
     if (process.env.LOOPFS_DEBUG === '1' && e instanceof Error) process.stderr.write(`${e.stack}\n`);
-    process.stderr.write(losetupErrorText(e));
+    process.stderr.write((await import('./args')).losetupErrorText(e));
     return 1;
   }
 }
