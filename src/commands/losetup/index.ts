@@ -89,16 +89,21 @@ function processDeps(core: typeof import('../../core/instance'), rundir: typeof 
     resolveDevice: async (arg, sel) => core.resolveDevice(arg, selected(sel)),
     stdout: (s) => void process.stdout.write(s),
     stderr: (s) => void process.stderr.write(s),
+    // Synchronous: the command waits for the answer all the same, and the libuv pool's threads start at its first use.
     stat: async (p): Promise<FileStat | undefined> => {
       try {
-        const st = await fs.promises.stat(p);
+        const st = fs.statSync(p);
         return { dev: st.dev, ino: st.ino, size: st.size, isBlockDevice: st.isBlockDevice() };
       } catch {
         return undefined;
       }
     },
     realpath: async (p) => {
-      return fs.promises.realpath(p).catch(() => undefined);
+      try {
+        return fs.realpathSync.native(p);
+      } catch {
+        return undefined;
+      }
     },
     env: process.env,
     isTTY: process.stdout.isTTY === true,
