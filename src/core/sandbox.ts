@@ -130,7 +130,7 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
     else queued.push(sig);
   };
   for (const s of FORWARDED) process.on(s, () => deliver(s));
-  listenForSignals(cfg.signalFd, deliver);
+  setCloexec(cfg.signalFd); // neither the daemon nor CMD may inherit it (nor read its signals)
   // The inherited limits fds: reopen them close-on-exec (CMD must not inherit them)
   // and name them through /proc/1/fd, which every process of the sandbox can open.
   const parents: LevelRef[] = cfg.levels.map((l, i) => {
@@ -155,6 +155,8 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
   const runDir = ensureRunDir(cfg.runDir);
   const mountpoint = cfg.dir ?? defaultMountpoint(runDir);
   const rec = await startInstance(runDir, mountpoint, cfg.max ? { max: cfg.max } : {}, cfg.dir ? undefined : DEFAULT_ID);
+  // Read from now on: what `loopfs run` wrote before waits in the socket (the daemon's start came first).
+  listenForSignals(cfg.signalFd, deliver);
   // `loopfs` on CMD's PATH is this very program, whatever PATH held before.
   const bin = path.join(cfg.runDir, 'bin');
   fs.mkdirSync(bin, { mode: 0o755 });
@@ -196,7 +198,6 @@ export async function runSandboxInit(argv: string[]): Promise<number> {
 
 /** Reads signal names, one a line, from the socket `loopfs run` writes them to. */
 function listenForSignals(fd: number, deliver: (sig: NodeJS.Signals) => void): void {
-  setCloexec(fd); // CMD must not inherit it (nor read its signals)
   const sock = new net.Socket({ fd, readable: true, writable: false });
   let buf = '';
   sock.setEncoding('utf8');
